@@ -1,0 +1,44 @@
+"""What algorithms yield, and small helpers they share."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+R = TypeVar("R")
+
+
+@dataclass
+class Progress:
+    """One model call done: step ``i`` of ``n`` at timestep ``t``.
+
+    ``x0`` is the current clean-image prediction in latent space (previewed by the engine);
+    ``image`` is an already-rendered preview (e.g. a DiffEdit mask as it accumulates)."""
+
+    i: int
+    n: int
+    t: int
+    x0: torch.Tensor | None = None
+    image: np.ndarray | None = None
+    label: str = ""
+
+
+Algorithm = Generator[Progress, None, R]
+
+
+def run_to_end(gen: Generator[Progress, None, R]) -> R:
+    """Drive an algorithm without watching its progress; return its result."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def randn(shape, generator: torch.Generator, device, dtype=torch.float32) -> torch.Tensor:
+    """Gaussian noise drawn on the CPU generator, so a seed means the same noise on any device."""
+    return torch.randn(shape, generator=generator, dtype=torch.float32).to(device, dtype)

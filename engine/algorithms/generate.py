@@ -1,0 +1,25 @@
+"""Text-to-image: DDIM from pure noise (Song et al. 2021, Alg. of §4.1)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..denoiser import Conditioning, Denoiser
+from .common import Algorithm, randn
+from .sampling import ddim_sample
+
+
+def generate(
+    denoiser: Denoiser,
+    cond: Conditioning,
+    latent_shape: tuple[int, int, int, int],
+    steps: int,
+    guidance: float,
+    generator: torch.Generator,
+    eta: float = 0.0,
+) -> Algorithm[torch.Tensor]:
+    """Sample latents of ``latent_shape`` for the prompt in ``cond``; returns x_0 latents."""
+    timesteps = denoiser.schedule.timesteps(steps)
+    # x_T ~ N(0, I): the chain starts from pure noise
+    x = randn(latent_shape, generator, denoiser.device, torch.float32)
+    return (yield from ddim_sample(denoiser, x, timesteps, cond, guidance, generator, eta))

@@ -1,0 +1,129 @@
+"""Pixel-space helpers at the engine boundary: sizing policy, strokes, masks, compositing.
+
+Sizing policy: a model works best near the resolution it was trained at, so every input is
+resized (not cropped or padded) to a *working size* whose area is about the model's native
+size squared, keeping the aspect ratio, each side rounded to the VAE's multiple (8 for SD).
+Results are resized back to the input's exact size, and wherever a mask says "keep", the
+output pixels are the input pixels, bit for bit. ``max_side`` caps the working size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .errors import InputError
+
+
+def working_size(h: int, w: int, native: int, multiple: int = 8) -> tuple[int, int]:
+    """(h, w) near ``native``² pixels with the input's aspect, multiples of ``multiple``."""
+    if h < 1 or w < 1:
+        raise InputError("The image is empty.")
+    scale = math.sqrt(native * native / (h * w))
+    hh = max(multiple, int(round(h * scale / multiple)) * multiple)
+    ww = max(multiple, int(round(w * scale / multiple)) * multiple)
+    return hh, ww
+
+
+def resize(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """uint8 HxWx3 (or HxW float mask) resized to (height, width) with Lanczos / bilinear."""
+    if image.shape[:2] == tuple(hw):
+        return image
+    if image.dtype == np.uint8:
+        return np.asarray(Image.fromarray(image).resize((hw[1], hw[0]), Image.LANCZOS))
+    img = Image.fromarray(image.astype(np.float32), mode="F")
+    return np.asarray(img.resize((hw[1], hw[0]), Image.BILINEAR)).clip(0, 1)
+
+
+def check_image(image: np.ndarray | None, what: str = "image") -> np.ndarray:
+    if image is None:
+        raise InputError(f"This method needs an {what}; open or paste one first.")
+    if image.ndim != 3 or image.shape[2] not in (3, 4) or image.dtype != np.uint8:
+        raise InputError(f"The {what} must be 8-bit RGB, got shape {image.shape} {image.dtype}.")
+    return image[..., :3]
+
+
+def composite_strokes(image: np.ndarray, strokes: np.ndarray | None) -> np.ndarray:
+    """Alpha-composite an RGBA stroke layer over an RGB image (both uint8, same size)."""
+    if strokes is None:
+        return image
+    if strokes.shape[:2] != image.shape[:2] or strokes.ndim != 3 or strokes.shape[2] != 4:
+        raise InputError(
+            f"The stroke layer is {strokes.shape[1]}x{strokes.shape[0]} RGBA-expected and "
+            f"the image is {image.shape[1]}x{image.shape[0]}; they must match."
+        )
+    a = strokes[..., 3:4].astype(np.float32) / 255.0
+    out = image.astype(np.float32) * (1 - a) + strokes[..., :3].astype(np.float32) * a
+    return out.round().astype(np.uint8)
+
+
+def mask_to_float(mask: np.ndarray | None, hw: tuple[int, int]) -> np.ndarray | None:
+    """uint8 (255 = edit) or float mask → float32 in [0, 1]; size must match the image."""
+    if mask is None:
+        return None
+    if mask.ndim == 3:
+        mask = mask[..., 0]
+    if mask.shape != tuple(hw):
+        raise InputError(
+            f"The mask is {mask.shape[1]}x{mask.shape[0]} but the image is {hw[1]}x{hw[0]}; "
+            "they must be the same size."
+        )
+    m = mask.astype(np.float32)
+    return m / 255.0 if mask.dtype == np.uint8 else m.clip(0, 1)
+
+
+def latent_mask(mask: np.ndarray, latent_hw: tuple[int, int], grow: int = 0) -> np.ndarray:
+    """Area-downsample a float pixel mask to latent resolution, optionally grown by
+    ``grow`` latent cells (so generated content has room to blend)."""
+    img = Image.fromarray(mask.astype(np.float32), mode="F")
+    small = np.asarray(img.resize((latent_hw[1], latent_hw[0]), Image.BOX)).copy()
+    return dilate(small, grow).clip(0, 1)
+
+
+def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Grey-level dilation of a float mask by a (2r+1)² square."""
+    if radius <= 0:
+        return mask
+    t = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
+    return F.max_pool2d(t, 2 * radius + 1, stride=1, padding=radius)[0, 0].numpy()
+
+
+def blur(mask: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur of a float mask (edges replicated)."""
+    if sigma <= 0:
+        return mask
+    r = max(1, int(math.ceil(3 * sigma)))
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float32) / sigma) ** 2)
+    k = k / k.sum()
+    t = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
+    t = F.conv2d(F.pad(t, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+    t = F.conv2d(F.pad(t, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
+    return t[0, 0].numpy()
+
+
+def feather(mask: np.ndarray, radius: float) -> np.ndarray:
+    """Soften a float mask's edge *outwards*: pixels inside the mask stay 1 and pixels far
+    outside stay exactly 0, so compositing leaves the untouched region bit-exact."""
+    if radius <= 0:
+        return mask
+    # grow by half the radius, then blur: the soft edge lies mostly outside the mask
+    grown = dilate(mask.astype(np.float32), int(math.ceil(radius / 2)))
+    out = np.maximum(mask, blur(grown, radius / 2))
+    out[out < 1e-3] = 0.0
+    return out.clip(0, 1)
+
+
+def composite(original: np.ndarray, edited: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """Blend edited into original by a float mask; where mask is 0 the original is kept exactly."""
+    if mask is None:
+        return edited
+    m = mask[..., None].astype(np.float32)
+    out = original.astype(np.float32) * (1 - m) + edited.astype(np.float32) * m
+    out = out.round().astype(np.uint8)
+    keep = mask <= 0
+    out[keep] = original[keep]
+    return out

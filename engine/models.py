@@ -1,0 +1,233 @@
+"""The model bundle: everything a denoising loop needs, loaded once on the engine thread.
+
+``load_model(spec)`` accepts
+- ``builtin:tiny``  a tiny random-weight SD-architecture model built from config (tests);
+- ``builtin:demo``  the project's trained demo model under ``assets/models/demo``;
+- a diffusers folder in the Stable Diffusion layout, or a single ``.safetensors``/``.ckpt``
+  checkpoint in the original SD layout (see ``engine.loaders``).
+Nothing here downloads: the hub's offline switches are set before diffusers is imported.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from collections.abc import Callable  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from .errors import ModelLoadError  # noqa: E402
+from .schedule import Schedule  # noqa: E402
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+CLIP_TOKENIZER_DIR = ASSETS / "tokenizer" / "clip"
+DEMO_MODEL_DIR = ASSETS / "models" / "demo"
+
+# SD 1.5's scheduler config in the form diffusers writes it; our tiny and demo models use
+# the same so every code path matches real checkpoints.
+SD15_SCHEDULER_CONFIG: dict[str, Any] = {
+    "_class_name": "DDIMScheduler",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "clip_sample": False,
+    "prediction_type": "epsilon",
+    "timestep_spacing": "leading",
+}
+
+
+@dataclass
+class ModelBundle:
+    """A loaded latent diffusion model. ``vae_scale`` maps VAE latents to unit variance."""
+
+    name: str
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler_config: dict[str, Any]
+    device: torch.device
+    dtype: torch.dtype
+    vae_scale: float
+    schedule: Schedule = field(init=False)
+
+    def __post_init__(self):
+        self.schedule = Schedule.from_config(self.scheduler_config)
+
+    @property
+    def prediction_type(self) -> str:
+        return self.schedule.prediction_type
+
+    @property
+    def vae_factor(self) -> int:
+        """Pixels per latent cell (8 for SD)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.unet.config.in_channels)
+
+    @property
+    def native_size(self) -> int:
+        """The image side the UNet was trained at (512 for SD 1.x, 768 for SD 2.x-v)."""
+        return int(self.unet.config.sample_size) * self.vae_factor
+
+    @torch.no_grad()
+    def encode(self, image: np.ndarray) -> torch.Tensor:
+        """uint8 HxWx3 (sides multiples of ``vae_factor``) → scaled latents 1xCxhxw.
+        Uses the posterior mean: editing wants a deterministic encoding."""
+        x = torch.from_numpy(np.array(image, copy=True)).to(self.device)
+        x = x.permute(2, 0, 1)[None].to(self.dtype) / 127.5 - 1.0
+        return self.vae.encode(x).latent_dist.mean * self.vae_scale
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """Scaled latents 1xCxhxw → uint8 HxWx3."""
+        x = self.vae.decode(latents.to(self.device, self.dtype) / self.vae_scale).sample
+        x = ((x[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return x.permute(1, 2, 0).cpu().numpy()
+
+
+# ---- device policy ---------------------------------------------------------------------
+
+
+def pick_device(device: str | None = None, dtype: str | None = None):
+    """CUDA (fp16) > MPS > CPU (fp32), unless the caller says otherwise."""
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            device = "cuda"
+        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            device = "mps"
+        else:
+            device = "cpu"
+    dev = torch.device(device)
+    if dtype in (None, "auto"):
+        dt = torch.float16 if dev.type == "cuda" else torch.float32
+    else:
+        names = {
+            "fp16": torch.float16,
+            "float16": torch.float16,
+            "fp32": torch.float32,
+            "float32": torch.float32,
+            "bf16": torch.bfloat16,
+            "bfloat16": torch.bfloat16,
+        }
+        if dtype not in names:
+            raise ModelLoadError(f"Unknown dtype {dtype!r}; use one of {sorted(names)}.")
+        dt = names[dtype]
+    if dev.type == "cpu" and dt == torch.float16:
+        dt = torch.float32  # fp16 convolutions on CPU are slow or unsupported
+    return dev, dt
+
+
+# ---- builtin:tiny ------------------------------------------------------------------------
+
+
+def tiny_components(seed: int = 0) -> dict[str, Any]:
+    """A random-weight model with SD's architecture in miniature: 8x VAE, 4 latent channels,
+    cross-attention UNet, CLIP text encoder and CLIP's real tokenizer. 64 px native size."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        norm_num_groups=8,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(16, 16, 32, 32),
+        layers_per_block=1,
+        norm_num_groups=8,
+        latent_channels=4,
+        sample_size=64,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            projection_dim=32,
+        )
+    )
+    tokenizer = CLIPTokenizer.from_pretrained(str(CLIP_TOKENIZER_DIR))
+    return {
+        "unet": unet.eval(),
+        "vae": vae.eval(),
+        "text_encoder": text_encoder.eval(),
+        "tokenizer": tokenizer,
+        "scheduler_config": dict(SD15_SCHEDULER_CONFIG),
+        "vae_scale": 0.18215,
+    }
+
+
+def _finish(name: str, parts: dict[str, Any], device: str | None, dtype: str | None):
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.set_verbosity_error()  # its casting notes are noise for our users
+    dev, dt = pick_device(device, dtype)
+    for key in ("unet", "vae", "text_encoder"):
+        parts[key] = parts[key].to(dev, dt).eval().requires_grad_(False)
+    return ModelBundle(name=name, device=dev, dtype=dt, **parts)
+
+
+def _load_tiny(device, dtype):
+    return _finish("builtin:tiny", tiny_components(), device, dtype)
+
+
+def _load_demo(device, dtype):
+    from .loaders import load_diffusers_folder
+
+    if not (DEMO_MODEL_DIR / "model_index.json").exists():
+        raise ModelLoadError(
+            f"The demo model is missing from {DEMO_MODEL_DIR}. Reinstall the app, or train it "
+            "with `python -m engine.training`."
+        )
+    return _finish("builtin:demo", load_diffusers_folder(DEMO_MODEL_DIR), device, dtype)
+
+
+BUILTINS: dict[str, Callable[[str | None, str | None], ModelBundle]] = {
+    "builtin:tiny": _load_tiny,
+    "builtin:demo": _load_demo,
+}
+DEFAULT_MODEL = "builtin:demo"
+
+
+def load_model(spec: str | os.PathLike = DEFAULT_MODEL, device=None, dtype=None) -> ModelBundle:
+    """Load a model by spec (see module docstring). Raises ``ModelLoadError`` with a
+    user-facing sentence on any failure."""
+    spec = str(spec)
+    if spec.startswith("builtin:"):
+        if spec not in BUILTINS:
+            raise ModelLoadError(
+                f"Unknown built-in model {spec!r}; choose one of {sorted(BUILTINS)}."
+            )
+        return BUILTINS[spec](device, dtype)
+    from .loaders import load_path
+
+    return _finish(Path(spec).name, load_path(Path(spec).expanduser()), device, dtype)

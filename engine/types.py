@@ -1,0 +1,138 @@
+"""Requests and events: the only things that cross the engine boundary.
+
+Conventions (see DESIGN.md):
+- images are uint8 HxWx3 RGB numpy arrays; stroke layers uint8 HxWx4 RGBA;
+- masks are uint8 HxW (255 = edit here, 0 = keep) or float in [0, 1];
+- every event carries the job id it belongs to, so receivers can drop stale ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+METHODS = ("generate", "sdedit", "repaint", "diffedit_mask", "diffedit", "invert", "reedit")
+
+
+def _frozen(arr: np.ndarray | None) -> np.ndarray | None:
+    """Copy and make read-only, so a request cannot change after it is submitted."""
+    if arr is None:
+        return None
+    out = np.array(arr, copy=True)
+    out.setflags(write=False)
+    return out
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """Everything one job needs. Built on the GUI side, read on the engine thread.
+
+    ``options`` holds method-specific parameters (e.g. RePaint's ``jump_length``).
+    ``width``/``height`` are used by ``generate`` only; other methods take the image size.
+    """
+
+    method: str
+    prompt: str = ""
+    negative_prompt: str = ""
+    image: np.ndarray | None = None
+    strokes: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    width: int | None = None
+    height: int | None = None
+    steps: int = 25
+    guidance: float = 7.5
+    strength: float = 0.6
+    seed: int = 0
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; expected one of {METHODS}")
+        for name in ("image", "strokes", "mask"):
+            object.__setattr__(self, name, _frozen(getattr(self, name)))
+        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+
+    def parameters(self) -> dict[str, Any]:
+        """Plain parameters (no arrays) for metadata and history."""
+        out = {
+            "method": self.method,
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "steps": self.steps,
+            "guidance": self.guidance,
+            "seed": self.seed,
+        }
+        if self.method != "generate":
+            out["strength"] = self.strength
+        out.update(self.options)
+        return out
+
+
+@dataclass(frozen=True)
+class LoadModelRequest:
+    """Load (or switch to) a model: ``builtin:demo``, ``builtin:tiny``, a folder or a file."""
+
+    model: str
+    device: str | None = None
+    dtype: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    device: str
+    dtype: str
+    prediction_type: str
+    native_size: int
+
+
+# ---- events (engine → receiver) ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Event:
+    job_id: int
+
+
+@dataclass(frozen=True)
+class Started(Event):
+    kind: str
+    total_steps: int
+
+
+@dataclass(frozen=True)
+class Step(Event):
+    """After every model call: step ``i`` of ``n`` (1-based), its timestep and an x̂₀ preview."""
+
+    i: int
+    n: int
+    timestep: int
+    preview: np.ndarray | None
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class Finished(Event):
+    image: np.ndarray | None
+    parameters: Mapping[str, Any]
+    extras: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelLoaded(Event):
+    info: ModelInfo
+
+
+@dataclass(frozen=True)
+class Failed(Event):
+    message: str
+    kind: str = "error"
+
+
+@dataclass(frozen=True)
+class Cancelled(Event):
+    pass
