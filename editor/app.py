@@ -1,0 +1,398 @@
+"""The main window: canvas, docks, menus and shortcuts, and the job state machine.
+
+Jobs: ``run_method`` snapshots the document into a frozen request and submits it through
+the bridge; bridge signals (already on the GUI thread, stale jobs dropped) drive the
+progress bar, the preview layer and the history. The GUI never waits on the engine.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtGui import QAction, QActionGroup, QKeySequence
+from PySide6.QtWidgets import (
+    QDockWidget,
+    QHBoxLayout,
+    QLabel,
+    QMainWindow,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from engine import DEFAULT_MODEL, Engine
+
+from . import project, tools
+from .bridge import EngineBridge
+from .canvas import Canvas
+from .document import Document
+from .fileops import FileActions
+from .methods import METHODS, NeedsInput, build_request, random_seed
+from .panels.history import HistoryPanel
+from .panels.prompt import PromptPanel
+from .panels.tools_panel import ToolsPanel
+
+FALLBACK_MODEL = "builtin:tiny"
+
+
+class MainWindow(FileActions, QMainWindow):
+    def __init__(
+        self,
+        engine: Engine | None = None,
+        model: str | None = DEFAULT_MODEL,
+        autosave_ms: int = 60_000,
+    ):
+        super().__init__()
+        self.setWindowTitle("Diffusion Editor")
+        self.setAcceptDrops(True)
+        self.resize(1400, 900)
+        self.doc = Document(parent=self)
+        self.owns_engine = engine is None
+        self.engine = engine or Engine()
+        self.bridge = EngineBridge(self.engine, self)
+        self.model_spec = model
+        self.last_applied: dict | None = None
+        self.job: tuple[str, str] | None = None  # (ui method, engine method) of the running job
+        self._closed = False
+        self.model_note = ""
+        self._t_job = 0.0
+
+        self.canvas = Canvas(self.doc)
+        self.banner = QLabel()
+        self.banner.setWordWrap(True)
+        self.banner.setStyleSheet("background:#7a1f1f;color:white;padding:6px;")
+        self.banner_close = QPushButton("✕")
+        self.banner_close.setFixedWidth(28)
+        banner_row = QHBoxLayout()
+        banner_row.addWidget(self.banner, 1)
+        banner_row.addWidget(self.banner_close)
+        self.banner_host = QWidget()
+        self.banner_host.setLayout(banner_row)
+        self.banner_host.hide()
+        self.banner_close.clicked.connect(self.banner_host.hide)
+        central = QWidget()
+        v = QVBoxLayout(central)
+        v.setContentsMargins(0, 0, 0, 0)
+        v.addWidget(self.banner_host)
+        v.addWidget(self.canvas, 1)
+        self.setCentralWidget(central)
+
+        self.prompt_panel = PromptPanel(self.doc, self.engine.methods())
+        self.history_panel = HistoryPanel(self.doc)
+        self.tools_panel = ToolsPanel(self.doc, self.canvas)
+        self._dock("Prompt && method", self.prompt_panel, Qt.DockWidgetArea.RightDockWidgetArea)
+        self._dock("Tools && layers", self.tools_panel, Qt.DockWidgetArea.LeftDockWidgetArea)
+        self._dock("Results", self.history_panel, Qt.DockWidgetArea.BottomDockWidgetArea)
+
+        self.model_label = QLabel("no model")
+        self.busy = QProgressBar()
+        self.busy.setRange(0, 0)
+        self.busy.setFixedWidth(90)
+        self.busy.hide()
+        self.pos_label = QLabel("")
+        self.zoom_label = QLabel("")
+        for w in (self.pos_label, self.zoom_label, self.busy, self.model_label):
+            self.statusBar().addPermanentWidget(w)
+        self._build_actions()
+        self._wire()
+        self.autosaver = project.Autosaver(self.doc, autosave_ms, self)
+        self.autosaver.error.connect(lambda m: self.status(f"Autosave failed: {m}"))
+        self.select_tool(tools.COLOUR)
+        if self.engine.model_info is not None:
+            self._on_model_loaded(None)
+        if model and (self.engine.model_info is None or self.engine.model_info.name != model):
+            self.load_model(model)
+
+    def _dock(self, title, widget, area) -> QDockWidget:
+        dock = QDockWidget(title, self)
+        dock.setObjectName(title)
+        dock.setWidget(widget)
+        dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable)
+        self.addDockWidget(area, dock)
+        return dock
+
+    # ---- actions & shortcuts --------------------------------------------------------------
+
+    def _action(self, menu, text, slot, shortcut=None, tip="") -> QAction:
+        a = QAction(text, self)
+        if shortcut:
+            keys = shortcut if isinstance(shortcut, list) else [shortcut]
+            a.setShortcuts([QKeySequence(k) for k in keys])
+        a.setToolTip(tip or text)
+        a.triggered.connect(lambda *_: slot())
+        if menu is not None:
+            menu.addAction(a)
+        self.addAction(a)
+        return a
+
+    def _build_actions(self) -> None:
+        mb = self.menuBar()
+        f = mb.addMenu("&File")
+        self._action(f, "&Open…", self.open_dialog, "Ctrl+O")
+        self._action(f, "&Paste image", self.paste, "Ctrl+V")
+        self._action(f, "&Save project", self.save_project, "Ctrl+S")
+        self._action(f, "Save project &as…", self.save_project_as, "Ctrl+Shift+S")
+        self._action(f, "&Export PNG…", self.export_png, "Ctrl+E")
+        f.addSeparator()
+        self._action(f, "&Quit", self.close, "Ctrl+Q")
+        e = mb.addMenu("&Edit")
+        self.undo_action = self._action(e, "&Undo", self.doc.undo_stack.undo, "Ctrl+Z")
+        self.redo_action = self._action(
+            e, "&Redo", self.doc.undo_stack.redo, ["Ctrl+Shift+Z", "Ctrl+Y"]
+        )
+        e.addSeparator()
+        self._action(e, "Clear &mask", lambda: self.doc.clear_layer("mask"))
+        self._action(e, "Clear &strokes", lambda: self.doc.clear_layer("strokes"))
+        self._action(e, "&Invert mask", self.doc.invert_mask, "Ctrl+I")
+        vm = mb.addMenu("&View")
+        self._action(vm, "&Fit", self.canvas.fit, "Ctrl+0")
+        self._action(vm, "&Actual size (100%)", self.canvas.actual_size, "Ctrl+1")
+        self._action(
+            vm, "Zoom &in", lambda: self.canvas.set_zoom(self.canvas.zoom * 1.25), "Ctrl+="
+        )
+        self._action(
+            vm, "Zoom &out", lambda: self.canvas.set_zoom(self.canvas.zoom * 0.8), "Ctrl+-"
+        )
+        mm = mb.addMenu("&Model")
+        self._action(mm, "&Demo model (built in)", lambda: self.load_model(DEFAULT_MODEL))
+        self._action(mm, "&Tiny test model", lambda: self.load_model(FALLBACK_MODEL))
+        self._action(mm, "Open diffusers &folder…", self.open_model_folder)
+        self._action(mm, "Open &checkpoint file…", self.open_model_file)
+        jm = mb.addMenu("&Job")
+        self._action(
+            jm,
+            "&Run",
+            lambda: self.run_method(self.prompt_panel.current_method()),
+            ["Ctrl+Return", "Ctrl+Enter"],
+        )
+        self._action(jm, "&Cancel", self.cancel_job, "Esc")
+
+        tb = self.addToolBar("Tools")
+        tb.setObjectName("tools")
+        group = QActionGroup(self)
+        self.tool_actions = {}
+        for tool, text, key in (
+            (tools.COLOUR, "Colour brush", "B"),
+            (tools.MASK, "Mask brush", "M"),
+            (tools.ERASER, "Eraser", "E"),
+            (tools.EYEDROPPER, "Eyedropper", "I"),
+        ):
+            a = self._action(None, text, lambda t=tool: self.select_tool(t), key, f"{text} ({key})")
+            a.setCheckable(True)
+            group.addAction(a)
+            tb.addAction(a)
+            self.tool_actions[tool] = a
+        tb.addSeparator()
+        self._action(None, "Swap paint/erase", self.swap_erase, "X")
+        self._action(None, "Smaller brush", lambda: self.tools_panel.step_size(1 / 1.25), "[")
+        self._action(None, "Bigger brush", lambda: self.tools_panel.step_size(1.25), "]")
+        tb.addAction(self.undo_action)
+        tb.addAction(self.redo_action)
+
+    def _wire(self) -> None:
+        b = self.bridge
+        b.started.connect(lambda ev: self.prompt_panel.set_busy(True, f"{ev.kind}…"))
+        b.step.connect(self._on_step)
+        b.finished.connect(self._on_finished)
+        b.failed.connect(self._on_failed)
+        b.load_failed.connect(self._on_load_failed)
+        b.cancelled.connect(self._on_cancelled)
+        b.model_loaded.connect(self._on_model_loaded)
+        p = self.prompt_panel
+        p.run_requested.connect(self.run_method)
+        p.cancel_requested.connect(self.cancel_job)
+        h = self.history_panel
+        h.selected.connect(lambda e: self.canvas.show_preview(None if e is None else e.image))
+        h.apply_requested.connect(self.apply_result)
+        h.rerun_requested.connect(self.rerun)
+        h.compare_toggled.connect(lambda on: self.canvas.set_layer_visible("preview", not on))
+        self.canvas.picked.connect(self.tools_panel.set_colour)
+        self.canvas.cursor_moved.connect(lambda x, y: self.pos_label.setText(f"{x}, {y}"))
+        self.canvas.zoom_changed.connect(lambda z: self.zoom_label.setText(f"{z * 100:.0f}%"))
+        self.doc.modified_changed.connect(lambda _: self._update_title())
+        self.doc.reset.connect(self._update_title)
+
+    def _update_title(self) -> None:
+        name = Path(self.doc.project_path or self.doc.path or "untitled").name
+        self.setWindowTitle(f"{name}{' *' if self.doc.is_modified() else ''} — Diffusion Editor")
+
+    def select_tool(self, tool: str) -> None:
+        self.canvas.tool = tool
+        if tool in (tools.COLOUR, tools.MASK):
+            self.canvas.erase_target = "strokes" if tool == tools.COLOUR else "mask"
+        self.tool_actions[tool].setChecked(True)
+        target = f" ({self.canvas.erase_target})" if tool == tools.ERASER else ""
+        self.status(f"Tool: {self.tool_actions[tool].text()}{target}", 3000)
+
+    def swap_erase(self) -> None:
+        if self.canvas.tool == tools.ERASER:
+            self.select_tool(tools.MASK if self.canvas.erase_target == "mask" else tools.COLOUR)
+        else:
+            self.select_tool(tools.ERASER)
+
+    def keyPressEvent(self, event) -> None:
+        if event.key() == Qt.Key.Key_C and not event.isAutoRepeat():
+            self.canvas.set_layer_visible("preview", False)  # hold C: compare with original
+        super().keyPressEvent(event)
+
+    def keyReleaseEvent(self, event) -> None:
+        if event.key() == Qt.Key.Key_C and not event.isAutoRepeat():
+            self.canvas.set_layer_visible("preview", not self.history_panel.compare.isChecked())
+        super().keyReleaseEvent(event)
+
+    # ---- status & errors ------------------------------------------------------------------
+
+    def status(self, text: str, ms: int = 6000) -> None:
+        self.statusBar().showMessage(text, ms)
+
+    def show_error(self, message: str) -> None:
+        self.banner.setText(message)
+        self.banner_host.show()
+        self.status(message, 10000)
+
+    # ---- models ---------------------------------------------------------------------------
+
+    def load_model(self, spec: str) -> None:
+        self.model_spec = spec
+        self.busy.show()
+        self.model_label.setText(f"loading {spec}…")
+        self.bridge.load_model(spec)
+
+    def open_model_folder(self) -> None:
+        from PySide6.QtWidgets import QFileDialog
+
+        path = QFileDialog.getExistingDirectory(self, "Open diffusers model folder")
+        if path:
+            self.load_model(path)
+
+    def open_model_file(self) -> None:
+        path = self.ask_open_path("Open checkpoint", "Checkpoints (*.safetensors *.ckpt)")
+        if path:
+            self.load_model(path)
+
+    def _on_model_loaded(self, ev) -> None:
+        self.busy.hide()
+        info = ev.info if ev is not None else self.engine.model_info
+        if info is None:
+            self.model_label.setText("no model")
+            return
+        note = self.model_note if info.name == FALLBACK_MODEL else ""
+        self.model_label.setText(f"Model: {info.name} · {info.device} · {info.dtype}{note}")
+        self.prompt_panel.set_available(self.engine.methods())
+
+    # ---- jobs -----------------------------------------------------------------------------
+
+    def run_method(self, method: str, stage: int = -1) -> int | None:
+        if self.bridge.busy or self.bridge.load_id is not None:
+            self.status("Busy: wait for the current job or cancel it (Esc).")
+            return None
+        if self.engine.model_info is None:
+            self.show_error("No model is loaded; choose one in the Model menu.")
+            return None
+        if not self.doc.settings.get("seed_locked"):
+            self.doc.update_settings(seed=random_seed())
+        try:
+            request = build_request(self.doc, method, stage)
+        except NeedsInput as e:
+            self.show_error(str(e))
+            return None
+        self.banner_host.hide()
+        self.job = (method, request.method)
+        self.history_panel.select(None)
+        self.canvas.set_layer_visible("preview", True)
+        self.prompt_panel.set_busy(True, f"{request.method}: waiting…")
+        self._t_job = time.monotonic()
+        return self.bridge.submit(request)
+
+    def cancel_job(self) -> None:
+        if self.bridge.busy:
+            self.bridge.cancel()
+            self.status("Cancelling…")
+
+    def _on_step(self, ev) -> None:
+        self.prompt_panel.show_step(ev.i, ev.n, ev.label)
+        if ev.preview is not None:
+            self.canvas.show_preview(ev.preview)
+
+    def _on_finished(self, ev) -> None:
+        kind = self.job[1] if self.job else ev.parameters.get("method")
+        self.job = None
+        secs = time.monotonic() - self._t_job
+        self.prompt_panel.set_busy(False, f"done in {secs:.1f} s")
+        self.canvas.show_preview(None)
+        if kind == "diffedit_mask":
+            mask = ev.extras.get("mask")
+            if mask is not None and mask.shape == self.doc.mask.shape:
+                self.doc.set_mask(mask, "DiffEdit mask")
+                self.canvas.set_layer_visible("mask", True)
+                self.status("DiffEdit mask is in the mask layer: touch it up, then Run.")
+            return
+        if kind == "invert":
+            self.doc.inversion = ev.extras.get("inversion")
+            self.status("Inverted: change the prompt and Run to re-edit.")
+        if ev.image is None or ev.image.shape != self.doc.image.shape:
+            return  # the document changed size while the job ran
+        entry = self.doc.add_result(ev.image, project.plain(dict(ev.parameters)))
+        self.history_panel.select(entry)
+
+    def _on_failed(self, ev) -> None:
+        self.job = None
+        self.prompt_panel.set_busy(False, "failed")
+        self.canvas.show_preview(None)
+        self.show_error(ev.message)
+
+    def _on_load_failed(self, ev) -> None:
+        self.busy.hide()
+        if self.model_spec == DEFAULT_MODEL and self.engine.model_info is None:
+            self.model_note = " (demo model not found)"
+            self.status(f"The demo model is not available; using {FALLBACK_MODEL}. {ev.message}")
+            self.load_model(FALLBACK_MODEL)
+            return
+        self._on_model_loaded(None)
+        self.show_error(ev.message)
+
+    def _on_cancelled(self, ev) -> None:
+        self.job = None
+        self.prompt_panel.set_busy(False, "cancelled")
+        self.canvas.show_preview(None)
+        self.status("Cancelled; nothing was changed.")
+
+    # ---- results --------------------------------------------------------------------------
+
+    def apply_result(self, entry) -> None:
+        if entry.image.shape != self.doc.image.shape:
+            self.show_error("This result was made for an image of another size.")
+            return
+        if self.doc.apply_result(entry):
+            self.last_applied = dict(entry.parameters)
+        self.history_panel.select(None)
+        self.status(f"Applied {entry.title} (Ctrl+Z to undo)")
+
+    def rerun(self, entry) -> None:
+        p = entry.parameters
+        keys = ("prompt", "negative_prompt", "steps", "guidance", "strength", "seed")
+        changes = {k: p[k] for k in keys if k in p}
+        ui = next((k for k, m in METHODS.items() if p.get("method") in m.engine), None)
+        if ui:
+            changes["method"] = ui
+        self.doc.update_settings(**changes, seed_locked=True)
+        self.run_method(ui or self.prompt_panel.current_method())
+
+    # ---- shutdown -------------------------------------------------------------------------
+
+    def shutdown(self, clean: bool = True) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.autosaver.stop(clean=clean)
+        self.bridge.cancel()
+        self.bridge.detach()
+        if self.owns_engine:
+            self.engine.shutdown(timeout=5)
+
+
+def start_recovery_check(win: MainWindow) -> None:
+    QTimer.singleShot(0, win.offer_recovery)

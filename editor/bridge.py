@@ -1,0 +1,99 @@
+"""Engine events → Qt signals. The only place where the engine thread meets the GUI.
+
+The engine calls our listener *on its own thread*; we re-emit each event through a signal
+connected with ``Qt.QueuedConnection``, so every slot runs on the GUI thread. The bridge
+remembers which edit job is current and drops events from stale ones (a cancelled job's
+late steps, a superseded request).
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QObject, Qt, Signal, Slot
+
+from engine import (
+    Cancelled,
+    EditRequest,
+    Engine,
+    Event,
+    Failed,
+    Finished,
+    ModelLoaded,
+    Started,
+    Step,
+)
+
+
+class EngineBridge(QObject):
+    started = Signal(object)  # Started
+    step = Signal(object)  # Step
+    finished = Signal(object)  # Finished
+    failed = Signal(object)  # Failed (an edit job)
+    load_failed = Signal(object)  # Failed (a model load)
+    cancelled = Signal(object)  # Cancelled
+    model_loaded = Signal(object)  # ModelLoaded
+    busy_changed = Signal(bool)
+    _event = Signal(object)  # engine thread → GUI thread
+
+    def __init__(self, engine: Engine, parent=None):
+        super().__init__(parent)
+        self.engine = engine
+        self.job_id: int | None = None  # the current edit job
+        self.load_id: int | None = None  # the current model load
+        self._event.connect(self._dispatch, Qt.ConnectionType.QueuedConnection)
+        engine.add_listener(self._listener)
+
+    # ---- any thread ----------------------------------------------------------------------
+
+    def _listener(self, event: Event) -> None:
+        self._event.emit(event)  # queued: delivered on the GUI thread
+
+    # ---- GUI thread ----------------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        return self.job_id is not None
+
+    def submit(self, request: EditRequest) -> int:
+        """Run a request, superseding anything still queued; the old job is cancelled."""
+        if self.job_id is not None:
+            self.engine.cancel(self.job_id)
+        self.job_id = self.engine.submit(request, supersede=True)
+        self.busy_changed.emit(True)
+        return self.job_id
+
+    def cancel(self) -> None:
+        if self.job_id is not None:
+            self.engine.cancel(self.job_id)
+
+    def load_model(self, spec: str) -> int:
+        self.load_id = self.engine.load_model(spec)
+        return self.load_id
+
+    def methods(self) -> list[str]:
+        return self.engine.methods()
+
+    def detach(self) -> None:
+        self.engine.remove_listener(self._listener)
+
+    @Slot(object)
+    def _dispatch(self, ev: Event) -> None:
+        if ev.job_id == self.load_id:
+            if isinstance(ev, ModelLoaded):
+                self.load_id = None
+                self.model_loaded.emit(ev)
+            elif isinstance(ev, (Failed, Cancelled)):
+                self.load_id = None
+                msg = ev if isinstance(ev, Failed) else Failed(ev.job_id, "Loading was cancelled.")
+                self.load_failed.emit(msg)
+            return
+        if ev.job_id != self.job_id:
+            return  # stale: a job we no longer care about
+        if isinstance(ev, Started):
+            self.started.emit(ev)
+        elif isinstance(ev, Step):
+            self.step.emit(ev)
+        elif isinstance(ev, (Finished, Failed, Cancelled)):
+            self.job_id = None
+            self.busy_changed.emit(False)
+            signal = {Finished: self.finished, Failed: self.failed, Cancelled: self.cancelled}
+            signal[type(ev)].emit(ev)

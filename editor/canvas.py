@@ -1,0 +1,275 @@
+"""The canvas: a QGraphicsView over four layers — image, colour strokes, mask, preview.
+
+Layer items wrap the document's numpy arrays in QImages *without copying* and repaint
+only the exposed rectangle, so a brush dab on a 4096² image redraws a few hundred pixels.
+Zoom: wheel (around the cursor), ``fit``/``actual size``. Pan: middle button or space+drag.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PySide6.QtCore import QPointF, QRect, QRectF, Qt, Signal
+from PySide6.QtGui import QColor, QImage, QPainter, QPen, qRgba
+from PySide6.QtWidgets import QGraphicsItem, QGraphicsScene, QGraphicsView
+
+from . import tools
+from .document import Document
+
+MASK_TINT = (255, 40, 120)  # mask overlay colour; alpha follows the mask value
+
+
+def wrap(arr: np.ndarray) -> QImage:
+    """A QImage that shares memory with a C-contiguous uint8 array (HxW, HxWx3, HxWx4)."""
+    h, w = arr.shape[:2]
+    if arr.ndim == 2:
+        img = QImage(arr.data, w, h, arr.strides[0], QImage.Format.Format_Indexed8)
+        img.setColorTable([qRgba(*MASK_TINT, round(v * 0.55)) for v in range(256)])
+        return img
+    fmt = QImage.Format.Format_RGB888 if arr.shape[2] == 3 else QImage.Format.Format_RGBA8888
+    return QImage(arr.data, w, h, arr.strides[0], fmt)
+
+
+class LayerItem(QGraphicsItem):
+    """Draws one numpy layer; ``refresh(rect)`` schedules a repaint of just that rect."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = name
+        self.array: np.ndarray | None = None
+        self.qimage: QImage | None = None
+        self.setFlag(QGraphicsItem.GraphicsItemFlag.ItemUsesExtendedStyleOption, True)
+
+    def set_array(self, arr: np.ndarray | None) -> None:
+        self.prepareGeometryChange()
+        self.array = arr  # keep the buffer alive as long as the QImage uses it
+        self.qimage = None if arr is None else wrap(arr)
+        self.update()
+
+    def boundingRect(self) -> QRectF:
+        if self.qimage is None:
+            return QRectF()
+        return QRectF(0, 0, self.qimage.width(), self.qimage.height())
+
+    def paint(self, painter: QPainter, option, widget=None) -> None:
+        if self.qimage is None:
+            return
+        r = option.exposedRect.toAlignedRect().intersected(self.qimage.rect())
+        if r.isEmpty():
+            return
+        smooth = painter.worldTransform().m11() < 1.0
+        painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, smooth)
+        painter.drawImage(QRectF(r), self.qimage, QRectF(r))
+
+
+class PreviewItem(QGraphicsItem):
+    """Shows an image (x̂₀ mid-job, or a finished result) stretched over the image rect."""
+
+    def __init__(self):
+        super().__init__()
+        self.qimage: QImage | None = None
+        self.array: np.ndarray | None = None
+        self.target = QRectF()
+
+    def set_image(self, arr: np.ndarray | None, target: QRectF) -> None:
+        self.prepareGeometryChange()
+        self.target = QRectF(target)
+        self.array = None if arr is None else np.ascontiguousarray(arr)
+        self.qimage = None if arr is None else wrap(self.array)
+        self.update()
+
+    def boundingRect(self) -> QRectF:
+        return self.target if self.qimage is not None else QRectF()
+
+    def paint(self, painter: QPainter, option, widget=None) -> None:
+        if self.qimage is not None:
+            painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
+            painter.drawImage(self.target, self.qimage)
+
+
+class Canvas(QGraphicsView):
+    """Emits ``picked`` with an RGB tuple when the eyedropper clicks."""
+
+    picked = Signal(tuple)
+    zoom_changed = Signal(float)
+    cursor_moved = Signal(int, int)
+
+    def __init__(self, doc: Document, parent=None):
+        super().__init__(parent)
+        self.doc = doc
+        self.tool = tools.COLOUR
+        self.erase_target = "strokes"  # the eraser works on the last brushed layer
+        self.brush = tools.Brush()
+        self.stroke: tools.Stroke | None = None
+        self._pan_from: QPointF | None = None
+        self._space = False
+        self._cursor = QPointF(-1e9, -1e9)
+        self.auto_fit = True  # keep fitting on resize until the user zooms
+        self.setScene(QGraphicsScene(self))
+        self.setBackgroundBrush(QColor(48, 48, 52))
+        self.setTransformationAnchor(QGraphicsView.ViewportAnchor.AnchorUnderMouse)
+        self.setViewportUpdateMode(QGraphicsView.ViewportUpdateMode.MinimalViewportUpdate)
+        self.setMouseTracking(True)
+        self.layers = {name: LayerItem(name) for name in ("image", "strokes", "mask")}
+        for z, item in enumerate(self.layers.values()):
+            item.setZValue(z)
+            self.scene().addItem(item)
+        self.preview = PreviewItem()
+        self.preview.setZValue(10)
+        self.scene().addItem(self.preview)
+        doc.reset.connect(self._on_reset)
+        doc.layer_changed.connect(self._on_layer_changed)
+        self._on_reset()
+
+    # ---- document ----------------------------------------------------------------------
+
+    def _on_reset(self) -> None:
+        self.cancel_stroke()
+        for name, item in self.layers.items():
+            item.set_array(self.doc.layer(name))
+        self.preview.set_image(None, QRectF())
+        h, w = self.doc.size
+        self.scene().setSceneRect(QRectF(-w * 0.5, -h * 0.5, w * 2.0, h * 2.0))
+        self.auto_fit = True
+        self.fit()
+
+    def _on_layer_changed(self, name: str, rect: QRect) -> None:
+        item = self.layers[name]
+        if item.array is not self.doc.layer(name):
+            item.set_array(self.doc.layer(name))
+        item.update(QRectF(rect))
+
+    def set_layer_visible(self, name: str, visible: bool) -> None:
+        (self.preview if name == "preview" else self.layers[name]).setVisible(visible)
+
+    def show_preview(self, arr: np.ndarray | None) -> None:
+        h, w = self.doc.size
+        self.preview.set_image(arr, QRectF(0, 0, w, h))
+
+    # ---- zoom -------------------------------------------------------------------------
+
+    @property
+    def zoom(self) -> float:
+        return self.transform().m11()
+
+    def set_zoom(self, z: float, auto: bool = False) -> None:
+        self.auto_fit = auto
+        z = min(max(z, 0.02), 64.0)
+        self.resetTransform()
+        self.scale(z, z)
+        self.zoom_changed.emit(z)
+
+    def fit(self) -> None:
+        h, w = self.doc.size
+        vp = self.viewport().rect()
+        if vp.width() < 10 or vp.height() < 10:
+            return
+        self.set_zoom(min((vp.width() - 16) / w, (vp.height() - 16) / h), auto=True)
+        self.centerOn(w / 2, h / 2)
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        if self.auto_fit:
+            self.fit()
+
+    def actual_size(self) -> None:
+        self.set_zoom(1.0)
+
+    def wheelEvent(self, event) -> None:
+        factor = 1.25 if event.angleDelta().y() > 0 else 0.8
+        self.auto_fit = False
+        self.scale(factor, factor)
+        self.zoom_changed.emit(self.zoom)
+
+    # ---- mouse ------------------------------------------------------------------------
+
+    def image_pos(self, event) -> QPointF:
+        return self.mapToScene(event.position().toPoint())
+
+    def mousePressEvent(self, event) -> None:
+        if event.button() == Qt.MouseButton.MiddleButton or (
+            self._space and event.button() == Qt.MouseButton.LeftButton
+        ):
+            self._pan_from = event.position()
+            self.viewport().setCursor(Qt.CursorShape.ClosedHandCursor)
+            return
+        if event.button() != Qt.MouseButton.LeftButton:
+            return
+        p = self.image_pos(event)
+        if self.tool == tools.EYEDROPPER or event.modifiers() & Qt.KeyboardModifier.AltModifier:
+            colour = tools.pick_colour(self.doc, p.x(), p.y())
+            if colour is not None:
+                self.picked.emit(colour)
+            return
+        layer, erase = {
+            tools.COLOUR: ("strokes", False),
+            tools.MASK: ("mask", False),
+            tools.ERASER: (self.erase_target, True),
+        }[self.tool]
+        self.stroke = tools.Stroke(self.doc, layer, self.brush, erase)
+        self.stroke.begin(p.x(), p.y())
+
+    def mouseMoveEvent(self, event) -> None:
+        if self._pan_from is not None:
+            d = event.position() - self._pan_from
+            self._pan_from = event.position()
+            self.horizontalScrollBar().setValue(self.horizontalScrollBar().value() - int(d.x()))
+            self.verticalScrollBar().setValue(self.verticalScrollBar().value() - int(d.y()))
+            return
+        p = self.image_pos(event)
+        self._update_cursor(p)
+        self.cursor_moved.emit(int(p.x()), int(p.y()))
+        if self.stroke is not None:
+            self.stroke.move(p.x(), p.y())
+
+    def mouseReleaseEvent(self, event) -> None:
+        if self._pan_from is not None:
+            self._pan_from = None
+            self.viewport().unsetCursor()
+            return
+        if self.stroke is not None and event.button() == Qt.MouseButton.LeftButton:
+            stroke, self.stroke = self.stroke, None
+            stroke.end()
+
+    def cancel_stroke(self) -> None:
+        if self.stroke is not None:
+            stroke, self.stroke = self.stroke, None
+            stroke.end()
+
+    def keyPressEvent(self, event) -> None:
+        if event.key() == Qt.Key.Key_Space and not event.isAutoRepeat():
+            self._space = True
+            self.viewport().setCursor(Qt.CursorShape.OpenHandCursor)
+            return
+        super().keyPressEvent(event)
+
+    def keyReleaseEvent(self, event) -> None:
+        if event.key() == Qt.Key.Key_Space and not event.isAutoRepeat():
+            self._space = False
+            self.viewport().unsetCursor()
+            return
+        super().keyReleaseEvent(event)
+
+    # ---- brush outline ----------------------------------------------------------------
+
+    def _update_cursor(self, p: QPointF) -> None:
+        r = self.brush.size / 2 + 2
+        old = self._cursor
+        self._cursor = p
+        for c in (old, p):
+            self.scene().update(QRectF(c.x() - r, c.y() - r, 2 * r, 2 * r))
+
+    def drawForeground(self, painter: QPainter, rect: QRectF) -> None:
+        if self.tool == tools.EYEDROPPER or self._pan_from is not None:
+            return
+        r = self.brush.size / 2
+        pen = QPen(QColor(255, 255, 255, 200), 0)
+        painter.setPen(pen)
+        painter.drawEllipse(self._cursor, r, r)
+        pen.setColor(QColor(0, 0, 0, 160))
+        pen.setStyle(Qt.PenStyle.DotLine)
+        painter.setPen(pen)
+        painter.drawEllipse(self._cursor, r, r)
+
+    def leaveEvent(self, event) -> None:
+        self._update_cursor(QPointF(-1e9, -1e9))
+        super().leaveEvent(event)

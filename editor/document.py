@@ -1,0 +1,243 @@
+"""The observable document: image, colour-stroke layer, mask layer, settings and results.
+
+Layers are plain numpy arrays (``image`` uint8 HxWx3, ``strokes`` uint8 HxWx4 RGBA,
+``mask`` uint8 HxW, 255 = edit). Views wrap them in QImages without copying and repaint
+the rectangle named by ``layer_changed``. Every change to a layer goes through an undoable
+``PatchCommand`` that stores only the changed rectangle, before and after.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PySide6.QtCore import QObject, QRect, Signal
+from PySide6.QtGui import QUndoCommand, QUndoStack
+
+from engine import imageops
+
+LAYERS = ("image", "strokes", "mask")
+UNDO_LIMIT = 64  # commands; each holds only its dirty rectangle
+HISTORY_LIMIT = 24  # results kept in memory
+
+DEFAULT_SETTINGS: dict[str, Any] = {
+    "method": "sdedit",
+    "prompt": "",
+    "negative_prompt": "",
+    "steps": 25,
+    "guidance": 7.5,
+    "strength": 0.6,
+    "seed": 0,
+    "seed_locked": False,
+    "options": {},
+}
+
+
+def bbox(changed: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(y0, x0, y1, x1) of the True pixels of a 2-D bool array, or None."""
+    rows, cols = np.flatnonzero(changed.any(1)), np.flatnonzero(changed.any(0))
+    if rows.size == 0:
+        return None
+    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+
+
+@dataclass
+class HistoryEntry:
+    """A finished job: its image at document size and the parameters that made it."""
+
+    image: np.ndarray
+    parameters: dict[str, Any]
+    id: int = field(default_factory=itertools.count(1).__next__)
+
+    @property
+    def title(self) -> str:
+        p = self.parameters
+        return f"{p.get('method', '?')} · seed {p.get('seed', '?')}"
+
+    def tooltip(self) -> str:
+        return "\n".join(f"{k}: {v}" for k, v in self.parameters.items())
+
+
+class PatchCommand(QUndoCommand):
+    """Replace a rectangle of one layer; remembers before/after of that rectangle only."""
+
+    def __init__(self, doc, layer, y0, x0, before, after, text, applied=False):
+        super().__init__(text)
+        self.doc, self.layer, self.y0, self.x0 = doc, layer, y0, x0
+        self.before, self.after = before, after
+        self._skip_redo = applied  # the change is already in the layer (painting)
+
+    @property
+    def nbytes(self) -> int:
+        return self.before.nbytes + self.after.nbytes
+
+    def redo(self):
+        if self._skip_redo:
+            self._skip_redo = False
+            return
+        self.doc.write_patch(self.layer, self.y0, self.x0, self.after)
+
+    def undo(self):
+        self.doc.write_patch(self.layer, self.y0, self.x0, self.before)
+
+
+class Document(QObject):
+    layer_changed = Signal(str, QRect)  # layer name, rectangle in image pixels
+    reset = Signal()  # new image size / new document
+    settings_changed = Signal()
+    history_changed = Signal()
+    modified_changed = Signal(bool)
+
+    def __init__(self, image: np.ndarray | None = None, parent=None):
+        super().__init__(parent)
+        self.undo_stack = QUndoStack(self)
+        self.undo_stack.setUndoLimit(UNDO_LIMIT)
+        self.undo_stack.cleanChanged.connect(lambda clean: self.modified_changed.emit(not clean))
+        self.settings: dict[str, Any] = {**DEFAULT_SETTINGS, "options": {}}
+        self.history: list[HistoryEntry] = []
+        self.inversion: Any = None  # opaque object from an "invert" job, for "reedit"
+        self.inversion_source: str = ""
+        self.path: str | None = None  # where the image came from / was exported
+        self.project_path: str | None = None
+        self._extra_dirty = False
+        self.set_image(image if image is not None else np.full((512, 512, 3), 255, np.uint8))
+
+    # ---- layers -------------------------------------------------------------------------
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.image.shape[0], self.image.shape[1]
+
+    def set_image(self, image: np.ndarray, strokes=None, mask=None) -> None:
+        """Start over on a new image (clears undo and layers; keeps settings)."""
+        h, w = image.shape[:2]
+        self.image = np.ascontiguousarray(image[..., :3], dtype=np.uint8)
+        self.strokes = (
+            np.zeros((h, w, 4), np.uint8) if strokes is None else np.ascontiguousarray(strokes)
+        )
+        self.mask = np.zeros((h, w), np.uint8) if mask is None else np.ascontiguousarray(mask)
+        self.inversion = None
+        self.undo_stack.clear()
+        self._extra_dirty = False
+        self.reset.emit()
+
+    def layer(self, name: str) -> np.ndarray:
+        return getattr(self, name)
+
+    def full_rect(self) -> QRect:
+        return QRect(0, 0, self.size[1], self.size[0])
+
+    def write_patch(self, name: str, y0: int, x0: int, patch: np.ndarray) -> None:
+        h, w = patch.shape[:2]
+        self.layer(name)[y0 : y0 + h, x0 : x0 + w] = patch
+        self.layer_changed.emit(name, QRect(x0, y0, w, h))
+
+    def notify(self, name: str, y0: int, x0: int, y1: int, x1: int) -> None:
+        self.layer_changed.emit(name, QRect(x0, y0, x1 - x0, y1 - y0))
+
+    def replace_layer(self, name: str, new: np.ndarray, text: str) -> bool:
+        """Undoably replace a whole layer; stores only the bounding box of what changed."""
+        old = self.layer(name)
+        if new.shape != old.shape:
+            raise ValueError(f"{name}: expected shape {old.shape}, got {new.shape}")
+        diff = new != old
+        box = bbox(diff if diff.ndim == 2 else diff.any(2))
+        if box is None:
+            return False
+        y0, x0, y1, x1 = box
+        before = old[y0:y1, x0:x1].copy()
+        after = np.ascontiguousarray(new[y0:y1, x0:x1], dtype=np.uint8)
+        self.undo_stack.push(PatchCommand(self, name, y0, x0, before, after, text))
+        return True
+
+    def undo_bytes(self) -> int:
+        s = self.undo_stack
+        return sum(getattr(s.command(i), "nbytes", 0) for i in range(s.count()))
+
+    # ---- mask operations (numpy helpers from engine.imageops, no torch in widgets) ------
+
+    def _mask_float(self) -> np.ndarray:
+        return self.mask.astype(np.float32) / 255.0
+
+    def _set_mask_float(self, m: np.ndarray, text: str) -> bool:
+        new = (np.clip(m, 0, 1) * 255.0).round().astype(np.uint8)
+        return self.replace_layer("mask", new, text)
+
+    def grow_mask(self, px: int) -> bool:
+        return self._set_mask_float(
+            imageops.dilate(self._mask_float(), int(px)), f"Grow mask {px}px"
+        )
+
+    def shrink_mask(self, px: int) -> bool:
+        inv = imageops.dilate(1.0 - self._mask_float(), int(px))
+        return self._set_mask_float(1.0 - inv, f"Shrink mask {px}px")
+
+    def feather_mask(self, px: float) -> bool:
+        return self._set_mask_float(imageops.blur(self._mask_float(), px / 2), "Feather mask")
+
+    def invert_mask(self) -> bool:
+        return self.replace_layer("mask", 255 - self.mask, "Invert mask")
+
+    def clear_layer(self, name: str) -> bool:
+        return self.replace_layer(name, np.zeros_like(self.layer(name)), f"Clear {name}")
+
+    def set_mask(self, mask: np.ndarray, text: str = "Set mask") -> bool:
+        if mask.dtype != np.uint8:
+            mask = (np.clip(mask, 0, 1) * 255).round().astype(np.uint8)
+        return self.replace_layer("mask", mask, text)
+
+    def apply_result(self, entry: HistoryEntry) -> bool:
+        """Put a result into the image layer (undoable)."""
+        return self.replace_layer("image", entry.image, f"Apply {entry.title}")
+
+    # ---- settings & history --------------------------------------------------------------
+
+    def update_settings(self, **changes) -> None:
+        if any(self.settings.get(k) != v for k, v in changes.items()):
+            self.settings.update(changes)
+            self.mark_dirty()
+            self.settings_changed.emit()
+
+    def add_result(self, image: np.ndarray, parameters: dict) -> HistoryEntry:
+        entry = HistoryEntry(np.ascontiguousarray(image), dict(parameters))
+        self.history.append(entry)
+        del self.history[:-HISTORY_LIMIT]
+        self.mark_dirty()
+        self.history_changed.emit()
+        return entry
+
+    def remove_result(self, entry: HistoryEntry) -> None:
+        if entry in self.history:
+            self.history.remove(entry)
+            self.mark_dirty()
+            self.history_changed.emit()
+
+    # ---- modified state -----------------------------------------------------------------
+
+    def mark_dirty(self) -> None:
+        was = self.is_modified()
+        self._extra_dirty = True
+        if not was:
+            self.modified_changed.emit(True)
+
+    def mark_saved(self) -> None:
+        self._extra_dirty = False
+        self.undo_stack.setClean()
+        self.modified_changed.emit(False)
+
+    def is_modified(self) -> bool:
+        return self._extra_dirty or not self.undo_stack.isClean()
+
+    def composite(self) -> np.ndarray:
+        """Image with the stroke layer over it (what SDEdit sees)."""
+        return imageops.composite_strokes(self.image, self.strokes)
+
+
+def thumbnail(image: np.ndarray, side: int = 96) -> np.ndarray:
+    """A small copy by striding (cheap, good enough for a history strip icon)."""
+    h, w = image.shape[:2]
+    step = max(1, math.ceil(max(h, w) / side))
+    return np.ascontiguousarray(image[::step, ::step])

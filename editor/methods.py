@@ -1,0 +1,242 @@
+"""The methods the panel offers, their parameters, and how a document becomes a request.
+
+One UI method may need two engine methods (DiffEdit: make the mask, then edit; Invert &
+re-edit: invert once, then re-edit many times). Parameters are stored in the document's
+settings: the common ones at the top level, method options under ``settings["options"]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from engine import EditRequest
+
+from .document import Document
+
+
+@dataclass(frozen=True)
+class Param:
+    key: str
+    label: str
+    default: Any
+    tooltip: str
+    lo: float = 0
+    hi: float = 1
+    step: float = 1
+    choices: tuple[str, ...] = ()
+    option: bool = True  # False: a top-level request field (steps, guidance, strength)
+
+
+@dataclass(frozen=True)
+class Method:
+    key: str
+    label: str
+    engine: tuple[str, ...]  # engine methods this needs, in the order they run
+    tooltip: str
+    params: tuple[Param, ...] = field(default_factory=tuple)
+    prep_label: str = ""  # a button for the first stage, e.g. "Make mask"
+
+
+STEPS = Param(
+    "steps", "Steps", 25, "Denoising steps; more is slower and finer.", 1, 500, 1, option=False
+)
+GUIDANCE = Param(
+    "guidance",
+    "Guidance",
+    7.5,
+    "Classifier-free guidance: how strongly to follow the prompt.",
+    0,
+    30,
+    0.5,
+    option=False,
+)
+STRENGTH = Param(
+    "strength",
+    "Strength",
+    0.6,
+    "How far to noise the input before denoising: 0 keeps it, 1 ignores it.",
+    0,
+    1,
+    0.05,
+    option=False,
+)
+
+METHODS: dict[str, Method] = {
+    m.key: m
+    for m in (
+        Method(
+            "generate",
+            "Generate",
+            ("generate",),
+            "Text to image at the canvas size.",
+            (STEPS, GUIDANCE),
+        ),
+        Method(
+            "sdedit",
+            "SDEdit (strokes → image)",
+            ("sdedit",),
+            "Noise the image with your colour strokes to the chosen strength, then denoise "
+            "with the prompt (Meng et al. 2021). With a mask, only the masked area changes.",
+            (
+                STEPS,
+                GUIDANCE,
+                STRENGTH,
+                Param(
+                    "mask_grow", "Mask grow", 1, "Grow the mask by this many latent cells.", 0, 8
+                ),
+                Param(
+                    "feather",
+                    "Feather px",
+                    0.0,
+                    "Soft edge when pasting back (0 = automatic).",
+                    0,
+                    64,
+                    1,
+                ),
+                Param("eta", "Eta", 0.0, "DDIM stochasticity (0 = deterministic).", 0, 1, 0.1),
+            ),
+        ),
+        Method(
+            "repaint",
+            "Inpaint (RePaint)",
+            ("repaint",),
+            "Regenerate the masked area; the rest is re-noised from the original every step "
+            "so both harmonise (Lugmayr et al. 2022).",
+            (
+                STEPS,
+                GUIDANCE,
+                Param(
+                    "jump_length",
+                    "Jump length",
+                    5,
+                    "Steps to go back up the chain per jump.",
+                    1,
+                    50,
+                ),
+                Param(
+                    "jump_n_sample", "Resamples", 2, "How often each jump is repeated (r).", 1, 20
+                ),
+                Param(
+                    "sampler",
+                    "Sampler",
+                    "ddim",
+                    "Reverse step used between jumps.",
+                    choices=("ddim", "ddpm"),
+                ),
+            ),
+        ),
+        Method(
+            "diffedit",
+            "DiffEdit",
+            ("diffedit_mask", "diffedit"),
+            "Make a mask from where the query and reference prompts disagree, touch it up, "
+            "then edit inside it (Couairon et al. 2022). The prompt is the query.",
+            (
+                STEPS,
+                GUIDANCE,
+                STRENGTH,
+                Param(
+                    "reference_prompt", "Reference", "", "What the image shows now (may be empty)."
+                ),
+                Param(
+                    "n_samples", "Mask samples", 4, "Noise samples averaged for the mask.", 1, 16
+                ),
+                Param("threshold", "Threshold", 0.5, "Mask binarisation threshold.", 0, 1, 0.05),
+            ),
+            prep_label="Make mask",
+        ),
+        Method(
+            "reedit",
+            "Invert & re-edit",
+            ("invert", "reedit"),
+            "Invert the photo once under the source prompt, then re-edit it with changed "
+            "prompts reusing that inversion (Mokady et al. 2022).",
+            (
+                STEPS,
+                GUIDANCE,
+                Param("source_prompt", "Source prompt", "", "A caption of the photo as it is."),
+                Param(
+                    "inversion",
+                    "Inversion",
+                    "null_text",
+                    "How the photo is inverted.",
+                    choices=("ddim", "null_text", "null_text_reference", "negative_prompt"),
+                ),
+            ),
+            prep_label="Invert",
+        ),
+    )
+}
+
+
+def value(doc: Document, method: str, p: Param) -> Any:
+    if not p.option:
+        return doc.settings.get(p.key, p.default)
+    return doc.settings.get("options", {}).get(method, {}).get(p.key, p.default)
+
+
+def set_value(doc: Document, method: str, p: Param, v: Any) -> None:
+    if not p.option:
+        doc.update_settings(**{p.key: v})
+        return
+    opts = doc.settings.setdefault("options", {}).setdefault(method, {})
+    if opts.get(p.key) != v:
+        opts[p.key] = v
+        doc.mark_dirty()
+
+
+class NeedsInput(Exception):
+    """The document lacks something this method needs; the message says what."""
+
+
+def build_request(doc: Document, method: str, stage: int = -1) -> EditRequest:
+    """Snapshot the document into a request for ``METHODS[method].engine[stage]``."""
+    m = METHODS[method]
+    engine_method = m.engine[stage]
+    s = doc.settings
+    opts = {p.key: value(doc, method, p) for p in m.params if p.option}
+    has_mask = bool(doc.mask.any())
+    has_strokes = bool(doc.strokes[..., 3].any())
+    common = {
+        "prompt": s.get("prompt", ""),
+        "negative_prompt": s.get("negative_prompt", ""),
+        "steps": int(s.get("steps", 25)),
+        "guidance": float(s.get("guidance", 7.5)),
+        "strength": float(s.get("strength", 0.6)),
+        "seed": int(s.get("seed", 0)),
+    }
+    image = doc.image
+    strokes = doc.strokes if has_strokes else None
+    mask = doc.mask if has_mask else None
+    h, w = doc.size
+    if engine_method == "generate":
+        return EditRequest("generate", width=w, height=h, **common)
+    if engine_method in ("repaint", "diffedit") and mask is None:
+        what = "Paint a mask" if engine_method == "repaint" else "Make or paint a mask"
+        raise NeedsInput(f"{what} first: {m.label} edits only inside the mask.")
+    if engine_method == "diffedit_mask":
+        opts = {k: opts[k] for k in ("reference_prompt", "n_samples", "threshold")}
+        return EditRequest("diffedit_mask", image=image, strokes=strokes, options=opts, **common)
+    if engine_method == "diffedit":
+        opts = {"reference_prompt": opts["reference_prompt"]}
+    if engine_method == "invert":
+        common["prompt"] = opts["source_prompt"]
+        return EditRequest(
+            "invert", image=image, options={"inversion": opts["inversion"]}, **common
+        )
+    if engine_method == "reedit":
+        if doc.inversion is None:
+            raise NeedsInput("Invert the image first (the Invert button), then re-edit.")
+        return EditRequest(
+            "reedit", image=image, mask=mask, options={"inversion": doc.inversion}, **common
+        )
+    return EditRequest(
+        engine_method, image=image, strokes=strokes, mask=mask, options=opts, **common
+    )
+
+
+def random_seed() -> int:
+    return int(np.random.default_rng().integers(0, 2**31 - 1))

@@ -1,0 +1,1 @@
+"""Dock panels: prompt & method parameters, results history, tools & layers."""

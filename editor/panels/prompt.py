@@ -1,0 +1,238 @@
+"""Prompt & method panel: prompts, method, its parameters, seed, Run / Cancel, progress."""
+
+from __future__ import annotations
+
+import time
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..document import Document
+from ..methods import METHODS, Param, random_seed, set_value, value
+
+
+class PromptPanel(QWidget):
+    run_requested = Signal(str, int)  # method key, stage (-1 = main, 0 = preparation)
+    cancel_requested = Signal()
+
+    def __init__(self, doc: Document, available: list[str], parent=None):
+        super().__init__(parent)
+        self.doc = doc
+        self.available = set(available)
+        self._loading = False
+        self._internal = False
+        self._t0 = 0.0
+        lay = QVBoxLayout(self)
+        self.prompt = QPlainTextEdit()
+        self.prompt.setPlaceholderText("Prompt: what the result should show")
+        self.prompt.setFixedHeight(64)
+        self.negative = QLineEdit()
+        self.negative.setPlaceholderText("Negative prompt")
+        self.method = QComboBox()
+        for m in METHODS.values():
+            self.method.addItem(m.label, m.key)
+        lay.addWidget(QLabel("Prompt"))
+        lay.addWidget(self.prompt)
+        lay.addWidget(self.negative)
+        lay.addWidget(QLabel("Method"))
+        lay.addWidget(self.method)
+        self.form_host = QWidget()
+        self.form = QFormLayout(self.form_host)
+        self.form.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.form_host)
+        seed_row = QHBoxLayout()
+        self.seed = QSpinBox()
+        self.seed.setRange(0, 2**31 - 1)
+        self.seed.setToolTip("Same seed and settings give the same image on the same device.")
+        self.seed_lock = QCheckBox("Lock")
+        self.seed_lock.setToolTip("Locked: keep this seed. Unlocked: a new seed every run.")
+        self.dice = QPushButton("Random")
+        self.dice.setToolTip("Randomise the seed now")
+                seed_row.addWidget(QLabel("Seed"))
+        seed_row.addWidget(self.seed, 1)
+        seed_row.addWidget(self.seed_lock)
+        seed_row.addWidget(self.dice)
+        lay.addLayout(seed_row)
+        buttons = QHBoxLayout()
+        self.prep = QPushButton("Make mask")
+        self.run = QPushButton("Run")
+        self.run.setDefault(True)
+        self.run.setToolTip("Run the method (Ctrl+Return)")
+        self.cancel = QPushButton("Cancel")
+        self.cancel.setToolTip("Stop the running job (Esc)")
+        self.cancel.setEnabled(False)
+        buttons.addWidget(self.prep)
+        buttons.addWidget(self.run, 1)
+        buttons.addWidget(self.cancel)
+        lay.addLayout(buttons)
+        self.progress = QProgressBar()
+        self.progress.setTextVisible(True)
+        self.progress.setFormat("idle")
+        self.progress.setValue(0)
+        self.eta = QLabel("")
+        self.eta.setAlignment(Qt.AlignmentFlag.AlignRight)
+        lay.addWidget(self.progress)
+        lay.addWidget(self.eta)
+        lay.addStretch(1)
+
+        self.prompt.textChanged.connect(lambda: self._save(prompt=self.prompt.toPlainText()))
+        self.negative.textChanged.connect(lambda t: self._save(negative_prompt=t))
+        self.method.currentIndexChanged.connect(self._on_method)
+        self.seed.valueChanged.connect(lambda v: self._save(seed=int(v)))
+        self.seed_lock.toggled.connect(lambda v: self._save(seed_locked=bool(v)))
+        self.dice.clicked.connect(lambda: self.seed.setValue(random_seed()))
+        self.run.clicked.connect(lambda: self.run_requested.emit(self.current_method(), -1))
+        self.prep.clicked.connect(lambda: self.run_requested.emit(self.current_method(), 0))
+        self.cancel.clicked.connect(self.cancel_requested)
+        doc.settings_changed.connect(self.load_settings)
+        self.load_settings()
+
+    # ---- settings <-> widgets -----------------------------------------------------------
+
+    def current_method(self) -> str:
+        return self.method.currentData()
+
+    def _save(self, **changes) -> None:
+        if not self._loading:
+            self._set(lambda: self.doc.update_settings(**changes))
+
+    def _set(self, fn) -> None:
+        """Change the document from a widget without rebuilding the widgets."""
+        self._internal = True
+        try:
+            fn()
+        finally:
+            self._internal = False
+
+    def load_settings(self) -> None:
+        if self._internal:
+            return
+        self._loading = True
+        s = self.doc.settings
+        if self.prompt.toPlainText() != s["prompt"]:
+            self.prompt.setPlainText(s["prompt"])
+        self.negative.setText(s["negative_prompt"])
+        self.seed.setValue(int(s["seed"]))
+        self.seed_lock.setChecked(bool(s["seed_locked"]))
+        idx = self.method.findData(s["method"])
+        self.method.setCurrentIndex(max(0, idx))
+        self._loading = False
+        self._build_form()
+
+    def set_available(self, methods: list[str]) -> None:
+        self.available = set(methods)
+        for i in range(self.method.count()):
+            m = METHODS[self.method.itemData(i)]
+            missing = [e for e in m.engine if e not in self.available]
+            item = self.method.model().item(i)
+            item.setEnabled(not missing)
+            tip = m.tooltip
+            if missing:
+                tip = f"Not available in this engine yet (needs {', '.join(missing)}).\n{tip}"
+            self.method.setItemData(i, tip, Qt.ItemDataRole.ToolTipRole)
+        self._build_form()
+
+    def _on_method(self) -> None:
+        if not self._loading:
+            self._set(lambda: self.doc.update_settings(method=self.current_method()))
+            self._build_form()
+
+    def _build_form(self) -> None:
+        while self.form.rowCount():
+            self.form.removeRow(0)
+        key = self.current_method()
+        m = METHODS[key]
+        for p in m.params:
+            w = self._editor(key, p)
+            w.setToolTip(p.tooltip)
+            label = QLabel(p.label)
+            label.setToolTip(p.tooltip)
+            self.form.addRow(label, w)
+        missing = [e for e in m.engine if e not in self.available]
+        self.prep.setVisible(bool(m.prep_label))
+        self.prep.setText(m.prep_label or "")
+        self.method.setToolTip(m.tooltip)
+        self.run.setToolTip(
+            f"Not available yet: the engine lacks {', '.join(missing)}." if missing else m.tooltip
+        )
+        self._update_buttons()
+
+    def _editor(self, method: str, p: Param) -> QWidget:
+        v = value(self.doc, method, p)
+
+        def put(x):
+            self._set(lambda: set_value(self.doc, method, p, x))
+
+        if p.choices:
+            w = QComboBox()
+            w.addItems(list(p.choices))
+            w.setCurrentText(str(v))
+            w.currentTextChanged.connect(
+                lambda t: self._set(lambda: set_value(self.doc, method, p, t))
+            )
+        elif isinstance(p.default, str):
+            w = QLineEdit(str(v))
+            w.textChanged.connect(put)
+        elif isinstance(p.default, int):
+            w = QSpinBox()
+            w.setRange(int(p.lo), int(p.hi))
+            w.setValue(int(v))
+            w.valueChanged.connect(
+                lambda x: self._set(lambda: set_value(self.doc, method, p, int(x)))
+            )
+        else:
+            w = QDoubleSpinBox()
+            w.setRange(p.lo, p.hi)
+            w.setSingleStep(p.step)
+            w.setDecimals(2)
+            w.setValue(float(v))
+            w.valueChanged.connect(
+                lambda x: self._set(lambda: set_value(self.doc, method, p, float(x)))
+            )
+        w.setObjectName(f"param_{p.key}")
+        return w
+
+    # ---- job state --------------------------------------------------------------------
+
+    def _update_buttons(self, busy: bool | None = None) -> None:
+        busy = self.cancel.isEnabled() if busy is None else busy
+        m = METHODS[self.current_method()]
+        ok = all(e in self.available for e in m.engine)
+        self.run.setEnabled(ok and not busy)
+        self.prep.setEnabled(ok and not busy)
+        self.cancel.setEnabled(busy)
+
+    def set_busy(self, busy: bool, text: str = "") -> None:
+        self._update_buttons(busy)
+        if busy:
+            self._t0 = time.monotonic()
+            self.progress.setRange(0, 0)  # busy until the first step
+            self.progress.setFormat(text or "starting…")
+            self.eta.setText("")
+        else:
+            self.progress.setRange(0, 100)
+            self.progress.setValue(0)
+            self.progress.setFormat(text or "idle")
+
+    def show_step(self, i: int, n: int, label: str = "") -> None:
+        self.progress.setRange(0, max(n, 1))
+        self.progress.setValue(i)
+        self.progress.setFormat(f"{label or 'step'} {i}/{n}")
+        elapsed = time.monotonic() - self._t0
+        if i > 0:
+            left = elapsed / i * (n - i)
+            self.eta.setText(f"{elapsed:.1f} s elapsed · about {left:.1f} s left")
