@@ -1,0 +1,125 @@
+"""Null-text inversion (Mokady et al. 2022, "Null-text Inversion for Editing Real Images
+using Guided Diffusion Models"), Algorithm 1."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..denoiser import Denoiser
+from ..schedule import prev_timesteps
+from .common import Algorithm, Progress
+
+
+@dataclass(frozen=True)
+class NullTextSettings:
+    """How hard to optimise each step's null embedding.
+
+    ``init``: "negative" starts from the negative prompt's embedding (the paper: ψ("")),
+    "prompt" from the source prompt's (negative-prompt inversion, Miyake et al. 2023, whose
+    guided step already equals the unguided inversion step, so the loss starts small).
+    ``stop_before_step``: test the early-stop threshold before taking an Adam step, so a
+    step whose loss is already small costs one forward and no backward (the paper always
+    steps once)."""
+
+    inner_steps: int = 10
+    lr: float = 1e-2
+    lr_decay: float = 1 / 100  # lr · (1 − i · lr_decay) at outer step i
+    early_stop: float = 1e-5
+    early_stop_slope: float = 2e-5  # threshold early_stop + i · slope
+    init: str = "negative"
+    stop_before_step: bool = False
+
+    def threshold(self, i: int) -> float:
+        return self.early_stop + i * self.early_stop_slope
+
+    def learning_rate(self, i: int) -> float:
+        return self.lr * max(1.0 - i * self.lr_decay, 0.05)
+
+
+# the paper's setting (§4, App.: N = 10 iterations, lr 1e-2 (1 − i/100), early stop
+# loss < 1e-5 + i · 2e-5; use with 50 steps and guidance 7.5 as there)
+REFERENCE = NullTextSettings()
+# ours: start from the source prompt's embedding, at most 3 iterations, skip the step when
+# the loss is already under the threshold; the warm start from the previous step's
+# optimised embedding is shared with the paper
+FAST = NullTextSettings(inner_steps=3, init="prompt", stop_before_step=True)
+
+
+def null_text_optimise(
+    denoiser: Denoiser,
+    trajectory: list[torch.Tensor],
+    timesteps: list[int],
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    guidance: float,
+    settings: NullTextSettings = FAST,
+) -> Algorithm[tuple[list[torch.Tensor], list[list[float]], torch.Tensor]]:
+    """Optimise one unconditional embedding ∅_t per step so that the guided DDIM step from
+    the current reconstruction z̄_t lands on the pivot z*_{t−1} of a (guidance 1) DDIM
+    inversion ``trajectory`` (Mokady et al. 2022, Alg. 1, eq. 3):
+
+        min_∅ ‖ z*_{t−1} − z_{t−1}(z̄_t, ∅, C) ‖²,  then  z̄_{t−1} = z_{t−1}(z̄_t, ∅_t, C).
+
+    The embedding and Adam's state are fp32 whatever the model's dtype; the loss is scaled
+    for the backward pass through a half-precision UNet (Adam is invariant to the scale).
+    Yields after every model call. Returns (∅ per step, losses per step — one per
+    iteration plus the final one —, reconstruction latents z̄_0).
+    """
+    sched = denoiser.schedule
+    n = len(timesteps)
+    loss_scale = 1.0 if denoiser.dtype == torch.float32 else 1024.0
+    emb = (cond if settings.init == "prompt" else uncond).detach().float().clone()
+    x = trajectory[0]
+    nulls: list[torch.Tensor] = []
+    losses: list[list[float]] = []
+
+    def guided_step(out_c, e, t, t_prev):
+        out_u = denoiser.model_output(x, t, e)
+        denoiser.unet_calls = getattr(denoiser, "unet_calls", 0) + 1
+        out = out_u + guidance * (out_c - out_u)  # Ho & Salimans 2022, eq. 6
+        eps, x0 = sched.eps_x0(out, x, t)
+        return sched.ddim_step(x0, eps, t, t_prev), x0
+
+    for i, (t, t_prev) in enumerate(zip(timesteps, prev_timesteps(timesteps))):
+        target = trajectory[i + 1].float()
+        thr = settings.threshold(i)
+        # 1. the conditional branch does not depend on ∅: evaluate it once per step
+        with torch.no_grad():
+            out_c = denoiser.model_output(x, t, cond)
+        param = emb.clone().requires_grad_(True)  # warm start from ∅_{t+1} (Alg. 1)
+        opt = torch.optim.Adam([param], lr=settings.learning_rate(i))
+        step_losses: list[float] = []
+        current = None  # (x_{t−1}, x̂₀) for the embedding as it is now
+        for j in range(settings.inner_steps):
+            # 2. one Adam step on ‖z*_{t−1} − z_{t−1}(z̄_t, ∅, C)‖² (kept out of yields)
+            with torch.enable_grad():
+                x_prev, x0 = guided_step(out_c, param, t, t_prev)
+                loss = F.mse_loss(x_prev.float(), target)
+                value = float(loss.detach())
+                step_losses.append(value)
+                if settings.stop_before_step and value < thr:
+                    current = (x_prev.detach(), x0.detach())
+                    break
+                opt.zero_grad(set_to_none=True)
+                (loss * loss_scale).backward()
+                opt.step()
+            del loss, x_prev
+            yield Progress(i + 1, n, t, x0=x0.detach(), label=f"null-text {j + 1}: {value:.2e}")
+            # 3. early stop (the paper tests the loss before this iteration's step)
+            if value < thr:
+                break
+        emb = param.detach()
+        # 4. z̄_{t−1} = z_{t−1}(z̄_t, ∅_t, C) with the optimised embedding
+        if current is None:
+            with torch.no_grad():
+                current = guided_step(out_c, emb, t, t_prev)
+        x_next, x0 = current
+        step_losses.append(float(F.mse_loss(x_next.float(), target)))
+        losses.append(step_losses)
+        nulls.append(emb.to(denoiser.dtype))
+        x = x_next.detach()
+        yield Progress(i + 1, n, t, x0=x0, label="null-text")
+    return nulls, losses, x

@@ -1,0 +1,197 @@
+"""Algorithms against the closed-form denoiser for Gaussian data (see analytic.py)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from engine.algorithms.common import run_to_end
+from engine.algorithms.diffedit import diffedit, diffedit_mask
+from engine.algorithms.inversion import ddim_decode, ddim_invert, invert, regenerate
+from engine.algorithms.null_text import NullTextSettings
+from engine.algorithms.repaint import repaint, repaint_calls, repaint_schedule
+from engine.denoiser import Conditioning
+
+from .analytic import AnalyticDenoiser, schedule
+
+SHAPE = (1, 4, 6, 10)  # non-square latents throughout
+
+
+def make(pred="epsilon", s=0.7, shape=SHAPE, region=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mu = 0.5 * torch.randn(shape, generator=g)
+    d = AnalyticDenoiser(schedule(pred), mu, s, region)
+    x0 = mu + s * torch.randn(shape, generator=g)
+    return d, x0
+
+
+def round_trip(d, x0, steps, fixed_point=0):
+    ts = d.schedule.timesteps(steps)
+    c = d.encode_text("")
+    traj = run_to_end(ddim_invert(d, x0, c, ts, fixed_point=fixed_point))
+    assert len(traj) == steps + 1 and torch.equal(traj[-1], x0)
+    return run_to_end(ddim_decode(d, traj[0], ts, c, 1.0)), traj
+
+
+# ---- DDIM inversion ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pred", ["epsilon", "v_prediction"])
+def test_ddim_inversion_round_trip_is_exact_with_fixed_point_steps(pred):
+    d, x0 = make(pred)
+    x, traj = round_trip(d, x0, 50, fixed_point=4)
+    assert (x - x0).abs().max() < 1e-4
+    # the inverted noise is white: unit variance, like x_T should be
+    assert 0.8 < traj[0].std() < 1.3
+
+
+@pytest.mark.parametrize("pred", ["epsilon", "v_prediction"])
+def test_plain_ddim_inversion_round_trip_is_first_order(pred):
+    # plain DDIM inversion evaluates ε̂ at x_s instead of x_t: even with the ideal
+    # denoiser each round trip shrinks x − √ᾱμ by cos²(Δθ), so the error is O(1/steps)
+    d, x0 = make(pred)
+    e50 = (round_trip(d, x0, 50)[0] - x0).abs().max().item()
+    e200 = (round_trip(d, x0, 200)[0] - x0).abs().max().item()
+    assert e50 < 0.3
+    assert e200 < 0.35 * e50  # ~4x fewer error for 4x the steps
+
+
+def test_eps_and_v_prediction_give_the_same_inversion():
+    (d_e, x0), (d_v, _) = make("epsilon"), make("v_prediction")
+    ts = d_e.schedule.timesteps(20)
+    c = d_e.encode_text("")
+    te = run_to_end(ddim_invert(d_e, x0, c, ts))
+    tv = run_to_end(ddim_invert(d_v, x0, c, ts))
+    assert (te[0] - tv[0]).abs().max() < 1e-4
+
+
+def test_guided_reconstruction_needs_negative_prompt_or_null_text():
+    # the prompt shifts μ inside a region; guidance 7.5 then extrapolates away from the
+    # guidance-1 inversion unless the unconditional branch is fixed
+    region = torch.zeros(SHAPE)
+    region[..., 2:5, 3:8] = 1
+    d, x0 = make(region=region)
+    errs = {}
+    for method in ("ddim", "negative_prompt", "null_text", "null_text_reference"):
+        inv = run_to_end(invert(d, x0, "a red house", 10, 7.5, method, fixed_point=10))
+        x = run_to_end(regenerate(d, inv, d.encode_text("a red house")))
+        errs[method] = (x - x0).abs().max().item()
+        if method.startswith("null_text"):
+            assert (inv.reconstruction - x0).abs().max() < 1e-2
+    assert errs["ddim"] > 0.5
+    assert errs["negative_prompt"] < 1e-4
+    assert errs["null_text"] < 1e-2 and errs["null_text_reference"] < 1e-2
+
+
+def test_null_text_loss_decreases_on_the_analytic_model():
+    region = torch.zeros(SHAPE)
+    region[..., 1:5, 2:9] = 1
+    d, x0 = make(region=region)
+    settings = NullTextSettings(inner_steps=5, early_stop=0.0, early_stop_slope=0.0, lr=0.05)
+    inv = run_to_end(invert(d, x0, "a house", 5, 7.5, "null_text", settings=settings))
+    for step in inv.losses:
+        assert len(step) == 6
+        assert step[-1] < step[0]
+
+
+# ---- RePaint -----------------------------------------------------------------------------
+
+
+def test_repaint_schedule_matches_the_paper_and_formula():
+    assert repaint_calls(250, 10, 10) == 2410  # Lugmayr et al. 2022, §4.2
+    for n, j, r in [(25, 5, 3), (50, 10, 10), (20, 1, 3), (7, 3, 2), (10, 10, 5), (1, 1, 1)]:
+        ts = repaint_schedule(n, j, r)
+        assert ts[0] == n - 1 and ts[-1] == -1
+        assert all(abs(b - a) == 1 for a, b in zip(ts, ts[1:]))
+        assert max(ts) == n - 1 and min(ts) == -1
+        expected = n + j * (r - 1) * math.ceil((n - j) / j) if n > j else n
+        assert repaint_calls(n, j, r) == expected
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_repaint_counts_model_calls(sampler):
+    d, x0 = make()
+    mask = torch.zeros(1, 1, *SHAPE[-2:])
+    mask[..., :, 5:] = 1
+    gen = torch.Generator().manual_seed(0)
+    c = Conditioning(d.encode_text(""))
+    steps = list(repaint(d, x0, mask, c, 12, 1.0, gen, 3, 3, sampler))
+    assert d.unet_calls == len(steps) == repaint_calls(12, 3, 3) == 12 + 3 * 2 * 3
+    assert steps[-1].i == steps[-1].n == d.unet_calls
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_repaint_keeps_known_latents_on_the_forward_marginal(sampler):
+    shape = (1, 4, 32, 48)
+    d, x0 = make(shape=shape)
+    d.record = True
+    mask = torch.zeros(1, 1, *shape[-2:])
+    mask[..., :, 24:] = 1  # right half generated, left half known
+    gen = torch.Generator().manual_seed(1)
+    out = run_to_end(
+        repaint(d, x0, mask, Conditioning(d.encode_text("")), 10, 1.0, gen, 2, 3, sampler)
+    )
+    keep = (mask == 0).expand(shape)
+    # every state the model sees: known entries ~ N(√ᾱ_t x_0, (1 − ᾱ_t) I)
+    zs = []
+    for t, x in d.seen:
+        a = d.schedule.alpha(t)
+        z = (x - math.sqrt(a) * x0)[keep] / math.sqrt(1 - a)
+        n = z.numel()
+        assert abs(z.mean().item()) < 5 / math.sqrt(n), t
+        assert abs(z.var().item() - 1) < 5 * math.sqrt(2 / n), t
+        zs.append(z)
+    # ... and they are fresh draws, not a stuck noise (the same t is visited repeatedly)
+    assert len(d.seen) == repaint_calls(10, 2, 3)
+    assert torch.equal(out[keep], x0[keep])
+
+
+# ---- DiffEdit ----------------------------------------------------------------------------
+
+
+def _region():
+    r = torch.zeros(SHAPE)
+    r[..., 1:4, 2:7] = 1
+    return r
+
+
+def test_diffedit_mask_finds_where_prompts_disagree():
+    d, x0 = make(region=_region())
+    gen = torch.Generator().manual_seed(0)
+    q, ref = d.encode_text("a blue house"), d.encode_text("")
+    previews = []
+    gen_ = diffedit_mask(d, x0, q, ref, 500, gen, n_samples=5, batch_size=2)
+    while True:
+        try:
+            previews.append(next(gen_))
+        except StopIteration as stop:
+            est = stop.value
+            break
+    assert len(previews) == 3 and d.unet_calls == 3  # ⌈5/2⌉ batched calls
+    assert previews[0].image.shape == (*SHAPE[-2:], 3) and previews[0].image.dtype.name == "uint8"
+    truth = _region()[0, 0]
+    assert torch.equal(est.mask[0, 0], truth)
+
+
+def test_diffedit_mask_of_identical_prompts_is_empty():
+    d, x0 = make(region=_region())
+    gen = torch.Generator().manual_seed(0)
+    q = d.encode_text("a blue house")
+    est = run_to_end(diffedit_mask(d, x0, q, q, 500, gen, n_samples=4))
+    assert est.mask.sum() == 0 and est.map.max() < 1e-3
+
+
+def test_diffedit_edit_changes_only_inside_the_mask():
+    d, x0 = make(region=_region())
+    mask = _region()[:, :1]
+    cond = Conditioning(d.encode_text("a blue house"), d.encode_text(""))
+    out = run_to_end(diffedit(d, x0, mask, cond, d.encode_text(""), 10, 0.6, 3.0))
+    outside = (mask == 0).expand(SHAPE)
+    assert torch.equal(out[outside], x0[outside])
+    inside = ~outside
+    # inside, the mean moved towards the query's μ (c·region with c ≠ 0)
+    c = d.encode_text("a blue house").item()
+    moved = (out - x0)[inside].mean().item()
+    assert moved * c > 0 and abs(moved) > 0.1 * abs(c)
