@@ -1,0 +1,1 @@
+"""Training side of the demo model: the procedural demo world and its datasets."""
