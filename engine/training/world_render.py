@@ -524,11 +524,8 @@ def draw_object(cv: Canvas, scene, obj, label: int) -> int:
         tex = (1.0 + 0.06 * nz)[None]
         # Side wall (a little darker), gable front (wall + gable triangle), roof plane.
         put(_poly_sdf(X, Y, [(sx0, ywt), (sx1, ywt), (sx1, ybot), (sx0, ybot)]), wall * 0.8 * tex)
-        front = np.maximum(
-            _poly_sdf(X, Y, [(fx0, ywt), (fx1, ywt), (fx1, ybot), (fx0, ybot)]),
-            -np.inf,
-        )
-        front = np.minimum(
+        front = _poly_sdf(X, Y, [(fx0, ywt), (fx1, ywt), (fx1, ybot), (fx0, ybot)])
+        front = np.minimum(  # union of the wall rectangle and the gable triangle
             front, _poly_sdf(X, Y, [(fx0, ywt + 0.5 / S), apex, (fx1, ywt + 0.5 / S)])
         )
         put(front, wall * tex)
