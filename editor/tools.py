@@ -60,7 +60,7 @@ class Stroke:
         h, w = arr.shape[:2]
         # np.zeros is lazily allocated by the OS: only touched pages cost memory
         self.cov = np.zeros((h, w), np.float32)
-        self.before = np.zeros_like(arr)
+        self.before = np.zeros(arr.shape, arr.dtype)  # not zeros_like: that fills eagerly
         self.saved = np.zeros((h, w), bool)
         self.box: list[int] | None = None  # y0, x0, y1, x1 of everything touched
         self.last: tuple[float, float] | None = None
@@ -116,11 +116,13 @@ class Stroke:
         if not touched.any():
             return
         # save pre-stroke pixels the first time the stroke reaches them
-        new = touched & ~self.saved[y0:y1, x0:x1]
+        saved = self.saved[y0:y1, x0:x1]
+        new = touched & ~saved
         region, before = arr[y0:y1, x0:x1], self.before[y0:y1, x0:x1]
-        before[new] = region[new]
-        self.saved[y0:y1, x0:x1] |= new
-        region[touched] = self._compose(before[touched], cov[touched])
+        expand = (lambda m: m[..., None]) if arr.ndim == 3 else (lambda m: m)
+        np.copyto(before, region, where=expand(new))
+        saved |= new
+        np.copyto(region, self._compose(before, cov), where=expand(touched))
         if self.box is None:
             self.box = [y0, x0, y1, x1]
         else:
@@ -129,24 +131,23 @@ class Stroke:
         self.doc.notify(self.layer, y0, x0, y1, x1)
 
     def _compose(self, before: np.ndarray, c: np.ndarray) -> np.ndarray:
-        """New pixel values from pre-stroke values and coverage (both 1-D over pixels)."""
+        """New pixel values of a region from its pre-stroke values and coverage."""
         if self.layer == "mask":
             m = before.astype(np.float32)
             out = m * (1 - c) if self.erase else m + (255.0 - m) * c
-            return out.round().astype(np.uint8)
+            return (out + 0.5).astype(np.uint8)
         px = before.astype(np.float32)
-        a0 = px[:, 3] / 255.0
+        a0 = px[..., 3] * (1 / 255.0)
+        out = px
         if self.erase:
-            px[:, 3] = a0 * (1 - c) * 255.0
-            return px.round().astype(np.uint8)
-        a = a0 + c * (1 - a0)
-        safe = np.where(a > 0, a, 1.0)
-        rgb = (px[:, :3] * (a0 * (1 - c))[:, None] + self.colour[None, :] * c[:, None]) / safe[
-            :, None
-        ]
-        out = np.empty_like(px)
-        out[:, :3], out[:, 3] = rgb, a * 255.0
-        return out.round().clip(0, 255).astype(np.uint8)
+            out[..., 3] = a0 * (1 - c) * 255.0
+        else:
+            a = a0 + c * (1 - a0)
+            inv = 1.0 / np.where(a > 0, a, 1.0)
+            keep = (a0 * (1 - c) * inv)[..., None]
+            out[..., :3] = px[..., :3] * keep + self.colour * (c * inv)[..., None]
+            out[..., 3] = a * 255.0
+        return (np.clip(out, 0, 255) + 0.5).astype(np.uint8)
 
 
 def pick_colour(doc: Document, x: float, y: float) -> tuple[int, int, int] | None:

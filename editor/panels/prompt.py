@@ -62,7 +62,7 @@ class PromptPanel(QWidget):
         self.seed_lock.setToolTip("Locked: keep this seed. Unlocked: a new seed every run.")
         self.dice = QPushButton("Random")
         self.dice.setToolTip("Randomise the seed now")
-                seed_row.addWidget(QLabel("Seed"))
+        seed_row.addWidget(QLabel("Seed"))
         seed_row.addWidget(self.seed, 1)
         seed_row.addWidget(self.seed_lock)
         seed_row.addWidget(self.dice)
