@@ -1,0 +1,869 @@
+"""Load and save Stable Diffusion models from disk, fully offline.
+
+Two on-disk forms are understood:
+
+- a **diffusers folder** in the SD layout: ``model_index.json``, ``unet/``, ``vae/``,
+  ``text_encoder/``, ``tokenizer/``, ``scheduler/``;
+- a **single file** (``.safetensors``, or ``.ckpt`` holding plain tensors) in the original
+  CompVis/Stability key layout: UNet ``model.diffusion_model.*``, VAE ``first_stage_model.*``,
+  text encoder ``cond_stage_model.transformer.*`` (OpenAI CLIP, SD 1.x) or
+  ``cond_stage_model.model.*`` (OpenCLIP, SD 2.x).
+
+A single file carries no configs. They come from, first match wins:
+
+1. the ``config_dir`` argument: a folder in the diffusers layout (configs only; its weights, if
+   any, are ignored);
+2. a sidecar folder ``<name>.config/`` next to ``<name>.safetensors`` (``save_single_file``
+   writes one, so a saved file reloads without arguments);
+3. the family recognised from the weights (``detect_family``), with the configs that ship in
+   ``engine/configs/<family>/``: ``sd15`` (SD 1.x), ``sd2`` (SD 2.x base: 512 px, epsilon) and
+   ``sd2-v`` (SD 2.x: 768 px, v-prediction).
+
+SD 2.x epsilon and v-prediction checkpoints have identical tensors, so the weights cannot tell
+them apart: a 2.x file is taken as ``sd2-v`` unless its file name contains "base" or the caller
+passes ``prediction_type="epsilon"``. ``prediction_type`` also overrides any scheduler config.
+
+Every component is built on the ``meta`` device from its config and then receives its weights
+strictly: a missing, unexpected or mis-shaped tensor is an error, never a silently random
+layer. Weights come back as fp32 on the CPU; ``engine.models`` moves them to the device.
+Every failure a user can cause raises ``ModelLoadError`` with a sentence they can act on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach for the network
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from .errors import ModelLoadError, OutOfMemoryError  # noqa: E402
+from .models import CLIP_TOKENIZER_DIR  # noqa: E402
+
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+
+FAMILIES = {
+    "sd15": "Stable Diffusion 1.x (512 px, epsilon)",
+    "sd2": "Stable Diffusion 2.x base (512 px, epsilon)",
+    "sd2-v": "Stable Diffusion 2.x (768 px, v-prediction)",
+}
+SUPPORTED = "Stable Diffusion 1.x and 2.x (including 2.x v-prediction)"
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+PART_KEYS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler_config", "vae_scale")
+
+# Single-file prefixes (the original Stable Diffusion layout).
+UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
+CLIP_PREFIX = "cond_stage_model.transformer."
+OPEN_CLIP_PREFIX = "cond_stage_model.model."
+# The first cross-attention's key projection: its input width is the text context dimension.
+CONTEXT_KEY = UNET_PREFIX + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
+
+_FOLDER_PARTS = {
+    "unet": "the denoising UNet",
+    "vae": "the image autoencoder",
+    "text_encoder": "the text encoder",
+    "tokenizer": "the prompt tokenizer",
+    "scheduler": "the noise schedule",
+}
+_WEIGHT_NAMES = (
+    "diffusion_pytorch_model.safetensors",
+    "model.safetensors",
+    "diffusion_pytorch_model.bin",
+    "pytorch_model.bin",
+    "diffusion_pytorch_model.fp16.safetensors",
+    "model.fp16.safetensors",
+    "diffusion_pytorch_model.fp16.bin",
+    "pytorch_model.fp16.bin",
+)
+_WEIGHT_INDEXES = ("diffusion_pytorch_model.safetensors.index.json", "model.safetensors.index.json")
+
+
+# ---- public API: loading --------------------------------------------------------------------
+
+
+def load_path(
+    path: str | os.PathLike,
+    config_dir: str | os.PathLike | None = None,
+    prediction_type: str | None = None,
+) -> dict[str, Any]:
+    """Load a diffusers folder or a single checkpoint file into the parts dict
+    (``unet, vae, text_encoder, tokenizer, scheduler_config, vae_scale``)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ModelLoadError(
+            f"No model found at {path}: the path does not exist. Check the spelling, or choose "
+            "a model folder or a .safetensors file."
+        )
+    if path.is_file() and path.name == "model_index.json":
+        path = path.parent  # the user picked the index file of a diffusers folder
+    if path.is_dir():
+        if config_dir is not None:
+            raise ModelLoadError(
+                f"{path} is a model folder, which carries its own configs; a separate config "
+                "folder only applies to single-file checkpoints."
+            )
+        return load_diffusers_folder(path, prediction_type=prediction_type)
+    if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+        raise ModelLoadError(
+            f"{path.name} is not a model Diffusion Editor can load: choose a .safetensors "
+            "(or .ckpt) checkpoint, or a diffusers model folder (the one with model_index.json)."
+        )
+    return load_single_file(path, config_dir=config_dir, prediction_type=prediction_type)
+
+
+def load_diffusers_folder(
+    path: str | os.PathLike, prediction_type: str | None = None
+) -> dict[str, Any]:
+    """Load a diffusers folder in the Stable Diffusion layout."""
+    path = Path(path).expanduser()
+    with _user_errors(path):
+        if not path.is_dir():
+            raise ModelLoadError(f"No model folder at {path}: the folder does not exist.")
+        index_file = path / "model_index.json"
+        if not index_file.is_file():
+            raise ModelLoadError(
+                f"{path} is not a diffusers model folder: it has no model_index.json. Choose the "
+                "folder that contains model_index.json, unet/ and vae/, or a .safetensors file."
+            )
+        _check_pipeline_kind(_read_json(index_file), path)
+        for part, role in _FOLDER_PARTS.items():
+            if not (path / part).is_dir():
+                raise ModelLoadError(
+                    f"The model folder {path} is missing its {part}/ folder ({role}). Copy or "
+                    "download the complete model folder."
+                )
+        configs = _read_configs(path)
+        _check_unet_config(configs["unet"], path)
+        unet = _build("unet", configs["unet"], _read_folder_weights(path / "unet"), f"{path}/unet")
+        vae = _build("vae", configs["vae"], _read_folder_weights(path / "vae"), f"{path}/vae")
+        text_encoder = _build(
+            "text_encoder",
+            configs["text_encoder"],
+            _read_folder_weights(path / "text_encoder"),
+            f"{path}/text_encoder",
+        )
+        tokenizer = _load_tokenizer(path / "tokenizer", require_files=True)
+        return _parts(unet, vae, text_encoder, tokenizer, configs["scheduler"], prediction_type)
+
+
+def load_single_file(
+    path: str | os.PathLike,
+    config_dir: str | os.PathLike | None = None,
+    prediction_type: str | None = None,
+) -> dict[str, Any]:
+    """Load a checkpoint in the original SD layout (see the module docstring for configs)."""
+    from diffusers.loaders.single_file_utils import (
+        convert_ldm_unet_checkpoint,
+        convert_ldm_vae_checkpoint,
+    )
+
+    path = Path(path).expanduser()
+    with _user_errors(path):
+        checkpoint = read_checkpoint(path)
+        if config_dir is None and sidecar_dir(path).is_dir():
+            config_dir = sidecar_dir(path)
+        if config_dir is None:
+            family = detect_family(checkpoint, path.name, prediction_type)
+            config_dir = CONFIGS_DIR / family
+        else:
+            config_dir = Path(config_dir).expanduser()
+            _check_sd_layout(checkpoint, path.name)
+            if not (config_dir / "unet" / "config.json").is_file():
+                raise ModelLoadError(
+                    f"The config folder {config_dir} has no unet/config.json; it must be laid "
+                    "out like a diffusers model folder (unet/, vae/, text_encoder/, scheduler/)."
+                )
+        configs = _read_configs(config_dir)
+        _check_unet_config(configs["unet"], path)
+        _check_components_present(checkpoint, path.name)
+
+        unet_sd = convert_ldm_unet_checkpoint(checkpoint, configs["unet"])
+        unet = _build("unet", configs["unet"], unet_sd, path.name)
+        vae_sd = convert_ldm_vae_checkpoint(checkpoint, configs["vae"])
+        vae = _build("vae", configs["vae"], vae_sd, path.name)
+        text_sd = _convert_text_encoder(checkpoint, configs["text_encoder"])
+        text_encoder = _build("text_encoder", configs["text_encoder"], text_sd, path.name)
+        tokenizer = _load_tokenizer(config_dir / "tokenizer", require_files=False)
+        return _parts(unet, vae, text_encoder, tokenizer, configs["scheduler"], prediction_type)
+
+
+def sidecar_dir(path: str | os.PathLike) -> Path:
+    """The config folder that travels with a single file: ``model.safetensors`` →
+    ``model.config/``."""
+    path = Path(path)
+    return path.with_name(path.stem + ".config")
+
+
+def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """Read a single-file checkpoint into a flat dict of tensors (no code is unpickled)."""
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        state = _read_safetensors(path)
+    elif suffix in (".ckpt", ".pt", ".pth", ".bin"):
+        state = _read_torch_file(path)
+    else:
+        raise ModelLoadError(
+            f"{path.name} has an unsupported extension; use a .safetensors or .ckpt checkpoint."
+        )
+    while isinstance(state.get("state_dict"), Mapping):  # Lightning checkpoints nest the weights
+        state = state["state_dict"]
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise ModelLoadError(f"{path.name} contains no weights.")
+    return tensors
+
+
+def detect_family(
+    checkpoint: Mapping[str, Any], filename: str = "", prediction_type: str | None = None
+) -> str:
+    """Recognise a single-file checkpoint's family from its keys and shapes only.
+
+    Returns a key of ``FAMILIES``. SD 1.x and 2.x differ in the text context width of the
+    UNet's cross-attention (768 for CLIP ViT-L, 1024 for OpenCLIP ViT-H). SD 2.x epsilon vs
+    v-prediction cannot be told from weights: "base" in the file name or
+    ``prediction_type="epsilon"`` selects ``sd2``, anything else ``sd2-v``.
+    """
+    name = filename or "This checkpoint"
+    if any(k.startswith("conditioner.embedders.") for k in checkpoint):
+        raise ModelLoadError(
+            f"{name} is an SDXL checkpoint; SDXL isn't supported yet. Supported: {SUPPORTED}."
+        )
+    _check_sd_layout(checkpoint, filename)
+    if CONTEXT_KEY not in checkpoint:
+        raise ModelLoadError(
+            f"{name} has a UNet, but not one of the supported layouts (no cross-attention "
+            f"where Stable Diffusion has one). Supported: {SUPPORTED}."
+        )
+    context_dim = int(checkpoint[CONTEXT_KEY].shape[1])
+    if context_dim == 768:
+        return "sd15"
+    if context_dim == 1024:
+        if prediction_type == "epsilon":
+            return "sd2"
+        if prediction_type is None and "base" in Path(filename).name.lower():
+            return "sd2"
+        return "sd2-v"
+    raise ModelLoadError(
+        f"{name} conditions on {context_dim}-wide text features, which matches no supported "
+        f"family. Supported: {SUPPORTED}."
+    )
+
+
+# ---- public API: saving ---------------------------------------------------------------------
+
+
+def save_diffusers_folder(model: Any, path: str | os.PathLike) -> Path:
+    """Write a ModelBundle or parts dict as a diffusers folder (safetensors weights)."""
+    from safetensors.torch import save_file
+
+    parts = _as_parts(model)
+    path = Path(path)
+    _write_configs(parts, path)
+    save_file(
+        _cpu(parts["unet"].state_dict()),
+        path / "unet" / "diffusion_pytorch_model.safetensors",
+        metadata={"format": "pt"},
+    )
+    save_file(
+        _cpu(parts["vae"].state_dict()),
+        path / "vae" / "diffusion_pytorch_model.safetensors",
+        metadata={"format": "pt"},
+    )
+    # "text_model." prefixed keys are what every transformers version reads.
+    text_sd = {"text_model." + k: v for k, v in _clip_keys(parts["text_encoder"]).items()}
+    save_file(_cpu(text_sd), path / "text_encoder" / "model.safetensors", metadata={"format": "pt"})
+    return path
+
+
+def save_single_file(model: Any, path: str | os.PathLike, *, sidecar: bool = True) -> Path:
+    """Write a ModelBundle or parts dict as one ``.safetensors`` in the original SD layout.
+
+    With ``sidecar`` (default) the configs and tokenizer go to ``<name>.config/`` beside it, so
+    models of any size (the tiny test model included) reload without further arguments.
+    Text encoders with ``gelu`` activation are written in the OpenCLIP layout (SD 2.x),
+    others in the OpenAI CLIP layout (SD 1.x)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        raise ModelLoadError(f"Save single-file models as .safetensors, not {path.suffix!r}.")
+    parts = _as_parts(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(_cpu(to_original_state_dict(parts)), path, metadata={"format": "pt"})
+    if sidecar:
+        _write_configs(parts, sidecar_dir(path))
+    return path
+
+
+def to_original_state_dict(model: Any) -> dict[str, torch.Tensor]:
+    """Diffusers/transformers weights → one state dict in the original SD key layout (the
+    reverse of diffusers' ``convert_ldm_*_checkpoint``)."""
+    parts = _as_parts(model)
+    unet, vae, text_encoder = parts["unet"], parts["vae"], parts["text_encoder"]
+    out: dict[str, torch.Tensor] = {}
+    for key, value in unet.state_dict().items():
+        out[UNET_PREFIX + _unet_key_to_original(key, unet.config)] = value
+    n_up = len(vae.config.up_block_types)
+    for key, value in vae.state_dict().items():
+        new_key = _vae_key_to_original(key, n_up)
+        if ".mid.attn_1." in new_key and new_key.endswith("weight") and value.ndim == 2:
+            value = value[:, :, None, None]  # the original VAE attention uses 1x1 convolutions
+        out[VAE_PREFIX + new_key] = value
+    text_sd = _clip_keys(text_encoder)
+    if _is_open_clip(text_encoder.config):
+        out.update(_open_clip_to_original(text_sd))
+    else:
+        out.update({CLIP_PREFIX + "text_model." + k: v for k, v in text_sd.items()})
+    return out
+
+
+# ---- reading ------------------------------------------------------------------------------
+
+
+class _user_errors:
+    """Turn library exceptions escaping a load into a ``ModelLoadError`` naming the model."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc is None or isinstance(exc, ModelLoadError):
+            return False
+        if isinstance(exc, MemoryError):
+            raise OutOfMemoryError(
+                f"Not enough memory to load {self.path.name}; close other programs or choose "
+                "a smaller model."
+            ) from exc
+        if isinstance(exc, Exception):
+            raise ModelLoadError(
+                f"Could not load the model at {self.path}: {exc}. The files may be incomplete "
+                f"or not a supported model ({SUPPORTED})."
+            ) from exc
+        return False
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelLoadError(
+            f"{path} is missing; the model's configuration is incomplete."
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{path} is not a readable JSON config ({exc}).") from exc
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path} is not a JSON object, so it can't be a model config.")
+    return data
+
+
+def _read_configs(folder: Path) -> dict[str, dict[str, Any]]:
+    return {
+        "unet": _read_json(folder / "unet" / "config.json"),
+        "vae": _read_json(folder / "vae" / "config.json"),
+        "text_encoder": _read_json(folder / "text_encoder" / "config.json"),
+        "scheduler": _read_json(folder / "scheduler" / "scheduler_config.json"),
+    }
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types for bad headers/data
+        raise ModelLoadError(
+            f"{path.name} could not be read as a safetensors file ({exc}). It is probably "
+            "truncated or corrupt; copy or download it again."
+        ) from exc
+
+
+def _read_torch_file(path: Path) -> dict[str, Any]:
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" not in str(exc):  # not code, just broken
+            raise ModelLoadError(
+                f"{path.name} could not be read as a PyTorch checkpoint ({exc}). It is probably "
+                "truncated or corrupt; copy or download it again."
+            ) from exc
+        raise ModelLoadError(
+            f"{path.name} contains Python objects besides weights, which are not loaded for "
+            "safety. Convert it to .safetensors, or use the .safetensors release of the model."
+        ) from exc
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{path.name} could not be read as a PyTorch checkpoint ({exc}). It is probably "
+            "truncated or corrupt; copy or download it again."
+        ) from exc
+    if not isinstance(state, Mapping):
+        raise ModelLoadError(f"{path.name} does not contain a dictionary of weights.")
+    return dict(state)
+
+
+def _read_folder_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """The weights of one diffusers component folder (single, fp16-variant or sharded)."""
+    for index_name in _WEIGHT_INDEXES:
+        if (folder / index_name).is_file():
+            shards = sorted(set(_read_json(folder / index_name).get("weight_map", {}).values()))
+            state: dict[str, torch.Tensor] = {}
+            for shard in shards:
+                if not (folder / shard).is_file():
+                    raise ModelLoadError(
+                        f"{folder} is missing the weights shard {shard}; the download is "
+                        "incomplete."
+                    )
+                state.update(read_checkpoint(folder / shard))
+            return state
+    for name in _WEIGHT_NAMES:
+        if (folder / name).is_file():
+            return read_checkpoint(folder / name)
+    raise ModelLoadError(
+        f"{folder} has no weights file (expected {_WEIGHT_NAMES[0]} or {_WEIGHT_NAMES[1]}). "
+        "The download is probably incomplete; copy the whole model folder again."
+    )
+
+
+def _load_tokenizer(folder: Path, require_files: bool):
+    """The folder's own CLIP tokenizer, or else ours (``assets/tokenizer/clip``) with the
+    special tokens a ``tokenizer_config.json`` in ``folder`` names (SD 2.x pads with "!")."""
+    from transformers import CLIPTokenizer
+
+    own = any((folder / f).is_file() for f in ("vocab.json", "tokenizer.json"))
+    if require_files and not own:
+        raise ModelLoadError(
+            f"{folder} has no tokenizer files (vocab.json and merges.txt); copy the complete "
+            "model folder."
+        )
+    overrides: dict[str, Any] = {}
+    if not own and (folder / "tokenizer_config.json").is_file():
+        config = _read_json(folder / "tokenizer_config.json")
+        for key in ("bos_token", "eos_token", "unk_token", "pad_token", "model_max_length"):
+            if key in config:
+                value = config[key]
+                overrides[key] = value["content"] if isinstance(value, dict) else value
+    try:
+        return CLIPTokenizer.from_pretrained(
+            str(folder if own else CLIP_TOKENIZER_DIR), **overrides
+        )
+    except Exception as exc:
+        raise ModelLoadError(f"The tokenizer in {folder} could not be loaded ({exc}).") from exc
+
+
+# ---- checks -------------------------------------------------------------------------------
+
+
+def _check_pipeline_kind(index: dict[str, Any], path: Path) -> None:
+    kind = str(index.get("_class_name", "an unknown pipeline"))
+    if "XL" in kind or "text_encoder_2" in index:
+        raise ModelLoadError(
+            f"{path.name} is an SDXL model ({kind}); SDXL isn't supported yet. Supported: "
+            f"{SUPPORTED}."
+        )
+    if "unet" not in index and "transformer" in index:
+        raise ModelLoadError(
+            f"{path.name} is a transformer-based model ({kind}), not Stable Diffusion. "
+            f"Supported: {SUPPORTED}."
+        )
+    unet_entry = index.get("unet")
+    if (
+        isinstance(unet_entry, list)
+        and len(unet_entry) == 2
+        and unet_entry[1]
+        not in (
+            None,
+            "UNet2DConditionModel",
+        )
+    ):
+        raise ModelLoadError(
+            f"{path.name} uses a {unet_entry[1]}, not a Stable Diffusion UNet. Supported: "
+            f"{SUPPORTED}."
+        )
+
+
+def _check_unet_config(config: dict[str, Any], source: Path) -> None:
+    if config.get("addition_embed_type") == "text_time":
+        raise ModelLoadError(f"{source.name} is an SDXL model; SDXL isn't supported yet.")
+    in_channels = config.get("in_channels", 4)
+    if in_channels != 4:
+        raise ModelLoadError(
+            f"{source.name} has a UNet with {in_channels} input channels (an inpainting, depth "
+            "or instruction variant); only regular text-to-image checkpoints are supported."
+        )
+
+
+def _check_sd_layout(checkpoint: Mapping[str, Any], filename: str) -> None:
+    """Is this a Stable-Diffusion-style single file at all?"""
+    name = filename or "This checkpoint"
+    if any(k.startswith(UNET_PREFIX) for k in checkpoint):
+        in_weight = checkpoint.get(UNET_PREFIX + "input_blocks.0.0.weight")
+        if in_weight is not None and in_weight.ndim == 4 and int(in_weight.shape[1]) != 4:
+            raise ModelLoadError(
+                f"{name} has a UNet with {int(in_weight.shape[1])} input channels (an "
+                "inpainting, depth or instruction variant); only regular text-to-image "
+                "checkpoints are supported."
+            )
+        return
+    keys = list(checkpoint)
+    if any("lora" in k.lower() for k in keys[:200]):
+        hint = " It looks like a LoRA, which adapts a model but is not one."
+    elif any(k.startswith(("encoder.", "decoder.")) for k in keys[:200]):
+        hint = " It looks like a standalone VAE, which is only one part of a model."
+    else:
+        hint = ""
+    raise ModelLoadError(
+        f"{name} is not a Stable Diffusion checkpoint: it has no UNet weights "
+        f"({UNET_PREFIX}*).{hint} Supported: {SUPPORTED}."
+    )
+
+
+def _check_components_present(checkpoint: Mapping[str, Any], filename: str) -> None:
+    if not any(k.startswith(VAE_PREFIX) for k in checkpoint):
+        raise ModelLoadError(
+            f"{filename} has no VAE weights ({VAE_PREFIX}*); it must be a full checkpoint "
+            "with UNet, VAE and text encoder."
+        )
+    if not any(k.startswith((CLIP_PREFIX, OPEN_CLIP_PREFIX)) for k in checkpoint):
+        raise ModelLoadError(
+            f"{filename} has no text encoder weights (cond_stage_model.*); it must be a full "
+            "checkpoint with UNet, VAE and text encoder."
+        )
+
+
+# ---- building -----------------------------------------------------------------------------
+
+
+def _instantiate(kind: str, config: dict[str, Any]):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    with torch.device("meta"):  # no memory, no random init: weights are assigned afterwards
+        if kind == "unet":
+            return UNet2DConditionModel.from_config(config)
+        if kind == "vae":
+            return AutoencoderKL.from_config(config)
+        return CLIPTextModel(CLIPTextConfig.from_dict(config))
+
+
+def _build(kind: str, config: dict[str, Any], state: dict[str, torch.Tensor], source: str):
+    """Instantiate a component from its config and assign ``state`` to it, strictly."""
+    what = {"unet": "UNet", "vae": "VAE", "text_encoder": "text encoder"}[kind]
+    try:
+        model = _instantiate(kind, config)
+    except Exception as exc:
+        raise ModelLoadError(f"The {what} config for {source} is invalid ({exc}).") from exc
+    expected = model.state_dict()
+    if kind == "text_encoder":
+        state = _match_clip_prefix(state, expected)
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if mismatched:
+        k = mismatched[0]
+        raise ModelLoadError(
+            f"The {what} weights in {source} don't match its config: {len(mismatched)} "
+            f"tensor(s) have the wrong shape (e.g. {k} is {tuple(state[k].shape)} in the file "
+            f"but {tuple(expected[k].shape)} in the config). The configs belong to a different "
+            "model; use the ones that came with this checkpoint."
+        )
+    if missing or unexpected:
+        detail = []
+        if missing:
+            detail.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            detail.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        raise ModelLoadError(
+            f"The {what} weights in {source} don't match its config: {', '.join(detail)}. "
+            f"The file may be incomplete or from an unsupported model ({SUPPORTED})."
+        )
+    # Copy into fresh fp32 memory: tensors read from a file can be views at odd offsets of one
+    # buffer, and unaligned weights make CPU kernels slower and numerically different.
+    dtype = {k: torch.float32 if v.is_floating_point() else v.dtype for k, v in state.items()}
+    state = {k: v.to(dtype[k], copy=True) for k, v in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    _materialize_position_ids(model)
+    return model.eval()
+
+
+def _materialize_position_ids(model: torch.nn.Module) -> None:
+    """Non-persistent buffers are not in any state dict, so they are still on ``meta`` after
+    assignment. CLIP's ``position_ids`` is the only one our components have."""
+    for module_name, module in model.named_modules():
+        for name, buf in list(module.named_buffers(recurse=False)):
+            if not buf.is_meta:
+                continue
+            if name != "position_ids":
+                raise RuntimeError(f"buffer {module_name}.{name} was not loaded")
+            ids = torch.arange(buf.shape[-1]).expand(buf.shape)
+            module.register_buffer(name, ids, persistent=False)
+
+
+def _parts(unet, vae, text_encoder, tokenizer, scheduler_config, prediction_type):
+    scheduler_config = dict(scheduler_config)
+    scheduler_config.setdefault("prediction_type", "epsilon")
+    if prediction_type is not None:
+        if prediction_type not in ("epsilon", "v_prediction"):
+            raise ModelLoadError(
+                f"Unknown prediction type {prediction_type!r}; use 'epsilon' or 'v_prediction'."
+            )
+        scheduler_config["prediction_type"] = prediction_type
+    return {
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "scheduler_config": scheduler_config,
+        "vae_scale": float(vae.config.scaling_factor),
+    }
+
+
+# ---- text encoder key layouts -------------------------------------------------------------
+
+
+def _is_open_clip(text_config) -> bool:
+    """OpenCLIP (SD 2.x) text towers use exact GELU; OpenAI CLIP (SD 1.x) uses quick-GELU."""
+    return getattr(text_config, "hidden_act", None) == "gelu"
+
+
+def _clip_keys(text_encoder) -> dict[str, torch.Tensor]:
+    """A CLIPTextModel's weights without the ``text_model.`` prefix (transformers 5 has none,
+    4.x has it) and without the ``position_ids`` buffer that some versions persist."""
+    out = {}
+    for key, value in text_encoder.state_dict().items():
+        key = key.removeprefix("text_model.")
+        if not key.endswith("position_ids"):
+            out[key] = value
+    return out
+
+
+def _match_clip_prefix(state: dict[str, torch.Tensor], expected: Mapping[str, Any]):
+    """Map checkpoint keys with or without ``text_model.`` onto the installed transformers'
+    naming; drop the ``position_ids`` buffer that older files carry."""
+    out = {}
+    for key, value in state.items():
+        if key.endswith("position_ids") and key not in expected:
+            continue
+        if key not in expected:
+            bare = key.removeprefix("text_model.")
+            key = bare if bare in expected else "text_model." + bare
+        out[key] = value
+    return out
+
+
+def _convert_text_encoder(checkpoint: dict[str, torch.Tensor], config: dict[str, Any]):
+    from diffusers.loaders.single_file_utils import (
+        convert_ldm_clip_checkpoint,
+        convert_open_clip_checkpoint,
+    )
+
+    if any(k.startswith(OPEN_CLIP_PREFIX) for k in checkpoint):
+        text_model = _instantiate("text_encoder", config)  # only its config is read
+        return convert_open_clip_checkpoint(text_model, checkpoint, prefix=OPEN_CLIP_PREFIX)
+    return convert_ldm_clip_checkpoint(checkpoint)
+
+
+def _open_clip_to_original(text_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers CLIP text weights → OpenCLIP names (q/k/v fused into ``in_proj``)."""
+    top = {
+        "embeddings.token_embedding.weight": "token_embedding.weight",
+        "embeddings.position_embedding.weight": "positional_embedding",
+        "final_layer_norm.weight": "ln_final.weight",
+        "final_layer_norm.bias": "ln_final.bias",
+    }
+    inner = {
+        "self_attn.out_proj": "attn.out_proj",
+        "layer_norm1": "ln_1",
+        "layer_norm2": "ln_2",
+        "mlp.fc1": "mlp.c_fc",
+        "mlp.fc2": "mlp.c_proj",
+    }
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    for key, value in text_sd.items():
+        if key in top:
+            out[OPEN_CLIP_PREFIX + top[key]] = value
+            continue
+        m = re.fullmatch(r"encoder\.layers\.(\d+)\.(.+)\.(weight|bias)", key)
+        if not m:
+            raise ValueError(f"unexpected text encoder weight {key}")
+        layer, name, kind = m.groups()
+        base = f"{OPEN_CLIP_PREFIX}transformer.resblocks.{layer}."
+        proj = re.fullmatch(r"self_attn\.([qkv])_proj", name)
+        if proj:
+            qkv.setdefault((base, kind), {})[proj.group(1)] = value
+        else:
+            out[f"{base}{inner[name]}.{kind}"] = value
+    for (base, kind), parts in qkv.items():
+        out[f"{base}attn.in_proj_{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
+    return out
+
+
+# ---- UNet and VAE key layouts (diffusers → original) --------------------------------------
+
+_RESNET_NAMES = {  # diffusers ResnetBlock2D → original ResBlock
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "time_emb_proj": "emb_layers.1",
+    "conv_shortcut": "skip_connection",
+}
+_UNET_TOP = {
+    "time_embedding.linear_1": "time_embed.0",
+    "time_embedding.linear_2": "time_embed.2",
+    "conv_in": "input_blocks.0.0",
+    "conv_norm_out": "out.0",
+    "conv_out": "out.2",
+}
+
+
+def _resnet_to_original(rest: str) -> str:
+    head, _, tail = rest.partition(".")
+    return f"{_RESNET_NAMES[head]}.{tail}"
+
+
+def _unet_key_to_original(key: str, config) -> str:
+    """Original UNet numbering: ``input_blocks`` are conv_in, then per level
+    ``layers_per_block`` (resnet, attention) pairs and a downsampler; ``output_blocks`` are
+    per level ``layers_per_block + 1`` (resnet, attention) with the upsampler appended to the
+    level's last one; the middle block is resnet, attention, resnet."""
+    per_level = int(config.layers_per_block) + 1
+    m = re.fullmatch(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key)
+    if m:
+        level, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
+        block = 1 + level * per_level + j
+        if kind == "resnets":
+            return f"input_blocks.{block}.0.{_resnet_to_original(rest)}"
+        return f"input_blocks.{block}.1.{rest}"
+    m = re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)", key)
+    if m:
+        return f"input_blocks.{(int(m[1]) + 1) * per_level}.0.op.{m[2]}"
+    m = re.fullmatch(r"mid_block\.resnets\.(\d+)\.(.+)", key)
+    if m:
+        return f"middle_block.{2 * int(m[1])}.{_resnet_to_original(m[2])}"
+    m = re.fullmatch(r"mid_block\.attentions\.0\.(.+)", key)
+    if m:
+        return f"middle_block.1.{m[1]}"
+    m = re.fullmatch(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key)
+    if m:
+        level, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
+        block = level * per_level + j
+        if kind == "resnets":
+            return f"output_blocks.{block}.0.{_resnet_to_original(rest)}"
+        return f"output_blocks.{block}.1.{rest}"
+    m = re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)", key)
+    if m:
+        level = int(m[1])
+        has_attention = "CrossAttn" in config.up_block_types[level]
+        slot = 2 if has_attention else 1
+        return f"output_blocks.{level * per_level + per_level - 1}.{slot}.conv.{m[2]}"
+    module, _, param = key.rpartition(".")
+    if module in _UNET_TOP:
+        return f"{_UNET_TOP[module]}.{param}"
+    raise ValueError(f"cannot map UNet weight {key} to the original layout")
+
+
+_VAE_ATTENTION_NAMES = {
+    "group_norm": "norm",
+    "to_q": "q",
+    "to_k": "k",
+    "to_v": "v",
+    "to_out.0": "proj_out",
+}
+
+
+def _vae_key_to_original(key: str, n_up: int) -> str:
+    """Original VAE numbering: ``down.{i}.block.{j}`` / ``up.{i}.block.{j}`` with the decoder's
+    levels counted from the lowest resolution up (reversed w.r.t. diffusers), ``mid.block_1``,
+    ``mid.attn_1``, ``mid.block_2``, ``nin_shortcut`` and ``norm_out``."""
+    key = key.replace("conv_shortcut", "nin_shortcut")
+    m = re.fullmatch(r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\.(.+)", key)
+    if m:
+        return f"{m[1]}.mid.block_{int(m[2]) + 1}.{m[3]}"
+    m = re.fullmatch(r"(encoder|decoder)\.mid_block\.attentions\.0\.(.+)\.(weight|bias)", key)
+    if m:
+        return f"{m[1]}.mid.attn_1.{_VAE_ATTENTION_NAMES[m[2]]}.{m[3]}"
+    m = re.fullmatch(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", key)
+    if m:
+        return f"encoder.down.{m[1]}.block.{m[2]}.{m[3]}"
+    m = re.fullmatch(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)", key)
+    if m:
+        return f"encoder.down.{m[1]}.downsample.conv.{m[2]}"
+    m = re.fullmatch(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", key)
+    if m:
+        return f"decoder.up.{n_up - 1 - int(m[1])}.block.{m[2]}.{m[3]}"
+    m = re.fullmatch(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)", key)
+    if m:
+        return f"decoder.up.{n_up - 1 - int(m[1])}.upsample.conv.{m[2]}"
+    m = re.fullmatch(r"(encoder|decoder)\.conv_norm_out\.(.+)", key)
+    if m:
+        return f"{m[1]}.norm_out.{m[2]}"
+    if re.fullmatch(r"(encoder|decoder)\.conv_(in|out)\.(weight|bias)", key) or re.fullmatch(
+        r"(post_)?quant_conv\.(weight|bias)", key
+    ):
+        return key
+    raise ValueError(f"cannot map VAE weight {key} to the original layout")
+
+
+# ---- saving helpers -----------------------------------------------------------------------
+
+
+def _as_parts(model: Any) -> dict[str, Any]:
+    if isinstance(model, Mapping):
+        missing = [k for k in PART_KEYS if k not in model]
+        if missing:
+            raise ValueError(f"model parts are missing {missing}")
+        return dict(model)
+    return {k: getattr(model, k) for k in PART_KEYS}
+
+
+def _cpu(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _write_configs(parts: dict[str, Any], folder: Path) -> None:
+    """Everything of a diffusers folder except the weights: model_index, component configs,
+    tokenizer files, scheduler config."""
+    from diffusers import __version__ as diffusers_version
+
+    unet, vae, text_encoder = parts["unet"], parts["vae"], parts["text_encoder"]
+    _write_json(
+        folder / "model_index.json",
+        {
+            "_class_name": "StableDiffusionPipeline",
+            "_diffusers_version": diffusers_version,
+            "feature_extractor": [None, None],
+            "requires_safety_checker": False,
+            "safety_checker": [None, None],
+            "scheduler": [
+                "diffusers",
+                parts["scheduler_config"].get("_class_name", "DDIMScheduler"),
+            ],
+            "text_encoder": ["transformers", type(text_encoder).__name__],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "unet": ["diffusers", type(unet).__name__],
+            "vae": ["diffusers", type(vae).__name__],
+        },
+    )
+    _write_json(folder / "unet" / "config.json", json.loads(unet.to_json_string()))
+    vae_config = json.loads(vae.to_json_string())
+    vae_config["scaling_factor"] = float(parts["vae_scale"])
+    _write_json(folder / "vae" / "config.json", vae_config)
+    _write_json(folder / "text_encoder" / "config.json", text_encoder.config.to_dict())
+    parts["tokenizer"].save_pretrained(str(folder / "tokenizer"))
+    _write_json(folder / "scheduler" / "scheduler_config.json", dict(parts["scheduler_config"]))
