@@ -1,0 +1,231 @@
+"""The edit jobs on builtin:tiny: sizes, masks, errors, results; cancel through the Engine."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from engine.algorithms.common import run_to_end
+from engine.algorithms.inversion import Inversion, ddim_invert
+from engine.algorithms.null_text import NullTextSettings, null_text_optimise
+from engine.engine import Engine
+from engine.errors import InputError
+from engine.jobs import JOB_RUNNERS, JobContext
+from engine.types import Cancelled, EditRequest, Finished, Step
+
+H, W = 40, 72  # non-square, not a multiple of 8
+
+
+def image(h=H, w=W, seed=0):
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([x * 255 / w, y * 255 / h, np.full_like(x, 128.0)], -1)
+    return (base + rng.normal(0, 10, (h, w, 3))).clip(0, 255).astype(np.uint8)
+
+
+def box_mask(h=H, w=W):
+    m = np.zeros((h, w), np.uint8)
+    m[h // 4 : 3 * h // 4, w // 3 : 2 * w // 3] = 255
+    return m
+
+
+def run(tiny, tiny_denoiser, req):
+    """Drive a job like the engine does, without its thread."""
+    ctx = JobContext(tiny, tiny_denoiser)
+    gen = JOB_RUNNERS[req.method](ctx, req)
+    steps = []
+    with torch.no_grad():
+        while True:
+            try:
+                steps.append(next(gen))
+            except StopIteration as stop:
+                return stop.value, steps
+
+
+def outside_exact(out, src, mask):
+    """Pixels far from the mask (beyond the feather) are the input's, bit for bit."""
+    from engine import imageops  # noqa: PLC0415
+
+    far = imageops.dilate(mask.astype(np.float32) / 255, 6) == 0
+    assert far.any()
+    return np.array_equal(out[far], src[far])
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_repaint_job(tiny, tiny_denoiser, sampler):
+    src, mask = image(), box_mask()
+    req = EditRequest(
+        "repaint",
+        prompt="a house",
+        image=src,
+        mask=mask,
+        steps=6,
+        options={"jump_length": 2, "jump_n_sample": 2, "sampler": sampler},
+    )
+    calls = tiny_denoiser.unet_calls
+    res, steps = run(tiny, tiny_denoiser, req)
+    assert res.image.shape == (H, W, 3)
+    assert res.parameters["unet_calls"] == 6 + 2 * 1 * 2 == len(steps)
+    assert tiny_denoiser.unet_calls - calls == len(steps)
+    assert all(s.x0 is not None for s in steps)
+    assert outside_exact(res.image, src, mask)
+    assert not np.array_equal(res.image, src)
+
+
+def test_diffedit_mask_job(tiny, tiny_denoiser):
+    src = image()
+    req = EditRequest(
+        "diffedit_mask",
+        prompt="a red house",
+        image=src,
+        steps=10,
+        options={"n_samples": 3, "batch_size": 2},
+    )
+    res, steps = run(tiny, tiny_denoiser, req)
+    m = res.extras["mask"]
+    assert m.shape == (H, W) and m.dtype == np.uint8
+    assert len(steps) == 2 and all(s.image is not None and s.image.ndim == 3 for s in steps)
+    assert res.image.shape == (H, W, 3)
+    # identical prompts: nothing to edit
+    same = EditRequest(
+        "diffedit_mask",
+        prompt="a red house",
+        image=src,
+        steps=10,
+        options={"n_samples": 2, "reference_prompt": "a red house"},
+    )
+    res2, _ = run(tiny, tiny_denoiser, same)
+    assert res2.extras["mask"].max() == 0
+
+
+def test_diffedit_job_with_and_without_a_mask(tiny, tiny_denoiser):
+    src, mask = image(), box_mask()
+    req = EditRequest(
+        "diffedit", prompt="a red house", image=src, mask=mask, steps=10, strength=0.5
+    )
+    res, steps = run(tiny, tiny_denoiser, req)
+    assert res.image.shape == (H, W, 3)
+    assert len(steps) == 2 * 5  # encode + decode, half the chain each
+    assert outside_exact(res.image, src, mask)
+    auto = EditRequest(
+        "diffedit",
+        prompt="a red house",
+        image=src,
+        steps=10,
+        strength=0.5,
+        options={"n_samples": 2, "threshold": 0.3},
+    )
+    res, steps = run(tiny, tiny_denoiser, auto)
+    assert [s.label for s in steps][0] == "mask"
+    assert res.extras["mask"].shape == (H, W)
+
+
+@pytest.mark.parametrize("method", ["ddim", "negative_prompt", "null_text"])
+def test_invert_then_reedit(tiny, tiny_denoiser, method):
+    src, mask = image(), box_mask()
+    inv_req = EditRequest(
+        "invert",
+        prompt="a house",
+        image=src,
+        steps=2,
+        guidance=7.5,
+        options={"inversion": method},
+    )
+    res, steps = run(tiny, tiny_denoiser, inv_req)
+    inv = res.extras["inversion"]
+    assert isinstance(inv, Inversion)
+    assert inv.method == method and inv.image_size == (H, W) and inv.model == "builtin:tiny"
+    assert len(inv.trajectory) == 3 and len(inv.null_embeddings) == 2
+    assert res.image.shape == (H, W, 3)
+    if method.startswith("null_text"):
+        assert any(s.label.startswith("null-text") for s in steps)
+    edit = EditRequest("reedit", prompt="a red house", mask=mask, options={"inversion": inv})
+    out, steps = run(tiny, tiny_denoiser, edit)
+    assert len(steps) == 2 and out.image.shape == (H, W, 3)
+    assert outside_exact(out.image, src, mask)
+    assert out.parameters["inversion"] == method
+
+
+def test_null_text_loss_decreases_on_tiny(tiny, tiny_denoiser):
+    d = tiny_denoiser
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(1, 4, 6, 10, generator=g)
+    ts = d.schedule.timesteps(2)
+    cond, uncond = d.encode_text("a house"), d.encode_text("")
+    traj = run_to_end(ddim_invert(d, x0, cond, ts))
+    settings = NullTextSettings(inner_steps=3, lr=1e-2, early_stop=0.0, early_stop_slope=0.0)
+    grad_before = torch.is_grad_enabled()
+    with torch.no_grad():
+        _, losses, _ = run_to_end(null_text_optimise(d, traj, ts, cond, uncond, 7.5, settings))
+    assert torch.is_grad_enabled() == grad_before
+    for step in losses:
+        assert len(step) == 4
+        assert step[-1] < step[0]
+    assert all(a >= b for a, b in zip(losses[0], losses[0][1:]))
+
+
+def test_mismatched_mask_is_an_input_error(tiny, tiny_denoiser):
+    src, bad = image(), np.zeros((H + 8, W), np.uint8)
+    for method in ("repaint", "diffedit", "sdedit"):
+        with pytest.raises(InputError, match="mask is 72x48 but the image is 72x40"):
+            run(tiny, tiny_denoiser, EditRequest(method, prompt="x", image=src, mask=bad))
+    # reedit checks the mask against the inverted image
+    res, _ = run(
+        tiny,
+        tiny_denoiser,
+        EditRequest("invert", prompt="x", image=src, steps=2, options={"inversion": "ddim"}),
+    )
+    inv = res.extras["inversion"]
+    with pytest.raises(InputError, match="mask is 72x48 but the image is 72x40"):
+        run(tiny, tiny_denoiser, EditRequest("reedit", mask=bad, options={"inversion": inv}))
+    with pytest.raises(InputError, match="was inverted at 72x40"):
+        run(
+            tiny,
+            tiny_denoiser,
+            EditRequest("reedit", image=image(32, 32), options={"inversion": inv}),
+        )
+    with pytest.raises(InputError, match="needs an inversion"):
+        run(tiny, tiny_denoiser, EditRequest("reedit", image=src))
+    with pytest.raises(InputError, match="paint a mask"):
+        run(tiny, tiny_denoiser, EditRequest("repaint", image=src))
+    with pytest.raises(InputError, match="jump_length"):
+        run(
+            tiny,
+            tiny_denoiser,
+            EditRequest("repaint", image=src, mask=box_mask(), options={"jump_length": 0}),
+        )
+
+
+def test_cancel_mid_inversion_through_the_engine():
+    engine = Engine("builtin:tiny", device="cpu")
+    try:
+        events, lock = [], threading.Lock()
+        box = {}
+
+        def listener(ev):
+            with lock:
+                events.append(ev)
+            if isinstance(ev, Step) and ev.job_id == box.get("id") and "cancelled" not in box:
+                box["cancelled"] = True
+                engine.cancel(ev.job_id)
+
+        req = EditRequest(
+            "invert", prompt="a house", image=image(), steps=20, options={"inversion": "null_text"}
+        )
+        engine.add_listener(listener)
+        with lock:
+            box["id"] = job = engine.submit(req)
+        final = engine.wait(job, timeout=60)
+        assert isinstance(final, Cancelled)
+        mine = [e for e in events if e.job_id == job]
+        steps = [e for e in mine if isinstance(e, Step)]
+        assert len(steps) == 1  # nothing after the step that asked to cancel
+        assert isinstance(mine[-1], Cancelled)
+        # the engine and grad mode survive: a following job finishes
+        ok = engine.run(EditRequest("invert", prompt="a house", image=image(), steps=2), timeout=60)
+        assert isinstance(ok, Finished)
+    finally:
+        engine.shutdown()
