@@ -95,7 +95,7 @@ class Document(QObject):
         super().__init__(parent)
         self.undo_stack = QUndoStack(self)
         self.undo_stack.setUndoLimit(UNDO_LIMIT)
-        self.undo_stack.cleanChanged.connect(lambda clean: self.modified_changed.emit(not clean))
+        self.undo_stack.cleanChanged.connect(self._clean_changed)
         self.settings: dict[str, Any] = {**DEFAULT_SETTINGS, "options": {}}
         self.history: list[HistoryEntry] = []
         self.inversion: Any = None  # opaque object from an "invert" job, for "reedit"
@@ -216,6 +216,12 @@ class Document(QObject):
             self.history_changed.emit()
 
     # ---- modified state -----------------------------------------------------------------
+
+    def _clean_changed(self, clean: bool) -> None:
+        try:
+            self.modified_changed.emit(not clean)
+        except RuntimeError:  # the stack reports while the document is being destroyed
+            pass
 
     def mark_dirty(self) -> None:
         was = self.is_modified()

@@ -115,4 +115,8 @@ class ToolsPanel(QWidget):
             self.set_colour((c.red(), c.green(), c.blue()))
 
     def step_size(self, factor: float) -> None:
-        self.size.setValue(max(1, int(round(self.size.value() * factor))))
+        new = max(1, int(round(self.canvas.brush.size * factor)))
+        if new == int(round(self.canvas.brush.size)) and factor != 1:
+            new += 1 if factor > 1 else -1  # always move, even at tiny sizes
+        self.size.setValue(max(1, new))
+        self.canvas.brush.size = float(self.size.value())

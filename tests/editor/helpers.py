@@ -1,0 +1,39 @@
+"""Mouse helpers: drive the canvas viewport with real press/move/release events."""
+
+import numpy as np
+from PySide6.QtCore import QPoint, Qt
+
+from editor import tools
+
+
+def drag(qtbot, canvas, points, button=Qt.MouseButton.LeftButton, modifier=None):
+    vp = canvas.viewport()
+    mod = modifier or Qt.KeyboardModifier.NoModifier
+    pts = [QPoint(*p) for p in points]
+    qtbot.mousePress(vp, button, mod, pts[0])
+    for p in pts[1:]:
+        qtbot.mouseMove(vp, p)
+    qtbot.mouseRelease(vp, button, mod, pts[-1])
+
+
+def scene_points(canvas, points):
+    out = []
+    for p in points:
+        s = canvas.mapToScene(QPoint(*p))
+        out.append((s.x(), s.y()))
+    return out
+
+
+def expected_coverage(shape, scene_pts, radius):
+    """Pixels a hard brush of ``radius`` covers along the polyline (pixel centres)."""
+    h, w = shape
+    cov = np.zeros((h, w), bool)
+    pts = [scene_pts[0]] + list(scene_pts)
+    for a, b in zip(pts[:-1], pts[1:]):
+        cov |= tools.coverage(0, 0, h, w, a, b, radius, 1.0) > 0
+    return cov
+
+
+def view_point(canvas, x, y):
+    p = canvas.mapFromScene(float(x), float(y))
+    return (p.x(), p.y())
