@@ -19,7 +19,7 @@ from ..denoiser import Denoiser
 from ..schedule import prev_timesteps
 from .common import Algorithm, Progress
 
-METHODS = ("ddim", "null_text", "null_text_reference", "negative_prompt")
+METHODS = ("ddim", "null_text", "null_text_reference", "negative_prompt", "direct")
 
 
 @dataclass
@@ -152,6 +152,40 @@ def negative_prompt_inversion(
     return traj, [cond] * len(timesteps)
 
 
+def direct_regenerate(
+    denoiser: Denoiser,
+    inv: Inversion,
+    cond: torch.Tensor,
+    guidance: float,
+    mask: torch.Tensor | None = None,
+) -> Algorithm[torch.Tensor]:
+    """Direct inversion (Ju et al. 2023, "PnP Inversion", Alg. 1): run a source branch
+    (source prompt) beside the target branch (edited prompt) in one batch; after every
+    step the source branch is put back on the inverted trajectory and the target branch
+    receives the same correction, x_tgt += z*_{t−1} − x_src. With the source prompt this
+    reconstructs the image exactly at any guidance, with no optimisation."""
+    sched = denoiser.schedule
+    src = denoiser.encode_text(inv.prompt)
+    emb = torch.cat([src, cond.to(src.dtype)])
+    ts = inv.timesteps
+    x = inv.trajectory[0]
+    n = len(ts)
+    for i, (t, t_prev) in enumerate(zip(ts, prev_timesteps(ts))):
+        # 1. both branches in one guided call: the source one starts on the trajectory
+        p = denoiser.predict(
+            torch.cat([inv.trajectory[i], x]), t, emb, guidance, inv.null_embeddings[i]
+        )
+        step = sched.ddim_step(p.x0, p.eps, t, t_prev)
+        # 2. the source branch's drift off the trajectory corrects the target branch
+        x = step[1:] + (inv.trajectory[i + 1] - step[:1])
+        x0_shown = p.x0[1:]
+        if mask is not None:
+            x = mask * x + (1 - mask) * inv.trajectory[i + 1]
+            x0_shown = mask * x0_shown + (1 - mask) * inv.trajectory[-1]
+        yield Progress(i + 1, n, t, x0=x0_shown, label="re-edit")
+    return x
+
+
 def regenerate(
     denoiser: Denoiser,
     inv: Inversion,
@@ -162,8 +196,11 @@ def regenerate(
     """Re-edit: generate from the inverted noise with a (possibly edited) prompt embedding
     ``cond``, using the inversion's per-step null embeddings; with the source prompt this
     reconstructs the image. ``mask`` (latent resolution, 1 = edit) keeps the rest on the
-    inverted trajectory, so unchanged regions stay put."""
+    inverted trajectory, so unchanged regions stay put. Direct inversions (method
+    "direct") go through ``direct_regenerate`` (twice the batch per step)."""
     w = inv.guidance if guidance is None else guidance
+    if inv.method == "direct":
+        return (yield from direct_regenerate(denoiser, inv, cond, w, mask))
     return (
         yield from ddim_decode(
             denoiser,
@@ -197,6 +234,8 @@ def invert(
     - "negative_prompt": Miyake et al. 2023, instant (see ``negative_prompt_inversion``).
     - "null_text": null-text inversion with our faster setting (``null_text.FAST``).
     - "null_text_reference": with the paper's setting (``null_text.REFERENCE``).
+    - "direct": plain DDIM inversion; re-editing runs Ju et al. 2023's source branch
+      beside the edit (see ``direct_regenerate``): exact reconstruction, no optimisation.
     ``settings`` overrides the null-text setting. Model calls: ``steps·(1 + fixed_point)`` for
     the inversion, plus per step 1 + iterations (+ backward passes) for null-text.
     """

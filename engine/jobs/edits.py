@@ -53,9 +53,9 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "feather": 0.0,
     },
     "invert": {
-        "inversion": "null_text",  # ddim | null_text | null_text_reference | negative_prompt
+        "inversion": "null_text",  # ddim|null_text|null_text_reference|negative_prompt|direct
         "fixed_point": 0,  # extra fixed-point iterations per DDIM inversion step
-        "reconstruct": False,  # ddim / negative_prompt: decode a reconstruction too
+        "reconstruct": False,  # ddim / negative_prompt / direct: decode a reconstruction too
     },
     "reedit": {
         "inversion": None,  # the Inversion from an "invert" job's Finished.extras

@@ -83,6 +83,30 @@ def test_guided_reconstruction_needs_negative_prompt_or_null_text():
     assert errs["ddim"] > 0.5
     assert errs["negative_prompt"] < 1e-4
     assert errs["null_text"] < 1e-2 and errs["null_text_reference"] < 1e-2
+    # direct inversion snaps its source branch back onto the trajectory: exact without
+    # fixed-point refinement, and an edited prompt still moves the result
+    inv = run_to_end(invert(d, x0, "a red house", 10, 7.5, "direct"))
+    assert (run_to_end(regenerate(d, inv, d.encode_text("a red house"))) - x0).abs().max() < 1e-5
+    edited = run_to_end(regenerate(d, inv, d.encode_text("a blue house")))
+    assert (edited - x0)[region.bool()].abs().mean() > 0.1
+    assert (edited - x0)[~region.bool()].abs().max() < 1e-5
+
+
+def test_closing_mid_null_text_restores_grad_mode():
+    # the engine closes a cancelled job's generator between yields: no gradient mode or
+    # graph may leak from the optimisation into the engine thread
+    region = torch.zeros(SHAPE)
+    region[..., 1:5, 2:9] = 1
+    d, x0 = make(region=region)
+    with torch.no_grad():
+        gen = invert(d, x0, "a house", 5, 7.5, "null_text_reference")
+        for p in gen:
+            assert not torch.is_grad_enabled()
+            if p.label.startswith("null-text 2"):
+                break
+        gen.close()
+        assert not torch.is_grad_enabled()
+    assert torch.is_grad_enabled()
 
 
 def test_null_text_loss_decreases_on_the_analytic_model():

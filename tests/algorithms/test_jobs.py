@@ -123,7 +123,7 @@ def test_diffedit_job_with_and_without_a_mask(tiny, tiny_denoiser):
     assert res.extras["mask"].shape == (H, W)
 
 
-@pytest.mark.parametrize("method", ["ddim", "negative_prompt", "null_text"])
+@pytest.mark.parametrize("method", ["ddim", "negative_prompt", "null_text", "direct"])
 def test_invert_then_reedit(tiny, tiny_denoiser, method):
     src, mask = image(), box_mask()
     inv_req = EditRequest(
