@@ -346,10 +346,14 @@ class MainWindow(FileActions, QMainWindow):
 
     def _on_load_failed(self, ev) -> None:
         self.busy.hide()
-        if self.model_spec == DEFAULT_MODEL and self.engine.model_info is None:
+        if self.model_spec == DEFAULT_MODEL:
             self.model_note = " (demo model not found)"
             self.status(f"The demo model is not available; using {FALLBACK_MODEL}. {ev.message}")
-            self.load_model(FALLBACK_MODEL)
+            info = self.engine.model_info
+            if info is None or info.name != FALLBACK_MODEL:
+                self.load_model(FALLBACK_MODEL)
+            else:
+                self._on_model_loaded(None)
             return
         self._on_model_loaded(None)
         self.show_error(ev.message)

@@ -44,7 +44,7 @@ def bbox(changed: np.ndarray) -> tuple[int, int, int, int] | None:
     return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
 
 
-@dataclass
+@dataclass(eq=False)
 class HistoryEntry:
     """A finished job: its image at document size and the parameters that made it."""
 
