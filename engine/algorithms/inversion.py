@@ -9,7 +9,7 @@ Null-text inversion lives in ``null_text.py``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -47,6 +47,37 @@ class Inversion:
     @property
     def steps(self) -> int:
         return len(self.timesteps)
+
+    def save(self, path) -> None:
+        """Write to a file (``torch.save`` of plain tensors and values, loadable with
+        ``weights_only``), so a re-edit can happen in another session or from the CLI."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["trajectory"] = [x.detach().cpu() for x in self.trajectory]
+        data["null_embeddings"] = [e.detach().cpu() for e in self.null_embeddings]
+        if self.reconstruction is not None:
+            data["reconstruction"] = self.reconstruction.detach().cpu()
+        if self.source_image is not None:
+            data["source_image"] = torch.from_numpy(np.array(self.source_image))
+        torch.save(data, path)
+
+    @classmethod
+    def load(cls, path, device=None) -> Inversion:
+        data = torch.load(path, map_location=device or "cpu", weights_only=True)
+        if data.get("source_image") is not None:
+            data["source_image"] = data["source_image"].numpy()
+        for key in ("image_size", "working_size"):
+            if data.get(key) is not None:
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+    def to(self, device, dtype=None) -> Inversion:
+        """The same inversion with its tensors on ``device`` (embeddings also in ``dtype``)."""
+        out = replace(self)
+        out.trajectory = [x.to(device) for x in self.trajectory]
+        out.null_embeddings = [e.to(device, dtype or e.dtype) for e in self.null_embeddings]
+        if self.reconstruction is not None:
+            out.reconstruction = self.reconstruction.to(device)
+        return out
 
     def summary(self) -> dict[str, Any]:
         """Plain parameters (for metadata and history)."""

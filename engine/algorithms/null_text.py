@@ -89,6 +89,7 @@ def null_text_optimise(
         # 1. the conditional branch does not depend on ∅: evaluate it once per step
         with torch.no_grad():
             out_c = denoiser.model_output(x, t, cond)
+        denoiser.unet_calls = getattr(denoiser, "unet_calls", 0) + 1
         param = emb.clone().requires_grad_(True)  # warm start from ∅_{t+1} (Alg. 1)
         opt = torch.optim.Adam([param], lr=settings.learning_rate(i))
         step_losses: list[float] = []

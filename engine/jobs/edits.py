@@ -7,6 +7,7 @@ validates its own and raises ``InputError`` with a sentence a person can act on.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -56,9 +57,10 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "inversion": "null_text",  # ddim|null_text|null_text_reference|negative_prompt|direct
         "fixed_point": 0,  # extra fixed-point iterations per DDIM inversion step
         "reconstruct": False,  # ddim / negative_prompt / direct: decode a reconstruction too
+        "save": None,  # a file path: also write the Inversion there (Inversion.save)
     },
     "reedit": {
-        "inversion": None,  # the Inversion from an "invert" job's Finished.extras
+        "inversion": None,  # the Inversion from an "invert" job's Finished.extras, or a file
         "mask_grow": 1,
         "feather": 0.0,
     },
@@ -261,6 +263,11 @@ def run_invert(ctx: JobContext, req: EditRequest):
         image = finish_image(ctx, inv.reconstruction, None, hw)
     else:
         image = prep.original
+    if o.get("save"):
+        try:
+            inv.save(str(o.get("save")))
+        except OSError as e:
+            raise InputError(f"Could not write the inversion to {o.get('save')}: {e}.") from e
     return JobResult(image, {**_size_params(hw), **inv.summary()}, {"inversion": inv})
 
 
@@ -271,7 +278,14 @@ def run_reedit(ctx: JobContext, req: EditRequest):
     inversion keeps its source image); req.steps/guidance/strength are the inversion's."""
     o = _Options("reedit", req.options)
     inv = o.get("inversion")
-    if not isinstance(inv, Inversion):
+    if isinstance(inv, str | os.PathLike):
+        try:
+            inv = Inversion.load(inv)
+        except (OSError, RuntimeError, TypeError, KeyError) as e:
+            raise InputError(f"Could not read an inversion from {inv}: {e}.") from e
+    if isinstance(inv, Inversion):
+        inv = inv.to(ctx.bundle.device, ctx.bundle.dtype)
+    else:
         raise InputError("Re-editing needs an inversion: run 'invert' on the image first.")
     if inv.model and inv.model != ctx.bundle.name:
         raise InputError(
@@ -302,4 +316,5 @@ def run_reedit(ctx: JobContext, req: EditRequest):
     latents = yield from regenerate(ctx.denoiser, inv, cond, mask=mask_l)
     feather = o.number("feather", float, 0.0, 1000.0)
     image = finish_image(ctx, latents, prep, hw, feather)
-    return JobResult(image, {**_size_params(hw), **inv.summary()})
+    params = {"steps": inv.steps, "guidance": inv.guidance, "strength": 1.0}
+    return JobResult(image, {**_size_params(hw), **params, **inv.summary()})

@@ -124,7 +124,7 @@ def test_diffedit_job_with_and_without_a_mask(tiny, tiny_denoiser):
 
 
 @pytest.mark.parametrize("method", ["ddim", "negative_prompt", "null_text", "direct"])
-def test_invert_then_reedit(tiny, tiny_denoiser, method):
+def test_invert_then_reedit(tiny, tiny_denoiser, method, tmp_path):
     src, mask = image(), box_mask()
     inv_req = EditRequest(
         "invert",
@@ -147,6 +147,17 @@ def test_invert_then_reedit(tiny, tiny_denoiser, method):
     assert len(steps) == 2 and out.image.shape == (H, W, 3)
     assert outside_exact(out.image, src, mask)
     assert out.parameters["inversion"] == method
+    if method == "null_text":  # saved to a file and re-edited from there: the same result
+        path = tmp_path / "inv.pt"
+        inv.save(path)
+        again, _ = run(
+            tiny,
+            tiny_denoiser,
+            EditRequest(
+                "reedit", prompt="a red house", mask=mask, options={"inversion": str(path)}
+            ),
+        )
+        assert np.array_equal(again.image, out.image)
 
 
 def test_null_text_loss_decreases_on_tiny(tiny, tiny_denoiser):
