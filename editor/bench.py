@@ -69,9 +69,14 @@ def probe_painting(win, moves: int = 120, every_ms: int = 4) -> dict:
 
     loop = QEventLoop()
 
+    cpu: list[float] = []
+
     def step():
         if state["i"] < len(points):
+            t = time.thread_time()
             _mouse(vp, QEvent.Type.MouseMove, points[state["i"]], left)
+            vp.repaint()  # paint now so the CPU time below includes it
+            cpu.append(time.thread_time() - t)
             state["i"] += 1
         else:
             feeder.stop()
@@ -83,6 +88,8 @@ def probe_painting(win, moves: int = 120, every_ms: int = 4) -> dict:
     feeder.start(every_ms)
     loop.exec()
     result = probe.stop()
+    result["cpu_per_move_ms"] = float(np.median(cpu) * 1000)
+    result["cpu_max_move_ms"] = float(np.max(cpu) * 1000)
     _mouse(vp, QEvent.Type.MouseButtonRelease, points[-1], Qt.MouseButton.NoButton)
     return result
 

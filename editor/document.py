@@ -62,26 +62,30 @@ class HistoryEntry:
 
 
 class PatchCommand(QUndoCommand):
-    """Replace a rectangle of one layer; remembers before/after of that rectangle only."""
+    """Replace rectangles of one layer; remembers before/after of those rectangles only.
 
-    def __init__(self, doc, layer, y0, x0, before, after, text, applied=False):
+    ``patches`` is a list of (y0, x0, before, after); a long brush stroke is stored as the
+    tiles it touched, so memory follows the painted area, not its bounding box."""
+
+    def __init__(self, doc, layer, patches, text, applied=False):
         super().__init__(text)
-        self.doc, self.layer, self.y0, self.x0 = doc, layer, y0, x0
-        self.before, self.after = before, after
+        self.doc, self.layer, self.patches = doc, layer, patches
         self._skip_redo = applied  # the change is already in the layer (painting)
 
     @property
     def nbytes(self) -> int:
-        return self.before.nbytes + self.after.nbytes
+        return sum(b.nbytes + a.nbytes for _, _, b, a in self.patches)
 
     def redo(self):
         if self._skip_redo:
             self._skip_redo = False
             return
-        self.doc.write_patch(self.layer, self.y0, self.x0, self.after)
+        for y0, x0, _, after in self.patches:
+            self.doc.write_patch(self.layer, y0, x0, after)
 
     def undo(self):
-        self.doc.write_patch(self.layer, self.y0, self.x0, self.before)
+        for y0, x0, before, _ in self.patches:
+            self.doc.write_patch(self.layer, y0, x0, before)
 
 
 class Document(QObject):
@@ -150,7 +154,7 @@ class Document(QObject):
         y0, x0, y1, x1 = box
         before = old[y0:y1, x0:x1].copy()
         after = np.ascontiguousarray(new[y0:y1, x0:x1], dtype=np.uint8)
-        self.undo_stack.push(PatchCommand(self, name, y0, x0, before, after, text))
+        self.undo_stack.push(PatchCommand(self, name, [(y0, x0, before, after)], text))
         return True
 
     def undo_bytes(self) -> int:

@@ -95,7 +95,11 @@ def format_parameters(params: Mapping[str, Any]) -> str:
     if params.get("negative_prompt"):
         lines.append(f"Negative prompt: {params['negative_prompt']}")
     items = []
-    for key, value in {"sampler": "DDIM", **params}.items():
+    first = ("steps", "sampler", "guidance", "seed", "size", "model", "strength")
+    merged = {"sampler": "DDIM", **params}
+    ordered = {k: merged[k] for k in first if k in merged}
+    ordered.update((k, v) for k, v in merged.items() if k not in ordered)
+    for key, value in ordered.items():
         if key in ("prompt", "negative_prompt") or value is None:
             continue
         if not isinstance(value, (str, int, float, bool)):

@@ -5,7 +5,7 @@ coverage there (distance to the segment, so there are no gaps between mouse even
 keeps the maximum coverage seen in this stroke (so overlapping segments do not build up),
 and recomposes the layer from its pre-stroke pixels. The pre-stroke pixels are saved
 lazily, pixel by pixel, the first time the stroke touches them; at the end the stroke
-becomes one ``PatchCommand`` holding only its bounding rectangle. Nothing here converts a
+becomes one ``PatchCommand`` holding only the 128² tiles it touched. Nothing here converts a
 whole layer, so painting on a 4096² image costs the same as on a small one.
 """
 
@@ -18,6 +18,7 @@ import numpy as np
 from .document import Document, PatchCommand
 
 COLOUR, MASK, ERASER, EYEDROPPER = "colour", "mask", "eraser", "eyedropper"
+TILE = 128  # undo granularity of a stroke, in pixels
 TOOLS = (COLOUR, MASK, ERASER, EYEDROPPER)
 
 
@@ -80,21 +81,25 @@ class Stroke:
         """Finish; pushes and returns the undo command (None if nothing changed)."""
         if self.box is None:
             return None
-        y0, x0, y1, x1 = self.box
         arr = self.doc.layer(self.layer)
-        saved = self.saved[y0:y1, x0:x1]
-        if arr.ndim == 3:
-            saved = saved[..., None]
-        before = np.where(saved, self.before[y0:y1, x0:x1], arr[y0:y1, x0:x1])
-        after = arr[y0:y1, x0:x1].copy()
-        if np.array_equal(before, after):
+        patches = []
+        y0, x0, y1, x1 = self.box
+        for ty in range(y0, y1, TILE):
+            for tx in range(x0, x1, TILE):
+                sl = np.s_[ty : min(ty + TILE, y1), tx : min(tx + TILE, x1)]
+                saved = self.saved[sl]
+                if not saved.any():
+                    continue
+                mask = saved[..., None] if arr.ndim == 3 else saved
+                before = np.where(mask, self.before[sl], arr[sl])
+                if not np.array_equal(before, arr[sl]):
+                    patches.append((ty, tx, before, arr[sl].copy()))
+        self.cov = self.before = self.saved = None  # free
+        if not patches:
             return None
         verb = "Erase" if self.erase else "Paint"
-        cmd = PatchCommand(
-            self.doc, self.layer, y0, x0, before, after, f"{verb} {self.layer}", applied=True
-        )
+        cmd = PatchCommand(self.doc, self.layer, patches, f"{verb} {self.layer}", applied=True)
         self.doc.undo_stack.push(cmd)
-        self.cov = self.before = self.saved = None  # free
         return cmd
 
     # ---- internals ----------------------------------------------------------------------
