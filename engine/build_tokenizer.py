@@ -45,15 +45,19 @@ def read_bpe_lines(source: Path) -> list[str]:
     return lines[1 : N_MERGES + 1]  # line 0 is a header
 
 
-def build(source: Path, out: Path, max_length: int = 77) -> None:
-    merges = read_bpe_lines(source)
+def write_clip_tokenizer(out: Path, merges: list[str], max_length: int = 77) -> dict[str, int]:
+    """Write vocab.json/merges.txt/configs that ``CLIPTokenizer.from_pretrained`` loads.
+
+    The vocabulary is CLIP's construction for any merge list: the 256 byte symbols, the same
+    with the end-of-word marker ``</w>``, one token per merge, then the two special tokens.
+    Any text tokenizes, falling back to single bytes for pieces no merge covers."""
     symbols = list(bytes_to_unicode().values())
     vocab_list = symbols + [s + "</w>" for s in symbols]
     vocab_list += ["".join(m.split()) for m in merges]
     vocab_list += ["<|startoftext|>", "<|endoftext|>"]
     vocab = {tok: i for i, tok in enumerate(vocab_list)}
     if len(vocab) != len(vocab_list):
-        raise SystemExit("duplicate tokens: the BPE file is not CLIP's")
+        raise ValueError("duplicate tokens: a merge list must not produce a token twice")
     out.mkdir(parents=True, exist_ok=True)
     (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
@@ -66,6 +70,12 @@ def build(source: Path, out: Path, max_length: int = 77) -> None:
     (out / "special_tokens_map.json").write_text(json.dumps(specials, indent=2) + "\n")
     config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": max_length, **specials}
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return vocab
+
+
+def build(source: Path, out: Path, max_length: int = 77) -> None:
+    merges = read_bpe_lines(source)
+    vocab = write_clip_tokenizer(out, merges, max_length)
     print(f"wrote {len(vocab)} tokens, {len(merges)} merges to {out}")
 
 

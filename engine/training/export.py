@@ -1,0 +1,53 @@
+"""Write a trained run as a diffusers Stable Diffusion folder (fp16 safetensors)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from . import architecture as arch
+from .train import load_vae
+
+
+def export(run: Path, out: Path) -> Path:
+    """EMA weights of UNet and text encoder, the VAE with its measured scaling factor,
+    our tokenizer, SD 1.5's scheduler config; every file written to a temp folder first."""
+    from diffusers import DDIMScheduler
+    from transformers import CLIPTokenizer
+
+    state = torch.load(run / "unet.ckpt", map_location="cpu")
+    tokenizer, text, unet = arch.build_text_and_unet(run / "tokenizer")
+    unet.load_state_dict(state["ema_unet"])
+    text.load_state_dict(state["ema_text"])
+    vae = load_vae(run)
+    vae.register_to_config(scaling_factor=float(state["vae_scale"]))
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for name, model in (("unet", unet), ("vae", vae), ("text_encoder", text)):
+        model.half().save_pretrained(tmp / name, safe_serialization=True)
+    CLIPTokenizer.from_pretrained(str(run / "tokenizer")).save_pretrained(tmp / "tokenizer")
+    DDIMScheduler.from_config(arch.scheduler_config()).save_pretrained(tmp / "scheduler")
+    index = {
+        "_class_name": "StableDiffusionPipeline",
+        "_diffusers_version": "0.42.1",
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "safety_checker": [None, None],
+        "feature_extractor": [None, None],
+        "requires_safety_checker": False,
+    }
+    (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    card = out / "MODEL_CARD.md"
+    if card.exists():
+        shutil.copy(card, tmp / "MODEL_CARD.md")  # the card is written by hand from the logs
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    print(f"exported {run} step {state['step']} to {out} ({size / 2**20:.1f} MiB)")
+    return out

@@ -1,0 +1,264 @@
+"""Training the demo model: a VAE stage, then text encoder + UNet jointly.
+
+Both stages are resumable (a checkpoint in the run folder holds models, optimiser, EMA and
+step), stop cleanly on SIGINT/SIGTERM or at ``--minutes``, and append one JSON line per log
+step to ``<run>/log.jsonl`` (stage, step, loss, images/s, elapsed seconds, hardware).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import platform
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..models import pick_device
+from ..schedule import Schedule
+from . import architecture as arch
+from .dataset import WorldCache
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM so a stage saves its checkpoint before exiting."""
+
+    def __init__(self):
+        self.set = False
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, *_):
+        self.set = True
+
+
+def hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+class Logger:
+    def __init__(self, run: Path, stage: str, device: torch.device):
+        self.path, self.stage, self.hw = run / "log.jsonl", stage, hardware(device)
+        self.t0, self.seen = time.time(), 0
+
+    def __call__(self, step: int, images: int, **values):
+        self.seen += images
+        dt = time.time() - self.t0
+        rec = {
+            "stage": self.stage,
+            "step": step,
+            "elapsed_s": round(dt, 1),
+            "images_per_s": round(self.seen / max(dt, 1e-9), 2),
+            "hardware": self.hw,
+            **{k: round(float(v), 5) for k, v in values.items()},
+        }
+        with self.path.open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+        print(json.dumps(rec), flush=True)
+
+
+def _batch_images(cache: WorldCache, idx: np.ndarray, crop: int, rng) -> torch.Tensor:
+    imgs = np.stack([cache.images[i] for i in idx])
+    if crop < cache.size:
+        y, x = rng.integers(0, cache.size - crop + 1, 2)
+        imgs = imgs[:, y : y + crop, x : x + crop]
+    t = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return t
+
+
+def _save(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # atomic: a crash never leaves half a checkpoint
+
+
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for pe, pm in zip(ema.parameters(), model.parameters()):
+            pe.lerp_(pm, 1 - decay)
+
+
+# ---- stage 1: VAE ------------------------------------------------------------------------
+
+
+def train_vae(
+    data: Path,
+    run: Path,
+    steps: int,
+    batch: int = 16,
+    crop: int = 64,
+    lr: float = 4e-4,
+    kl_weight: float = 1e-6,
+    device: str = "auto",
+    minutes: float | None = None,
+    log_every: int = 20,
+    ckpt_every: int = 200,
+) -> Path:
+    """Reconstruction (L1 + MSE) plus a small KL term, as SD's KL-f8 autoencoder minus the
+    perceptual and adversarial losses. Trains on random crops: the VAE is convolutional."""
+    dev, _ = pick_device(device, "fp32")
+    run.mkdir(parents=True, exist_ok=True)
+    cache = WorldCache.open(data)
+    vae = arch.build_vae().to(dev).train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    ckpt, step = run / "vae.ckpt", 0
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location=dev)
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+    rng = np.random.default_rng(step)
+    stop, log = StopFlag(), Logger(run, "vae", dev)
+    deadline = time.time() + 60 * minutes if minutes else math.inf
+    while step < steps and not stop.set and time.time() < deadline:
+        x = _batch_images(cache, rng.integers(0, len(cache), batch), crop, rng).to(dev)
+        post = vae.encode(x).latent_dist
+        y = vae.decode(post.sample()).sample
+        rec = (y - x).abs().mean() + F.mse_loss(y, x)
+        loss = rec + kl_weight * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        if step % log_every == 0:
+            mse = F.mse_loss(y.clamp(-1, 1), x).item()
+            log(step, batch * log_every, loss=loss.item(), psnr=10 * math.log10(4 / mse))
+        if step % ckpt_every == 0:
+            _save(ckpt, {"model": vae.state_dict(), "opt": opt.state_dict(), "step": step})
+    _save(ckpt, {"model": vae.state_dict(), "opt": opt.state_dict(), "step": step})
+    return ckpt
+
+
+def load_vae(run: Path, device="cpu"):
+    vae = arch.build_vae()
+    vae.load_state_dict(torch.load(run / "vae.ckpt", map_location="cpu")["model"])
+    return vae.to(device).eval().requires_grad_(False)
+
+
+# ---- stage 2: text encoder + UNet ------------------------------------------------------
+
+
+@torch.no_grad()
+def encode_dataset(vae, cache: WorldCache, dev, batch: int = 64) -> torch.Tensor:
+    """Posterior mean and std of every image, N x 8 x h x w, fp16 (sampled per step later)."""
+    out = []
+    for lo in range(0, len(cache), batch):
+        x = _batch_images(cache, np.arange(lo, min(len(cache), lo + batch)), cache.size, None)
+        d = vae.encode(x.to(dev)).latent_dist
+        out.append(torch.cat([d.mean, d.std], 1).half().cpu())
+        if lo // batch % 20 == 0:
+            print(f"encoded {lo + len(x)}/{len(cache)}", flush=True)
+    return torch.cat(out)
+
+
+def train_unet(
+    data: Path,
+    run: Path,
+    steps: int,
+    batch: int = 32,
+    lr: float = 3e-4,
+    text_lr: float = 1e-4,
+    dropout: float = 0.1,
+    ema_decay: float = 0.999,
+    device: str = "auto",
+    minutes: float | None = None,
+    log_every: int = 20,
+    ckpt_every: int = 200,
+) -> Path:
+    """ε-prediction on VAE latents with SD 1.5's noise schedule (Rombach et al. 2022, eq. 2);
+    ``dropout`` of captions are emptied so the model also learns the unconditional branch
+    that classifier-free guidance needs (Ho & Salimans 2022, Alg. 1)."""
+    dev, _ = pick_device(device, "fp32")
+    cache = WorldCache.open(data)
+    tok_dir = run / "tokenizer"
+    if not (tok_dir / "vocab.json").exists():
+        from .tokenizer import build_world_tokenizer
+
+        build_world_tokenizer(tok_dir)
+    latents_path = run / "latents.pt"
+    if not latents_path.exists():
+        _save(latents_path, {"latents": encode_dataset(load_vae(run, dev), cache, dev)})
+    lat = torch.load(latents_path)["latents"]
+    mean, std = lat[:, :4].float(), lat[:, 4:].float()
+    g = torch.Generator().manual_seed(0)
+    sample = mean[:2000] + std[:2000] * torch.randn(mean[:2000].shape, generator=g)
+    scale = float(1.0 / sample.std())  # as SD's 0.18215: unit-variance latents
+    tokenizer, text, unet = arch.build_text_and_unet(tok_dir)
+    ids = tokenizer(
+        cache.captions,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+    empty = tokenizer(
+        [""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt"
+    ).input_ids[0]
+    text, unet = text.to(dev).train(), unet.to(dev).train()
+    ema_text, ema_unet = copy.deepcopy(text).eval(), copy.deepcopy(unet).eval()
+    opt = torch.optim.AdamW(
+        [{"params": unet.parameters(), "lr": lr}, {"params": text.parameters(), "lr": text_lr}],
+        weight_decay=1e-2,
+    )
+    ckpt, step = run / "unet.ckpt", 0
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location=dev)
+        for key, m in (
+            ("unet", unet),
+            ("text", text),
+            ("ema_unet", ema_unet),
+            ("ema_text", ema_text),
+        ):
+            m.load_state_dict(state[key])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+    sched = Schedule.from_config(arch.scheduler_config())
+    ac = torch.tensor(sched.alphas_cumprod, dtype=torch.float32)
+    rng = torch.Generator().manual_seed(1000 + step)
+    stop, log = StopFlag(), Logger(run, "unet", dev)
+    deadline = time.time() + 60 * minutes if minutes else math.inf
+
+    def state():
+        return {
+            "unet": unet.state_dict(),
+            "text": text.state_dict(),
+            "opt": opt.state_dict(),
+            "ema_unet": ema_unet.state_dict(),
+            "ema_text": ema_text.state_dict(),
+            "step": step,
+            "vae_scale": scale,
+        }
+
+    while step < steps and not stop.set and time.time() < deadline:
+        idx = torch.randint(0, len(mean), (batch,), generator=rng)
+        z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=rng)) * scale
+        t = torch.randint(0, len(ac), (batch,), generator=rng)
+        noise = torch.randn(z0.shape, generator=rng)
+        a = ac[t].view(-1, 1, 1, 1)
+        zt = a.sqrt() * z0 + (1 - a).sqrt() * noise  # q(x_t | x_0), Ho et al. 2020 eq. 4
+        cap = ids[idx].clone()
+        cap[torch.rand(batch, generator=rng) < dropout] = empty
+        emb = text(cap.to(dev))[0]
+        pred = unet(zt.to(dev), t.to(dev), encoder_hidden_states=emb).sample
+        loss = F.mse_loss(pred, noise.to(dev))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(text.parameters()), 1.0)
+        opt.step()
+        step += 1
+        decay = min(ema_decay, (1 + step) / (10 + step))  # warm-up so early EMA isn't stale
+        _ema_update(ema_unet, unet, decay)
+        _ema_update(ema_text, text, decay)
+        if step % log_every == 0:
+            log(step, batch * log_every, loss=loss.item())
+        if step % ckpt_every == 0:
+            _save(ckpt, state())
+    _save(ckpt, state())
+    return ckpt
