@@ -98,17 +98,18 @@ def null_text_optimise(
             # 2. one Adam step on ‖z*_{t−1} − z_{t−1}(z̄_t, ∅, C)‖² (kept out of yields)
             with torch.enable_grad():
                 x_prev, x0 = guided_step(out_c, param, t, t_prev)
+                x0 = x0.detach()  # for the preview; the graph is only needed for the loss
                 loss = F.mse_loss(x_prev.float(), target)
                 value = float(loss.detach())
                 step_losses.append(value)
                 if settings.stop_before_step and value < thr:
-                    current = (x_prev.detach(), x0.detach())
+                    current = (x_prev.detach(), x0)
                     break
                 opt.zero_grad(set_to_none=True)
                 (loss * loss_scale).backward()
                 opt.step()
             del loss, x_prev
-            yield Progress(i + 1, n, t, x0=x0.detach(), label=f"null-text {j + 1}: {value:.2e}")
+            yield Progress(i + 1, n, t, x0=x0, label=f"null-text {j + 1}: {value:.2e}")
             # 3. early stop (the paper tests the loss before this iteration's step)
             if value < thr:
                 break

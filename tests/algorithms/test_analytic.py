@@ -146,10 +146,10 @@ def test_repaint_counts_model_calls(sampler):
     assert steps[-1].i == steps[-1].n == d.unet_calls
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
-def test_repaint_keeps_known_latents_on_the_forward_marginal(sampler):
+@pytest.mark.parametrize("sampler,pred", [("ddim", "epsilon"), ("ddpm", "v_prediction")])
+def test_repaint_keeps_known_latents_on_the_forward_marginal(sampler, pred):
     shape = (1, 4, 32, 48)
-    d, x0 = make(shape=shape)
+    d, x0 = make(pred, shape=shape)
     d.record = True
     mask = torch.zeros(1, 1, *shape[-2:])
     mask[..., :, 24:] = 1  # right half generated, left half known
@@ -181,8 +181,9 @@ def _region():
     return r
 
 
-def test_diffedit_mask_finds_where_prompts_disagree():
-    d, x0 = make(region=_region())
+@pytest.mark.parametrize("pred", ["epsilon", "v_prediction"])
+def test_diffedit_mask_finds_where_prompts_disagree(pred):
+    d, x0 = make(pred, region=_region())
     gen = torch.Generator().manual_seed(0)
     q, ref = d.encode_text("a blue house"), d.encode_text("")
     previews = []
@@ -207,8 +208,9 @@ def test_diffedit_mask_of_identical_prompts_is_empty():
     assert est.mask.sum() == 0 and est.map.max() < 1e-3
 
 
-def test_diffedit_edit_changes_only_inside_the_mask():
-    d, x0 = make(region=_region())
+@pytest.mark.parametrize("pred", ["epsilon", "v_prediction"])
+def test_diffedit_edit_changes_only_inside_the_mask(pred):
+    d, x0 = make(pred, region=_region())
     mask = _region()[:, :1]
     cond = Conditioning(d.encode_text("a blue house"), d.encode_text(""))
     out = run_to_end(diffedit(d, x0, mask, cond, d.encode_text(""), 10, 0.6, 3.0))
