@@ -56,6 +56,11 @@ def add_common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     p.add_argument("--dtype", default=None, help="fp16, fp32 or bf16 (default: per device)")
+    p.add_argument(
+        "--prediction-type",
+        choices=("epsilon", "v_prediction"),
+        help="override for SD 2.x single files, whose weights do not say",
+    )
     p.add_argument("--prompt", "-p", default="")
     p.add_argument("--negative-prompt", "-n", default="")
     p.add_argument("--image", "-i", help="input image (PNG, JPEG, …)")
@@ -114,7 +119,9 @@ def run_method(method: str, a: argparse.Namespace) -> int:
     request = build_request(method, a)
     engine = Engine()
     try:
-        load = engine.wait(engine.load_model(a.model or DEFAULT_MODEL, a.device, a.dtype))
+        load = engine.wait(
+            engine.load_model(a.model or DEFAULT_MODEL, a.device, a.dtype, a.prediction_type)
+        )
         if not isinstance(load, ModelLoaded):
             print(f"error: {load.message}", file=sys.stderr)
             return 2

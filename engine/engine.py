@@ -82,9 +82,18 @@ class Engine:
         if fn in self._listeners:
             self._listeners.remove(fn)
 
-    def load_model(self, model: str, device: str | None = None, dtype: str | None = None) -> int:
+    def load_model(
+        self,
+        model: str,
+        device: str | None = None,
+        dtype: str | None = None,
+        prediction_type: str | None = None,
+    ) -> int:
+        """Queue a model load; the current model stays usable if it fails."""
         return self._enqueue(
-            LoadModelRequest(model, device or self.default_device, dtype or self.default_dtype)
+            LoadModelRequest(
+                model, device or self.default_device, dtype or self.default_dtype, prediction_type
+            )
         )
 
     def submit(self, request: EditRequest, supersede: bool = False) -> int:
@@ -233,7 +242,7 @@ class Engine:
             self._emit(Failed(job_id, f"Unexpected error: {type(e).__name__}: {e}", "internal"))
 
     def _load(self, req: LoadModelRequest) -> None:
-        bundle = load_model(req.model, req.device, req.dtype)
+        bundle = load_model(req.model, req.device, req.dtype, req.prediction_type)
         # release the old model before keeping the new one
         self.bundle = self.denoiser = self.previewer = None
         self._release_memory()

@@ -218,9 +218,17 @@ BUILTINS: dict[str, Callable[[str | None, str | None], ModelBundle]] = {
 DEFAULT_MODEL = "builtin:demo"
 
 
-def load_model(spec: str | os.PathLike = DEFAULT_MODEL, device=None, dtype=None) -> ModelBundle:
+def load_model(
+    spec: str | os.PathLike = DEFAULT_MODEL,
+    device=None,
+    dtype=None,
+    prediction_type: str | None = None,
+    config_dir: str | os.PathLike | None = None,
+) -> ModelBundle:
     """Load a model by spec (see module docstring). Raises ``ModelLoadError`` with a
-    user-facing sentence on any failure."""
+    user-facing sentence on any failure. ``prediction_type`` ("epsilon"/"v_prediction")
+    overrides what a checkpoint's configs say (SD 2.x files cannot tell from weights);
+    ``config_dir`` gives a single file its configs."""
     spec = str(spec)
     if spec.startswith("builtin:"):
         if spec not in BUILTINS:
@@ -230,4 +238,6 @@ def load_model(spec: str | os.PathLike = DEFAULT_MODEL, device=None, dtype=None)
         return BUILTINS[spec](device, dtype)
     from .loaders import load_path
 
-    return _finish(Path(spec).name, load_path(Path(spec).expanduser()), device, dtype)
+    path = Path(spec).expanduser()
+    parts = load_path(path, config_dir=config_dir, prediction_type=prediction_type)
+    return _finish(path.name, parts, device, dtype)

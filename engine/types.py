@@ -79,6 +79,7 @@ class LoadModelRequest:
     model: str
     device: str | None = None
     dtype: str | None = None
+    prediction_type: str | None = None  # override for SD 2.x files ("epsilon"/"v_prediction")
 
 
 @dataclass(frozen=True)
