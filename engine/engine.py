@@ -61,6 +61,7 @@ class Engine:
         self._cv = threading.Condition()
         self._ids = itertools.count(1)
         self._cancelled: set[int] = set()
+        self._decode_next = False  # a full VAE decode of the next x̂₀ was asked for
         self._running: int | None = None
         self._final: dict[int, Event] = {}
         self._stop = False
@@ -120,6 +121,11 @@ class Engine:
                 self._cancelled.add(job_id)
         if queued:
             self._emit(Cancelled(job_id))
+
+    def request_full_preview(self) -> None:
+        """Show the running job's next x̂₀ through the real VAE decoder instead of the cheap
+        linear map (costs one decode; for a closer look mid-job)."""
+        self._decode_next = True
 
     def wait(self, job_id: int, timeout: float | None = None) -> Event | None:
         """Block until the job's final event (Finished/Failed/Cancelled/ModelLoaded)."""
@@ -276,7 +282,12 @@ class Engine:
         self._emit(Finished(job_id, result.image, params, result.extras))
 
     def _step_event(self, job_id: int, ctx: JobContext, p: Progress) -> Step:
-        preview = p.image
+        preview, label = p.image, p.label
         if preview is None and p.x0 is not None:
-            preview = self.previewer(p.x0, ctx.preview_size)
-        return Step(job_id, p.i, p.n, int(p.t), preview, p.label)
+            if self._decode_next:
+                self._decode_next = False
+                preview = self.bundle.decode(p.x0[:1])
+                label = f"{label} (decoded)".strip()
+            else:
+                preview = self.previewer(p.x0, ctx.preview_size)
+        return Step(job_id, p.i, p.n, int(p.t), preview, label)

@@ -220,3 +220,19 @@ def test_requests_are_frozen_copies():
         req.options["eta"] = 1.0
     with pytest.raises(ValueError):
         EditRequest("unknown-method")
+
+
+def test_full_preview_on_request_uses_the_vae(engine, tiny):
+    rec = Recorder()
+
+    def ask_on_first_step(ev):
+        rec(ev)
+        if isinstance(ev, Step) and ev.i == 1:
+            engine.request_full_preview()
+
+    r = engine.run(EditRequest("generate", prompt="x", steps=4), ask_on_first_step, 60)
+    assert isinstance(r, Finished)
+    steps = [e for e in rec.events if isinstance(e, Step)]
+    decoded = [s for s in steps if "decoded" in s.label]
+    assert [s.i for s in decoded] == [2]  # exactly the step after the request
+    assert decoded[0].preview.shape == (64, 64, 3)
