@@ -23,7 +23,7 @@ def wrap(arr: np.ndarray) -> QImage:
     h, w = arr.shape[:2]
     if arr.ndim == 2:
         img = QImage(arr.data, w, h, arr.strides[0], QImage.Format.Format_Indexed8)
-        img.setColorTable([qRgba(*MASK_TINT, round(v * 0.55)) for v in range(256)])
+        img.setColorTable([qRgba(*MASK_TINT, round(v * 0.45)) for v in range(256)])
         return img
     fmt = QImage.Format.Format_RGB888 if arr.shape[2] == 3 else QImage.Format.Format_RGBA8888
     return QImage(arr.data, w, h, arr.strides[0], fmt)

@@ -227,6 +227,7 @@ class PromptPanel(QWidget):
             self.progress.setRange(0, 100)
             self.progress.setValue(0)
             self.progress.setFormat(text or "idle")
+            self.eta.setText("")
 
     def show_step(self, i: int, n: int, label: str = "") -> None:
         self.progress.setRange(0, max(n, 1))
