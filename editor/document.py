@@ -15,12 +15,14 @@ from typing import Any
 
 import numpy as np
 from PySide6.QtCore import QObject, QRect, Signal
-from PySide6.QtGui import QUndoCommand, QUndoStack
 
 from engine import imageops
 
+from .undo import UndoStack
+
 LAYERS = ("image", "strokes", "mask")
 UNDO_LIMIT = 64  # commands; each holds only its dirty rectangle
+UNDO_BYTES = 512 * 1024**2  # and all of them together at most this much
 HISTORY_LIMIT = 24  # results kept in memory
 
 DEFAULT_SETTINGS: dict[str, Any] = {
@@ -34,6 +36,14 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "seed_locked": False,
     "options": {},
 }
+
+
+def _blank(shape) -> np.ndarray:
+    """Zeros with every page already mapped: np.zeros maps pages lazily, and on a 4096²
+    layer the first brush strokes would pay a page fault per row they touch."""
+    arr = np.empty(shape, np.uint8)
+    arr.fill(0)
+    return arr
 
 
 def bbox(changed: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -61,25 +71,17 @@ class HistoryEntry:
         return "\n".join(f"{k}: {v}" for k, v in self.parameters.items())
 
 
-class PatchCommand(QUndoCommand):
+class PatchCommand:
     """Replace rectangles of one layer; remembers before/after of those rectangles only.
 
     ``patches`` is a list of (y0, x0, before, after); a long brush stroke is stored as the
     tiles it touched, so memory follows the painted area, not its bounding box."""
 
-    def __init__(self, doc, layer, patches, text, applied=False):
-        super().__init__(text)
-        self.doc, self.layer, self.patches = doc, layer, patches
-        self._skip_redo = applied  # the change is already in the layer (painting)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(b.nbytes + a.nbytes for _, _, b, a in self.patches)
+    def __init__(self, doc, layer, patches, text):
+        self.doc, self.layer, self.patches, self.text = doc, layer, patches, text
+        self.nbytes = sum(b.nbytes + a.nbytes for _, _, b, a in patches)
 
     def redo(self):
-        if self._skip_redo:
-            self._skip_redo = False
-            return
         for y0, x0, _, after in self.patches:
             self.doc.write_patch(self.layer, y0, x0, after)
 
@@ -97,8 +99,7 @@ class Document(QObject):
 
     def __init__(self, image: np.ndarray | None = None, parent=None):
         super().__init__(parent)
-        self.undo_stack = QUndoStack(self)
-        self.undo_stack.setUndoLimit(UNDO_LIMIT)
+        self.undo_stack = UndoStack(self, max_bytes=UNDO_BYTES, max_count=UNDO_LIMIT)
         self.undo_stack.cleanChanged.connect(self._clean_changed)
         self.settings: dict[str, Any] = {**DEFAULT_SETTINGS, "options": {}}
         self.history: list[HistoryEntry] = []
@@ -119,10 +120,8 @@ class Document(QObject):
         """Start over on a new image (clears undo and layers; keeps settings)."""
         h, w = image.shape[:2]
         self.image = np.ascontiguousarray(image[..., :3], dtype=np.uint8)
-        self.strokes = (
-            np.zeros((h, w, 4), np.uint8) if strokes is None else np.ascontiguousarray(strokes)
-        )
-        self.mask = np.zeros((h, w), np.uint8) if mask is None else np.ascontiguousarray(mask)
+        self.strokes = _blank((h, w, 4)) if strokes is None else np.ascontiguousarray(strokes)
+        self.mask = _blank((h, w)) if mask is None else np.ascontiguousarray(mask)
         self.inversion = None
         self.undo_stack.clear()
         self._extra_dirty = False
@@ -154,12 +153,15 @@ class Document(QObject):
         y0, x0, y1, x1 = box
         before = old[y0:y1, x0:x1].copy()
         after = np.ascontiguousarray(new[y0:y1, x0:x1], dtype=np.uint8)
-        self.undo_stack.push(PatchCommand(self, name, [(y0, x0, before, after)], text))
+        self.push(PatchCommand(self, name, [(y0, x0, before, after)], text))
         return True
 
+    def push(self, cmd: PatchCommand, done: bool = False) -> None:
+        """Add an undoable change (``done``: it is already in the layer, as after painting)."""
+        self.undo_stack.push(cmd, done)
+
     def undo_bytes(self) -> int:
-        s = self.undo_stack
-        return sum(getattr(s.command(i), "nbytes", 0) for i in range(s.count()))
+        return self.undo_stack.nbytes()
 
     # ---- mask operations (numpy helpers from engine.imageops, no torch in widgets) ------
 

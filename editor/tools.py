@@ -3,10 +3,10 @@
 A stroke touches only the rectangle around each new mouse segment: it computes the brush
 coverage there (distance to the segment, so there are no gaps between mouse events),
 keeps the maximum coverage seen in this stroke (so overlapping segments do not build up),
-and recomposes the layer from its pre-stroke pixels. The pre-stroke pixels are saved
-lazily, pixel by pixel, the first time the stroke touches them; at the end the stroke
-becomes one ``PatchCommand`` holding only the 128² tiles it touched. Nothing here converts a
-whole layer, so painting on a 4096² image costs the same as on a small one.
+and recomposes the layer from its pre-stroke pixels. The pre-stroke pixels are saved per
+128² tile the first time the stroke reaches it; at the end the stroke becomes one
+``PatchCommand`` holding only those tiles. Nothing here converts or scans a whole layer,
+so painting and releasing on a 4096² image cost the same as on a small one.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .document import Document, PatchCommand
+from .document import Document, PatchCommand, bbox
 
 COLOUR, MASK, ERASER, EYEDROPPER = "colour", "mask", "eraser", "eyedropper"
 TILE = 128  # undo granularity of a stroke, in pixels
@@ -53,17 +53,16 @@ def coverage(
 
 
 class Stroke:
-    """One press-drag-release on one layer. ``erase`` removes instead of adding."""
+    """One press-drag-release on one layer. ``erase`` removes instead of adding.
+
+    State lives in 128² tiles created when the brush first reaches them: the tile's
+    pre-stroke pixels and the stroke's coverage there. Dense tiles touch few memory pages
+    (a full-size row-major buffer would fault a page per row per brush dab), and the
+    release turns exactly those tiles into the undo command."""
 
     def __init__(self, doc: Document, layer: str, brush: Brush, erase: bool = False):
         self.doc, self.layer, self.brush, self.erase = doc, layer, brush, erase
-        arr = doc.layer(layer)
-        h, w = arr.shape[:2]
-        # np.zeros is lazily allocated by the OS: only touched pages cost memory
-        self.cov = np.zeros((h, w), np.float32)
-        self.before = np.zeros(arr.shape, arr.dtype)  # not zeros_like: that fills eagerly
-        self.saved = np.zeros((h, w), bool)
-        self.box: list[int] | None = None  # y0, x0, y1, x1 of everything touched
+        self.tiles: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self.last: tuple[float, float] | None = None
         self.colour = np.array(brush.colour, np.float32)
 
@@ -79,30 +78,33 @@ class Stroke:
 
     def end(self) -> PatchCommand | None:
         """Finish; pushes and returns the undo command (None if nothing changed)."""
-        if self.box is None:
-            return None
         arr = self.doc.layer(self.layer)
         patches = []
-        y0, x0, y1, x1 = self.box
-        for ty in range(y0, y1, TILE):
-            for tx in range(x0, x1, TILE):
-                sl = np.s_[ty : min(ty + TILE, y1), tx : min(tx + TILE, x1)]
-                saved = self.saved[sl]
-                if not saved.any():
-                    continue
-                mask = saved[..., None] if arr.ndim == 3 else saved
-                before = np.where(mask, self.before[sl], arr[sl])
-                if not np.array_equal(before, arr[sl]):
-                    patches.append((ty, tx, before, arr[sl].copy()))
-        self.cov = self.before = self.saved = None  # free
+        for (ty, tx), (before, cov) in sorted(self.tiles.items()):
+            box = bbox(cov > 0)  # keep only the painted part of the tile
+            if box is None:
+                continue
+            y0, x0, y1, x1 = box
+            after = arr[ty + y0 : ty + y1, tx + x0 : tx + x1]
+            if not np.array_equal(before[y0:y1, x0:x1], after):
+                patches.append((ty + y0, tx + x0, before[y0:y1, x0:x1].copy(), after.copy()))
+        self.tiles = {}
         if not patches:
             return None
         verb = "Erase" if self.erase else "Paint"
-        cmd = PatchCommand(self.doc, self.layer, patches, f"{verb} {self.layer}", applied=True)
-        self.doc.undo_stack.push(cmd)
+        cmd = PatchCommand(self.doc, self.layer, patches, f"{verb} {self.layer}")
+        self.doc.push(cmd, done=True)
         return cmd
 
     # ---- internals ----------------------------------------------------------------------
+
+    def _tile(self, arr: np.ndarray, ty: int, tx: int) -> tuple[np.ndarray, np.ndarray]:
+        """(pre-stroke pixels, coverage) of the tile at (ty, tx), made on first use."""
+        state = self.tiles.get((ty, tx))
+        if state is None:
+            before = arr[ty : ty + TILE, tx : tx + TILE].copy()
+            state = self.tiles[(ty, tx)] = (before, np.zeros(before.shape[:2], np.float32))
+        return state
 
     def _segment(self, a, b) -> None:
         arr = self.doc.layer(self.layer)
@@ -115,24 +117,24 @@ class Stroke:
         if x0 >= x1 or y0 >= y1:
             return
         c = coverage(y0, x0, y1, x1, a, b, r, self.brush.hardness)
-        cov = self.cov[y0:y1, x0:x1]
-        np.maximum(cov, c, out=cov)
-        touched = cov > 0
-        if not touched.any():
-            return
-        # save pre-stroke pixels the first time the stroke reaches them
-        saved = self.saved[y0:y1, x0:x1]
-        new = touched & ~saved
-        region, before = arr[y0:y1, x0:x1], self.before[y0:y1, x0:x1]
         expand = (lambda m: m[..., None]) if arr.ndim == 3 else (lambda m: m)
-        np.copyto(before, region, where=expand(new))
-        saved |= new
-        np.copyto(region, self._compose(before, cov), where=expand(touched))
-        if self.box is None:
-            self.box = [y0, x0, y1, x1]
-        else:
-            b_ = self.box
-            self.box = [min(b_[0], y0), min(b_[1], x0), max(b_[2], y1), max(b_[3], x1)]
+        for ty in range(y0 - y0 % TILE, y1, TILE):
+            for tx in range(x0 - x0 % TILE, x1, TILE):
+                sy0, sy1, sx0, sx1 = (
+                    max(y0, ty),
+                    min(y1, ty + TILE),
+                    max(x0, tx),
+                    min(x1, tx + TILE),
+                )
+                ct = c[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0]
+                if not ct.any():
+                    continue  # the segment's box reaches this tile, the brush does not
+                before, cov = self._tile(arr, ty, tx)
+                local = np.s_[sy0 - ty : sy1 - ty, sx0 - tx : sx1 - tx]
+                cv = cov[local]
+                np.maximum(cv, ct, out=cv)
+                touched = expand(cv > 0)
+                np.copyto(arr[sy0:sy1, sx0:sx1], self._compose(before[local], cv), where=touched)
         self.doc.notify(self.layer, y0, x0, y1, x1)
 
     def _compose(self, before: np.ndarray, c: np.ndarray) -> np.ndarray:
