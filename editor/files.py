@@ -1,5 +1,6 @@
 """Image files: open anything Pillow reads as uint8 RGB, save PNG with A1111 parameters.
 
+The A1111 text itself is ``engine.metadata``'s (one writer for the CLI and the editor).
 Opening applies the EXIF orientation, composites alpha over white, and converts palette,
 CMYK, greyscale and 16-bit images to 8-bit RGB. Every failure is a ``FileError`` with a
 sentence for the user. Saving is atomic: write a temporary file, then rename it.
@@ -14,22 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from engine import metadata
 
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff)"
 MAX_PIXELS = 8192 * 8192
-
-# our parameter names → the labels A1111 writes (others keep a readable form of their name)
-LABELS = {
-    "steps": "Steps",
-    "sampler": "Sampler",
-    "guidance": "CFG scale",
-    "seed": "Seed",
-    "size": "Size",
-    "model": "Model",
-    "strength": "Denoising strength",
-    "method": "Method",
-}
 
 
 class FileError(Exception):
@@ -86,60 +77,7 @@ def load_image_bytes(data: bytes, name: str = "pasted image") -> np.ndarray:
         raise FileError(f"The {name} could not be read ({e}).") from e
 
 
-# ---- A1111 "parameters" text ---------------------------------------------------------------
-
-
-def format_parameters(params: Mapping[str, Any]) -> str:
-    """ "<prompt>\\nNegative prompt: <neg>\\nSteps: 25, Sampler: DDIM, CFG scale: 7.5, ..."."""
-    lines = [str(params.get("prompt", ""))]
-    if params.get("negative_prompt"):
-        lines.append(f"Negative prompt: {params['negative_prompt']}")
-    items = []
-    first = ("steps", "sampler", "guidance", "seed", "size", "model", "strength")
-    merged = {"sampler": "DDIM", **params}
-    ordered = {k: merged[k] for k in first if k in merged}
-    ordered.update((k, v) for k, v in merged.items() if k not in ordered)
-    for key, value in ordered.items():
-        if key in ("prompt", "negative_prompt") or value is None:
-            continue
-        if not isinstance(value, (str, int, float, bool)):
-            continue  # arrays and opaque objects (an inversion) have no text form
-        label = LABELS.get(key, key.replace("_", " ").capitalize())
-        text = str(value)
-        if any(c in text for c in ',:"\n'):
-            text = '"' + text.replace('"', "'").replace("\n", " ") + '"'
-        items.append(f"{label}: {text}")
-    lines.append(", ".join(items))
-    return "\n".join(lines)
-
-
-def parse_parameters(text: str) -> dict[str, str]:
-    """The inverse: {"prompt", "Negative prompt", "Steps", "Seed", ...} as strings."""
-    lines = text.strip("\n").split("\n")
-    last = lines[-1] if len(lines) > 1 or "Steps:" in lines[-1] else ""
-    body = lines[:-1] if last else lines
-    prompt, neg, in_neg = [], [], False
-    for line in body:
-        if line.startswith("Negative prompt:"):
-            in_neg, line = True, line[len("Negative prompt:") :].strip()
-        (neg if in_neg else prompt).append(line)
-    out = {"prompt": "\n".join(prompt)}
-    if neg:
-        out["Negative prompt"] = "\n".join(neg)
-    key, value, quoted, parts = "", "", False, []
-    for ch in last + ",":  # split "a: b, c: "d, e"" respecting quotes
-        if ch == '"':
-            quoted = not quoted
-        elif ch == "," and not quoted:
-            parts.append(value)
-            value = ""
-            continue
-        value += ch
-    for part in parts:
-        if ":" in part:
-            key, val = part.split(":", 1)
-            out[key.strip()] = val.strip().strip('"')
-    return out
+# ---- A1111 "parameters" text: written and parsed by engine.metadata -------------------------
 
 
 def settings_from_parameters(p: Mapping[str, str]) -> dict[str, Any]:
@@ -165,12 +103,11 @@ def settings_from_parameters(p: Mapping[str, str]) -> dict[str, Any]:
 
 
 def read_parameters(path: str | os.PathLike) -> dict[str, str] | None:
+    """The parsed A1111 parameters of an image file, or None (none there, or unreadable)."""
     try:
-        with Image.open(path) as im:
-            text = im.info.get("parameters")
-    except (OSError, ValueError):
+        return metadata.read_png_parameters(path)
+    except (OSError, ValueError, SyntaxError):
         return None
-    return parse_parameters(text) if text else None
 
 
 # ---- atomic writes --------------------------------------------------------------------------
@@ -193,12 +130,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> Path:
 
 
 def save_png(image: np.ndarray, path: str | os.PathLike, params: Mapping[str, Any]) -> Path:
-    info = PngImagePlugin.PngInfo()
-    info.add_text("parameters", format_parameters(params))
+    """PNG with the A1111 ``parameters`` chunk, written atomically by engine.metadata."""
     try:
-        return atomic_write(
-            path, lambda f: Image.fromarray(image).save(f, format="PNG", pnginfo=info)
-        )
+        return metadata.save_png(image, path, params)
     except OSError as e:
         raise FileError(f"Could not save {Path(path).name}: {e.strerror or e}.") from e
 

@@ -6,6 +6,7 @@ from PIL import Image
 from PySide6.QtWidgets import QMessageBox
 
 from editor import files, project
+from engine import metadata
 
 Btn = QMessageBox.StandardButton
 
@@ -60,7 +61,7 @@ def test_a1111_parameters_round_trip(tmp_path):
         "strength": 0.6,
         "method": "sdedit",
     }
-    text = files.format_parameters(params)
+    text = metadata.format_parameters(params)  # the one writer, shared with the CLI
     assert text.splitlines()[0] == "a red house, at dusk"
     assert text.splitlines()[1] == "Negative prompt: blurry"
     assert text.splitlines()[2].startswith("Steps: 25, Sampler: DDIM, CFG scale: 7.5, Seed: 1")
