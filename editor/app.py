@@ -28,7 +28,7 @@ from engine import DEFAULT_MODEL, Engine
 from . import project, tools
 from .bridge import EngineBridge
 from .canvas import Canvas
-from .document import Document
+from .document import Document, image_key
 from .fileops import FileActions
 from .methods import METHODS, NeedsInput, build_request, random_seed
 from .panels.history import HistoryPanel
@@ -59,6 +59,7 @@ class MainWindow(FileActions, QMainWindow):
         self._closed = False
         self.model_note = ""
         self._t_job = 0.0
+        self._inverted_key = ""  # image_key of the image the running "invert" job inverts
 
         self.canvas = Canvas(self.doc)
         self.banner = QLabel()
@@ -301,6 +302,8 @@ class MainWindow(FileActions, QMainWindow):
             return None
         self.banner_host.hide()
         self.job = (method, request.method)
+        if request.method == "invert":
+            self._inverted_key = image_key(request.image)
         self.history_panel.select(None)
         self.canvas.set_layer_visible("preview", True)
         self.prompt_panel.set_busy(True, f"{request.method}: waiting…")
@@ -332,6 +335,7 @@ class MainWindow(FileActions, QMainWindow):
             return
         if kind == "invert":
             self.doc.inversion = ev.extras.get("inversion")
+            self.doc.inversion_source = self._inverted_key
             self.status("Inverted: change the prompt and Run to re-edit.")
         if ev.image is None or ev.image.shape != self.doc.image.shape:
             return  # the document changed size while the job ran

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 from PySide6.QtCore import QPointF, QRect, QRectF, Qt, Signal
-from PySide6.QtGui import QColor, QImage, QPainter, QPen, qRgba
+from PySide6.QtGui import QColor, QImage, QPainter, QPen, QTransform, qRgba
 from PySide6.QtWidgets import QGraphicsItem, QGraphicsScene, QGraphicsView
 
 from . import tools
@@ -154,8 +154,7 @@ class Canvas(QGraphicsView):
     def set_zoom(self, z: float, auto: bool = False) -> None:
         self.auto_fit = auto
         z = min(max(z, 0.02), 64.0)
-        self.resetTransform()
-        self.scale(z, z)
+        self.setTransform(QTransform.fromScale(z, z))
         self.zoom_changed.emit(z)
 
     def fit(self) -> None:
@@ -175,10 +174,17 @@ class Canvas(QGraphicsView):
         self.set_zoom(1.0)
 
     def wheelEvent(self, event) -> None:
-        factor = 1.25 if event.angleDelta().y() > 0 else 0.8
-        self.auto_fit = False
-        self.scale(factor, factor)
-        self.zoom_changed.emit(self.zoom)
+        if event.angleDelta().y():
+            self.zoom_at(1.25 if event.angleDelta().y() > 0 else 0.8, event.position())
+
+    def zoom_at(self, factor: float, pos: QPointF) -> None:
+        """Zoom by ``factor`` keeping the scene point under viewport point ``pos`` in place.
+        (AnchorUnderMouse reads the global cursor, which synthetic and tablet events lack.)"""
+        anchor = self.mapToScene(pos.toPoint())
+        self.set_zoom(self.zoom * factor)
+        d = self.mapFromScene(anchor) - pos.toPoint()
+        self.horizontalScrollBar().setValue(self.horizontalScrollBar().value() + d.x())
+        self.verticalScrollBar().setValue(self.verticalScrollBar().value() + d.y())
 
     # ---- mouse ------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ the rectangle named by ``layer_changed``. Every change to a layer goes through a
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -104,7 +105,7 @@ class Document(QObject):
         self.settings: dict[str, Any] = {**DEFAULT_SETTINGS, "options": {}}
         self.history: list[HistoryEntry] = []
         self.inversion: Any = None  # opaque object from an "invert" job, for "reedit"
-        self.inversion_source: str = ""
+        self.inversion_source: str = ""  # image_key() of the image that was inverted
         self.path: str | None = None  # where the image came from / was exported
         self.project_path: str | None = None
         self._extra_dirty = False
@@ -246,6 +247,11 @@ class Document(QObject):
     def composite(self) -> np.ndarray:
         """Image with the stroke layer over it (what SDEdit sees)."""
         return imageops.composite_strokes(self.image, self.strokes)
+
+
+def image_key(image: np.ndarray) -> str:
+    """A fingerprint of an image's pixels (is this still the image that was inverted?)."""
+    return hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16).hexdigest()
 
 
 def thumbnail(image: np.ndarray, side: int = 96) -> np.ndarray:

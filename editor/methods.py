@@ -14,7 +14,7 @@ import numpy as np
 
 from engine import EditRequest
 
-from .document import Document
+from .document import Document, image_key
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,13 @@ METHODS: dict[str, Method] = {
                     "Inversion",
                     "null_text",
                     "How the photo is inverted.",
-                    choices=("ddim", "null_text", "null_text_reference", "negative_prompt"),
+                    choices=(
+                        "ddim",
+                        "null_text",
+                        "null_text_reference",
+                        "negative_prompt",
+                        "direct",
+                    ),
                 ),
             ),
             prep_label="Invert",
@@ -230,6 +236,10 @@ def build_request(doc: Document, method: str, stage: int = -1) -> EditRequest:
     if engine_method == "reedit":
         if doc.inversion is None:
             raise NeedsInput("Invert the image first (the Invert button), then re-edit.")
+        if doc.inversion_source != image_key(image):
+            raise NeedsInput(
+                "The image changed since it was inverted: press Invert again, then re-edit."
+            )
         return EditRequest(
             "reedit", image=image, mask=mask, options={"inversion": doc.inversion}, **common
         )

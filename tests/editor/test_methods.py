@@ -1,0 +1,155 @@
+"""Inpaint (RePaint), the DiffEdit flow and Invert & re-edit, driven through the window.
+
+Real clicks on the panel's buttons and real mouse strokes on the canvas, on builtin:tiny
+with a few steps; assertions on the requests sent, the layers and the result pixels.
+"""
+
+import numpy as np
+import pytest
+from helpers import drag, view_point
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QComboBox, QLineEdit, QWidget
+
+from engine import imageops
+
+LEFT = Qt.MouseButton.LeftButton
+
+
+@pytest.fixture
+def win(window):
+    window.canvas.actual_size()
+    window.canvas.centerOn(100, 80)
+    window.canvas.brush.hardness = 1.0
+    window.canvas.brush.size = 30
+    return window
+
+
+def sent_requests(win):
+    """Record every request the window submits (and still submit it)."""
+    sent, submit = [], win.bridge.submit
+    win.bridge.submit = lambda req: (sent.append(req), submit(req))[1]
+    return sent
+
+
+def choose(win, method, qtbot, **params):
+    """Pick a method in the panel's combo box and type its parameters into its form."""
+    combo = win.prompt_panel.method
+    combo.setCurrentIndex(combo.findData(method))
+    for key, v in params.items():
+        w = win.prompt_panel.findChild(QWidget, f"param_{key}")
+        if isinstance(w, QComboBox):
+            w.setCurrentText(v)
+        elif isinstance(w, QLineEdit):
+            w.clear()
+            qtbot.keyClicks(w, v)
+        else:
+            w.setValue(v)
+
+
+def set_prompt(win, qtbot, text):
+    win.prompt_panel.prompt.clear()
+    qtbot.keyClicks(win.prompt_panel.prompt, text)
+
+
+def click_and_wait(qtbot, win, button, timeout=90_000):
+    with qtbot.waitSignal(win.bridge.finished, timeout=timeout) as blocker:
+        qtbot.mouseClick(button, LEFT)
+    return blocker.args[0]
+
+
+def paint_mask(win, qtbot, points):
+    qtbot.keyClick(win.canvas, Qt.Key.Key_M)
+    drag(qtbot, win.canvas, [view_point(win.canvas, x, y) for x, y in points])
+
+
+def far_from(mask, px):
+    return imageops.dilate((mask > 0).astype(np.float32), px) == 0
+
+
+def test_inpaint_changes_only_the_masked_area(win, qtbot):
+    sent = sent_requests(win)
+    original = win.doc.image.copy()
+    paint_mask(win, qtbot, [(60, 60), (120, 90)])
+    assert win.doc.mask.any()
+    choose(win, "repaint", qtbot, jump_length=2, jump_n_sample=2)
+    win.doc.update_settings(steps=4)
+    set_prompt(win, qtbot, "a red house")
+    ev = click_and_wait(qtbot, win, win.prompt_panel.run)
+    req = sent[-1]
+    assert req.method == "repaint" and req.prompt == "a red house"
+    assert req.options["jump_length"] == 2 and req.options["jump_n_sample"] == 2
+    assert np.array_equal(req.mask, win.doc.mask)
+    assert ev.parameters["unet_calls"] > 4  # the jumps resample: more calls than steps
+    qtbot.mouseClick(win.history_panel.apply, LEFT)
+    keep = far_from(win.doc.mask, 12)
+    assert np.array_equal(win.doc.image[keep], original[keep])  # bit-exact outside
+    inside = win.doc.mask == 255
+    assert np.abs(win.doc.image[inside].astype(int) - original[inside]).mean() > 10
+    qtbot.keyClick(win.canvas, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert np.array_equal(win.doc.image, original)
+
+
+def test_diffedit_make_mask_touch_up_then_edit(win, qtbot):
+    sent = sent_requests(win)
+    original = win.doc.image.copy()
+    choose(win, "diffedit", qtbot, n_samples=2, reference_prompt="a field")
+    assert win.prompt_panel.prep.isVisible() and win.prompt_panel.prep.text() == "Make mask"
+    win.doc.update_settings(steps=4, strength=0.7)
+    set_prompt(win, qtbot, "a red house")
+    ev = click_and_wait(qtbot, win, win.prompt_panel.prep)
+    req = sent[-1]
+    assert req.method == "diffedit_mask" and req.options["reference_prompt"] == "a field"
+    auto = ev.extras["mask"]
+    assert 0 < (auto > 127).mean() < 1  # a real partial mask, now the mask layer
+    assert np.array_equal(win.doc.mask, auto) and not win.doc.history
+    assert win.canvas.layers["mask"].isVisible()
+    # undo / redo the mask as one step
+    qtbot.keyClick(win.canvas, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert not win.doc.mask.any()
+    win.doc.undo_stack.redo()
+    assert np.array_equal(win.doc.mask, auto)
+    # touch it up: add a stroke with the mask brush, erase a patch with the eraser
+    paint_mask(win, qtbot, [(10, 150), (60, 150)])
+    qtbot.keyClick(win.canvas, Qt.Key.Key_E)
+    drag(qtbot, win.canvas, [view_point(win.canvas, 150, 20), view_point(win.canvas, 150, 30)])
+    touched = win.doc.mask.copy()
+    assert (touched[150, 15:55] == 255).all() and (touched[20:30, 145:155] == 0).all()
+    ev = click_and_wait(qtbot, win, win.prompt_panel.run)
+    req = sent[-1]
+    assert req.method == "diffedit" and np.array_equal(req.mask, touched)
+    assert np.array_equal(ev.extras["mask"], touched)  # the touched-up mask was used
+    result = win.doc.history[-1].image
+    keep = far_from(touched, 12)
+    assert keep.any() and np.array_equal(result[keep], original[keep])
+
+
+def test_invert_once_then_reedit_reuses_the_inversion(win, qtbot):
+    sent = sent_requests(win)
+    started = []
+    win.bridge.started.connect(started.append)
+    choose(win, "reedit", qtbot, source_prompt="a house", inversion="ddim")
+    assert win.prompt_panel.prep.text() == "Invert"
+    win.doc.update_settings(steps=3, guidance=2.0)
+    win.run_method("reedit")  # Run before inverting: the window says what to do
+    assert "invert" in win.banner.text().lower() and not win.bridge.busy
+    click_and_wait(qtbot, win, win.prompt_panel.prep)
+    assert sent[-1].method == "invert" and sent[-1].prompt == "a house"
+    assert sent[-1].options["inversion"] == "ddim"
+    inv = win.doc.inversion
+    assert inv is not None and inv.prompt == "a house"
+    for prompt in ("a red house", "a house at night"):
+        set_prompt(win, qtbot, prompt)
+        ev = click_and_wait(qtbot, win, win.prompt_panel.run)
+        req = sent[-1]
+        assert req.method == "reedit" and req.prompt == prompt
+        assert req.options["inversion"] is inv  # the kept inversion, not a new one
+        assert started[-1].kind == "reedit"  # the job that ran did not invert again
+        p = ev.parameters
+        assert p["prompt"] == prompt and p["inversion"] == "ddim"
+        assert p["inversion_prompt"] == "a house"
+    assert [r.method for r in sent] == ["invert", "reedit", "reedit"]
+    assert win.doc.inversion is inv
+    # applying a result changes the image: its old inversion no longer fits
+    qtbot.mouseClick(win.history_panel.apply, LEFT)
+    win.run_method("reedit")
+    assert "changed since it was inverted" in win.banner.text() and not win.bridge.busy

@@ -1,0 +1,138 @@
+"""Zoom and pan with real wheel, key and mouse events; paste and drag & drop of images."""
+
+import numpy as np
+import pytest
+from helpers import drag
+from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
+from PySide6.QtGui import QDragEnterEvent, QDropEvent, QImage, QWheelEvent
+from PySide6.QtWidgets import QApplication
+
+from editor import files
+
+CTRL = Qt.KeyboardModifier.ControlModifier
+
+
+@pytest.fixture
+def big(make_window):
+    rng = np.random.default_rng(1)
+    return make_window(rng.integers(0, 256, (1000, 1200, 3), dtype=np.uint8))
+
+
+def wheel(canvas, pos: QPoint, up: bool) -> None:
+    vp = canvas.viewport()
+    ev = QWheelEvent(
+        QPointF(pos),
+        QPointF(vp.mapToGlobal(pos)),
+        QPoint(0, 0),
+        QPoint(0, 120 if up else -120),
+        Qt.MouseButton.NoButton,
+        Qt.KeyboardModifier.NoModifier,
+        Qt.ScrollPhase.NoScrollPhase,
+        False,
+    )
+    QApplication.sendEvent(vp, ev)
+
+
+def scene_at(canvas, pos: QPoint):
+    p = canvas.mapToScene(pos)
+    return np.array([p.x(), p.y()])
+
+
+def test_wheel_zooms_around_the_cursor(big, qtbot):
+    c = big.canvas
+    qtbot.keyClick(c, Qt.Key.Key_1, CTRL)  # 100%
+    assert c.zoom == 1.0 and big.zoom_label.text() == "100%"
+    c.centerOn(600, 500)
+    pos = QPoint(c.viewport().width() // 3, c.viewport().height() // 4)
+    under = scene_at(c, pos)
+    wheel(c, pos, up=True)
+    assert c.zoom == pytest.approx(1.25) and c.transform().m22() == pytest.approx(1.25)
+    assert np.abs(scene_at(c, pos) - under).max() <= 1.0
+    wheel(c, pos, up=False)
+    wheel(c, pos, up=False)
+    assert c.zoom == pytest.approx(0.8)
+    assert np.abs(scene_at(c, pos) - under).max() <= 1.5
+    assert big.zoom_label.text() == "80%" and not c.auto_fit
+
+
+def test_fit_and_actual_size(big, qtbot):
+    c = big.canvas
+    qtbot.keyClick(c, Qt.Key.Key_1, CTRL)
+    assert c.zoom == 1.0
+    qtbot.keyClick(c, Qt.Key.Key_0, CTRL)
+    vp = c.viewport().rect()
+    assert c.zoom == pytest.approx(min((vp.width() - 16) / 1200, (vp.height() - 16) / 1000))
+    # the whole image is on screen, centred
+    tl, br = c.mapFromScene(0, 0), c.mapFromScene(1200, 1000)
+    assert vp.contains(tl) and vp.contains(br)
+    centre = scene_at(c, vp.center())
+    assert np.abs(centre - [600, 500]).max() <= 2 / c.zoom
+    # fit follows the window size until the user zooms
+    big.resize(big.width() - 200, big.height())
+    qtbot.waitUntil(lambda: c.zoom < min((vp.width() - 16) / 1200, (vp.height() - 16) / 1000))
+
+
+@pytest.mark.parametrize("how", ["space", "middle"])
+def test_pan_moves_the_view_not_the_pixels(big, qtbot, how):
+    c = big.canvas
+    qtbot.keyClick(c, Qt.Key.Key_1, CTRL)
+    c.centerOn(600, 500)
+    centre = c.viewport().rect().center()
+    before = scene_at(c, centre)
+    a, b = (400, 300), (340, 260)  # drag 60 px left and 40 px up
+    if how == "space":
+        qtbot.keyPress(c, Qt.Key.Key_Space)
+        drag(qtbot, c, [a, b])
+        qtbot.keyRelease(c, Qt.Key.Key_Space)
+    else:
+        drag(qtbot, c, [a, b], button=Qt.MouseButton.MiddleButton)
+    assert np.abs(scene_at(c, centre) - before - [60, 40]).max() <= 1
+    assert not big.doc.strokes.any() and big.doc.undo_stack.count() == 0
+    drag(qtbot, c, [a, b])  # without space it paints again
+    assert big.doc.strokes[..., 3].any()
+
+
+def test_paste_an_image(window, qtbot):
+    img = QImage(64, 48, QImage.Format.Format_RGB888)
+    img.fill(Qt.GlobalColor.darkCyan)
+    QApplication.clipboard().setImage(img)
+    qtbot.keyClick(window.canvas, Qt.Key.Key_V, CTRL)
+    assert window.doc.size == (48, 64)
+    assert (window.doc.image == [0, 128, 128]).all()
+    assert window.doc.is_modified() and not window.banner_host.isVisible()
+    QApplication.clipboard().clear()
+    qtbot.keyClick(window.canvas, Qt.Key.Key_V, CTRL)
+    assert "no image" in window.banner.text() and window.doc.size == (48, 64)
+
+
+def drop(win, mime: QMimeData) -> bool:
+    pos = QPointF(win.canvas.geometry().center())
+    enter = QDragEnterEvent(
+        pos.toPoint(), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton, Qt.NoModifier
+    )
+    QApplication.sendEvent(win, enter)
+    if not enter.isAccepted():
+        return False
+    ev = QDropEvent(pos, Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton, Qt.NoModifier)
+    QApplication.sendEvent(win, ev)
+    return True
+
+
+def test_drop_an_image_file(window, qtbot, tmp_path):
+    img = np.random.default_rng(2).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    path = tmp_path / "dropped.png"
+    files.save_png(img, path, {"prompt": "a boat", "seed": 7, "steps": 9})
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(path))])
+    assert drop(window, mime)
+    assert np.array_equal(window.doc.image, img) and window.doc.path == str(path)
+    assert window.doc.settings["prompt"] == "a boat" and window.doc.settings["steps"] == 9
+    assert "dropped.png" in window.windowTitle()
+    # a damaged file: an error in the window, the open image stays
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(path.read_bytes()[:60])
+    mime.setUrls([QUrl.fromLocalFile(str(bad))])
+    assert drop(window, mime)
+    assert window.banner_host.isVisible() and "bad.png" in window.banner.text()
+    assert np.array_equal(window.doc.image, img)
+    assert not drop(window, QMimeData())  # nothing usable: the drag is refused
