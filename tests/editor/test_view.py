@@ -136,3 +136,24 @@ def test_drop_an_image_file(window, qtbot, tmp_path):
     assert window.banner_host.isVisible() and "bad.png" in window.banner.text()
     assert np.array_equal(window.doc.image, img)
     assert not drop(window, QMimeData())  # nothing usable: the drag is refused
+
+
+def test_zoomed_out_view_draws_from_a_cache_that_follows_edits(make_window, qtbot):
+    win = make_window(np.full((2048, 2048, 3), 128, np.uint8))
+    c = win.canvas  # fitted: well below 50%, so layers draw from a halved (or smaller) copy
+    assert c.zoom < 0.5
+    win.tools_panel.set_colour((255, 0, 0))
+    c.brush.size, c.brush.hardness = 120, 1.0
+    a, b = c.mapFromScene(600, 1000), c.mapFromScene(1400, 1000)
+    drag(qtbot, c, [(a.x(), a.y()), (b.x(), b.y())])
+
+    def colour_at(x, y):
+        qtbot.wait(20)
+        px = c.viewport().grab().toImage().pixelColor(c.mapFromScene(x, y))
+        return px.red(), px.green(), px.blue()
+
+    assert colour_at(1000, 1000) == (255, 0, 0)
+    assert c.layers["strokes"].mip is not None  # the cache is what was drawn
+    assert colour_at(1000, 1400) == (128, 128, 128)
+    qtbot.keyClick(c, Qt.Key.Key_Z, CTRL)
+    assert colour_at(1000, 1000) == (128, 128, 128)
