@@ -1,13 +1,11 @@
-"""The main window: canvas, docks, menus and shortcuts, and the job state machine.
+"""The main window: canvas, docks, menus and shortcuts, models, shutdown.
 
-Jobs: ``run_method`` snapshots the document into a frozen request and submits it through
-the bridge; bridge signals (already on the GUI thread, stale jobs dropped) drive the
-progress bar, the preview layer and the history. The GUI never waits on the engine.
+Jobs and results are in ``jobs.JobActions``, files in ``fileops.FileActions`` (mixins), so
+each part reads in one sitting.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer
@@ -28,9 +26,9 @@ from engine import DEFAULT_MODEL, Engine
 from . import project, tools
 from .bridge import EngineBridge
 from .canvas import Canvas
-from .document import Document, image_key
+from .document import Document
 from .fileops import FileActions
-from .methods import METHODS, NeedsInput, build_request, random_seed
+from .jobs import JobActions
 from .panels.history import HistoryPanel
 from .panels.prompt import PromptPanel
 from .panels.tools_panel import ToolsPanel
@@ -38,7 +36,7 @@ from .panels.tools_panel import ToolsPanel
 FALLBACK_MODEL = "builtin:tiny"
 
 
-class MainWindow(FileActions, QMainWindow):
+class MainWindow(JobActions, FileActions, QMainWindow):
     def __init__(
         self,
         engine: Engine | None = None,
@@ -60,6 +58,8 @@ class MainWindow(FileActions, QMainWindow):
         self.model_note = ""
         self._t_job = 0.0
         self._inverted_key = ""  # image_key of the image the running "invert" job inverts
+        self._job_mask = None  # the running job's mask: its preview shows only there
+        self._preview_alpha = None
 
         self.canvas = Canvas(self.doc)
         self.banner = QLabel()
@@ -284,70 +284,6 @@ class MainWindow(FileActions, QMainWindow):
         self.model_label.setText(f"Model: {info.name} · {info.device} · {info.dtype}{note}")
         self.prompt_panel.set_available(self.engine.methods())
 
-    # ---- jobs -----------------------------------------------------------------------------
-
-    def run_method(self, method: str, stage: int = -1) -> int | None:
-        if self.bridge.busy or self.bridge.load_id is not None:
-            self.status("Busy: wait for the current job or cancel it (Esc).")
-            return None
-        if self.engine.model_info is None:
-            self.show_error("No model is loaded; choose one in the Model menu.")
-            return None
-        if not self.doc.settings.get("seed_locked"):
-            self.doc.update_settings(seed=random_seed())
-        try:
-            request = build_request(self.doc, method, stage)
-        except NeedsInput as e:
-            self.show_error(str(e))
-            return None
-        self.banner_host.hide()
-        self.job = (method, request.method)
-        if request.method == "invert":
-            self._inverted_key = image_key(request.image)
-        self.history_panel.select(None)
-        self.canvas.set_layer_visible("preview", True)
-        self.prompt_panel.set_busy(True, f"{request.method}: waiting…")
-        self._t_job = time.monotonic()
-        return self.bridge.submit(request)
-
-    def cancel_job(self) -> None:
-        if self.bridge.busy:
-            self.bridge.cancel()
-            self.status("Cancelling…")
-
-    def _on_step(self, ev) -> None:
-        self.prompt_panel.show_step(ev.i, ev.n, ev.label)
-        if ev.preview is not None:
-            self.canvas.show_preview(ev.preview)
-
-    def _on_finished(self, ev) -> None:
-        kind = self.job[1] if self.job else ev.parameters.get("method")
-        self.job = None
-        secs = time.monotonic() - self._t_job
-        self.prompt_panel.set_busy(False, f"done in {secs:.1f} s")
-        self.canvas.show_preview(None)
-        if kind == "diffedit_mask":
-            mask = ev.extras.get("mask")
-            if mask is not None and mask.shape == self.doc.mask.shape:
-                self.doc.set_mask(mask, "DiffEdit mask")
-                self.canvas.set_layer_visible("mask", True)
-                self.status("DiffEdit mask is in the mask layer: touch it up, then Run.")
-            return
-        if kind == "invert":
-            self.doc.inversion = ev.extras.get("inversion")
-            self.doc.inversion_source = self._inverted_key
-            self.status("Inverted: change the prompt and Run to re-edit.")
-        if ev.image is None or ev.image.shape != self.doc.image.shape:
-            return  # the document changed size while the job ran
-        entry = self.doc.add_result(ev.image, project.plain(dict(ev.parameters)))
-        self.history_panel.select(entry)
-
-    def _on_failed(self, ev) -> None:
-        self.job = None
-        self.prompt_panel.set_busy(False, "failed")
-        self.canvas.show_preview(None)
-        self.show_error(ev.message)
-
     def _on_load_failed(self, ev) -> None:
         self.busy.hide()
         if self.model_spec == DEFAULT_MODEL:
@@ -361,33 +297,6 @@ class MainWindow(FileActions, QMainWindow):
             return
         self._on_model_loaded(None)
         self.show_error(ev.message)
-
-    def _on_cancelled(self, ev) -> None:
-        self.job = None
-        self.prompt_panel.set_busy(False, "cancelled")
-        self.canvas.show_preview(None)
-        self.status("Cancelled; nothing was changed.")
-
-    # ---- results --------------------------------------------------------------------------
-
-    def apply_result(self, entry) -> None:
-        if entry.image.shape != self.doc.image.shape:
-            self.show_error("This result was made for an image of another size.")
-            return
-        if self.doc.apply_result(entry):
-            self.last_applied = dict(entry.parameters)
-        self.history_panel.select(None)
-        self.status(f"Applied {entry.title} (Ctrl+Z to undo)")
-
-    def rerun(self, entry) -> None:
-        p = entry.parameters
-        keys = ("prompt", "negative_prompt", "steps", "guidance", "strength", "seed")
-        changes = {k: p[k] for k in keys if k in p}
-        ui = next((k for k, m in METHODS.items() if p.get("method") in m.engine), None)
-        if ui:
-            changes["method"] = ui
-        self.doc.update_settings(**changes, seed_locked=True)
-        self.run_method(ui or self.prompt_panel.current_method())
 
     # ---- shutdown -------------------------------------------------------------------------
 

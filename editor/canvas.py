@@ -18,6 +18,12 @@ from . import tools
 from .document import Document
 
 MASK_TINT = (255, 40, 120)  # mask overlay colour; alpha follows the mask value
+MASK_ALPHA = 0.55  # at mask 255: the image shows through, the mask stands out
+# the tint, plus an opaque band around 50% that outlines soft masks (DiffEdit's, feathered)
+MASK_COLOURS = [
+    qRgba(255, 0, 90, 220) if 124 <= v <= 132 else qRgba(*MASK_TINT, round(v * MASK_ALPHA))
+    for v in range(256)
+]
 
 
 def wrap(arr: np.ndarray) -> QImage:
@@ -25,7 +31,7 @@ def wrap(arr: np.ndarray) -> QImage:
     h, w = arr.shape[:2]
     if arr.ndim == 2:
         img = QImage(arr.data, w, h, arr.strides[0], QImage.Format.Format_Indexed8)
-        img.setColorTable([qRgba(*MASK_TINT, round(v * 0.45)) for v in range(256)])
+        img.setColorTable(MASK_COLOURS)
         return img
     fmt = QImage.Format.Format_RGB888 if arr.shape[2] == 3 else QImage.Format.Format_RGBA8888
     return QImage(arr.data, w, h, arr.strides[0], fmt)

@@ -66,6 +66,7 @@ class HistoryPanel(QWidget):
         self.compare.toggled.connect(self.compare_toggled)
         doc.history_changed.connect(self.reload)
         self.reload()
+        self.setMaximumHeight(self.sizeHint().height())  # the canvas gets the rest
 
     def current(self) -> HistoryEntry | None:
         item = self.list.currentItem()

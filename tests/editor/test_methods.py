@@ -74,7 +74,13 @@ def test_inpaint_changes_only_the_masked_area(win, qtbot):
     choose(win, "repaint", qtbot, jump_length=2, jump_n_sample=2)
     win.doc.update_settings(steps=4)
     set_prompt(win, qtbot, "a red house")
+    previews = []  # what the preview layer holds after each step: x̂₀ only inside the mask
+    win.bridge.step.connect(lambda ev: previews.append(win.canvas.preview.array.copy()))
     ev = click_and_wait(qtbot, win, win.prompt_panel.run)
+    assert previews and all(p.ndim == 3 and p.shape[2] == 4 for p in previews)
+    alpha = previews[-1][..., 3]  # x̂₀ at working size, the mask as its alpha
+    assert np.array_equal(alpha, imageops.resize(win.doc.mask, alpha.shape))
+    assert (alpha == 0).mean() > 0.5 and (alpha == 255).any()
     req = sent[-1]
     assert req.method == "repaint" and req.prompt == "a red house"
     assert req.options["jump_length"] == 2 and req.options["jump_n_sample"] == 2

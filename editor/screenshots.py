@@ -1,0 +1,188 @@
+"""``python -m editor.screenshots OUTDIR [--model SPEC]`` — screenshots of the real window.
+
+Opens the main window on a demo-world render (upscaled to 512 px), paints colour strokes
+with real mouse events, and grabs the window from the screen (``QScreen.grabWindow``):
+
+- ``sdedit-live-preview.png``: mid-SDEdit, with that step's x̂₀ on the canvas;
+- ``diffedit-mask.png``: after DiffEdit's "Make mask", the mask tinted in the mask layer.
+
+It needs a display; without one it re-runs itself under ``xvfb-run`` (Debian: ``apt-get
+install xvfb libxcb-cursor0``). Uses ``builtin:demo`` when it is installed, else
+``builtin:tiny`` (random weights: the previews are then noise-like, the UI is real).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+SIZE = (1500, 950)
+PROMPT = "a red house with a dark roof on sand dunes, the sun, dusk"
+REFERENCE = "the sun, a leafy tree on sand dunes, dusk"
+
+
+def _default_model() -> str:
+    from engine.models import DEMO_MODEL_DIR
+
+    return "builtin:demo" if (DEMO_MODEL_DIR / "model_index.json").exists() else "builtin:tiny"
+
+
+def photo(side: int = 512) -> np.ndarray:
+    """A demo-world landscape, upscaled to ``side`` pixels."""
+    from PIL import Image
+
+    from engine.training.world import render_seed
+
+    small = render_seed(3).image
+    return np.asarray(Image.fromarray(small).resize((side, side), Image.Resampling.BICUBIC))
+
+
+class Shooter:
+    def __init__(self, app, out: Path, model: str):
+        from engine import Engine
+
+        from .app import MainWindow
+
+        self.app, self.out = app, out
+        self.engine = Engine(model)
+        self.win = MainWindow(self.engine, model=None, autosave_ms=10**9)
+        self.win.resize(*SIZE)
+        self.win.show()
+        self.wait(lambda: self.engine.model_info is not None, 300)
+        self.win._on_model_loaded(None)
+        self.win.doc.set_image(photo())
+        self.settle()
+
+    # ---- event-loop helpers ---------------------------------------------------------------
+
+    def settle(self, seconds: float = 0.3) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.app.processEvents()
+            time.sleep(0.01)
+
+    def wait(self, done, timeout: float) -> None:
+        end = time.monotonic() + timeout
+        while not done():
+            if time.monotonic() > end:
+                raise TimeoutError("the editor did not get there in time")
+            self.app.processEvents()
+            time.sleep(0.01)
+
+    def grab(self, name: str) -> Path:
+        self.settle(0.2)
+        w = self.win
+        pix = w.screen().grabWindow(w.winId())
+        if pix.isNull() or pix.width() < 10:  # no real screen: render the widget instead
+            pix = w.grab()
+        path = self.out / name
+        pix.save(str(path), "PNG")
+        print(f"{path}: {pix.width()}x{pix.height()}, {path.stat().st_size // 1024} KB")
+        return path
+
+    def drag(self, points, tool: str) -> None:
+        from PySide6.QtCore import QPoint, Qt
+        from PySide6.QtTest import QTest
+
+        self.win.select_tool(tool)
+        c = self.win.canvas
+        vp, left = c.viewport(), Qt.MouseButton.LeftButton
+        pts = [c.mapFromScene(float(x), float(y)) for x, y in points]
+        QTest.mousePress(vp, left, Qt.KeyboardModifier.NoModifier, QPoint(pts[0]))
+        for p in pts[1:]:
+            QTest.mouseMove(vp, QPoint(p))
+        QTest.mouseRelease(vp, left, Qt.KeyboardModifier.NoModifier, QPoint(pts[-1]))
+
+    # ---- the shots --------------------------------------------------------------------------
+
+    def sdedit_live(self) -> None:
+        from . import tools
+
+        w, doc = self.win, self.win.doc
+        doc.update_settings(prompt=PROMPT, negative_prompt="blurry", method="sdedit")
+        doc.update_settings(steps=30, strength=0.75, seed=7, seed_locked=True)
+        w.canvas.brush.hardness = 0.9
+        w.tools_panel.set_colour((200, 40, 35))  # a red house: walls, then a dark roof
+        w.canvas.brush.size = 26
+        self.drag(
+            [(190 + 12 * i, y) for y in (300, 325, 350, 375) for i in range(11)], tools.COLOUR
+        )
+        w.tools_panel.set_colour((60, 40, 40))
+        w.canvas.brush.size = 18
+        self.drag([(180, 290), (250, 235), (320, 290)], tools.COLOUR)
+        w.canvas.brush.size = 60  # a mask around the house: only there will it change
+        self.drag([(200, 250), (300, 250), (300, 390), (200, 390), (200, 250)], tools.MASK)
+        shot = {"taken": False}
+
+        def on_step(ev):
+            if not shot["taken"] and ev.i >= ev.n // 2 and ev.preview is not None:
+                shot["taken"] = True
+                self.grab("sdedit-live-preview.png")
+
+        w.bridge.step.connect(on_step)
+        w.run_method("sdedit")
+        self.wait(lambda: not w.bridge.busy, 600)
+        w.bridge.step.disconnect(on_step)
+        if not shot["taken"]:
+            raise RuntimeError("the job ended before its middle step was shown")
+
+    def diffedit_mask(self) -> None:
+        w, doc = self.win, self.win.doc
+        w.history_panel.select(None)
+        doc.update_settings(method="diffedit", prompt="a red house on sand dunes, dusk", steps=25)
+        combo = w.prompt_panel.method
+        combo.setCurrentIndex(combo.findData("diffedit"))
+        from .methods import METHODS, set_value
+
+        params = {p.key: p for p in METHODS["diffedit"].params}
+        set_value(doc, "diffedit", params["reference_prompt"], REFERENCE)
+        set_value(doc, "diffedit", params["n_samples"], 4)
+        set_value(doc, "diffedit", params["threshold"], 0.65)  # a partial mask on builtin:tiny
+        doc.clear_layer("mask")
+        w.prompt_panel.load_settings()
+        w.run_method("diffedit", stage=0)
+        self.wait(lambda: not w.bridge.busy, 600)
+        if not doc.mask.any():
+            raise RuntimeError("DiffEdit made an empty mask")
+        self.grab("diffedit-mask.png")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m editor.screenshots", description=__doc__)
+    parser.add_argument("outdir", type=Path)
+    parser.add_argument("--model", default=None, help="default: builtin:demo if installed")
+    args = parser.parse_args(argv)
+    if not os.environ.get("DISPLAY") and not os.environ.get("QT_QPA_PLATFORM"):
+        xvfb = shutil.which("xvfb-run")
+        if xvfb is None:
+            sys.exit("No display: install xvfb (apt-get install xvfb libxcb-cursor0).")
+        cmd = [xvfb, "-a", "-s", f"-screen 0 {SIZE[0] + 100}x{SIZE[1] + 100}x24"]
+        return subprocess.call([*cmd, sys.executable, "-m", "editor.screenshots", *argv_of(args)])
+    from PySide6.QtWidgets import QApplication
+
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    args.outdir.mkdir(parents=True, exist_ok=True)
+    s = Shooter(app, args.outdir, args.model or _default_model())
+    try:
+        s.sdedit_live()
+        s.diffedit_mask()
+    finally:
+        s.win.doc.mark_saved()
+        s.win.shutdown()
+        s.engine.shutdown()
+    return 0
+
+
+def argv_of(args) -> list[str]:
+    return [str(args.outdir), *(["--model", args.model] if args.model else [])]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
