@@ -76,18 +76,25 @@ class PatchCommand:
     """Replace rectangles of one layer; remembers before/after of those rectangles only.
 
     ``patches`` is a list of (y0, x0, before, after); a long brush stroke is stored as the
-    tiles it touched, so memory follows the painted area, not its bounding box."""
+    tiles it touched, so memory follows the painted area, not its bounding box. ``after``
+    may be None when the change is already in the layer (painting): it is read from the
+    layer on the first undo, when the layer still holds exactly that state, so releasing
+    a stroke copies nothing. ``nbytes`` counts it as if it were there."""
 
     def __init__(self, doc, layer, patches, text):
-        self.doc, self.layer, self.patches, self.text = doc, layer, patches, text
-        self.nbytes = sum(b.nbytes + a.nbytes for _, _, b, a in patches)
+        self.doc, self.layer, self.patches, self.text = doc, layer, list(patches), text
+        self.nbytes = sum(2 * b.nbytes for _, _, b, _ in self.patches)
 
     def redo(self):
         for y0, x0, _, after in self.patches:
             self.doc.write_patch(self.layer, y0, x0, after)
 
     def undo(self):
-        for y0, x0, before, _ in self.patches:
+        layer = self.doc.layer(self.layer)
+        for i, (y0, x0, before, after) in enumerate(self.patches):
+            if after is None:
+                after = layer[y0 : y0 + before.shape[0], x0 : x0 + before.shape[1]].copy()
+                self.patches[i] = (y0, x0, before, after)
             self.doc.write_patch(self.layer, y0, x0, before)
 
 

@@ -85,9 +85,12 @@ class Stroke:
             if box is None:
                 continue
             y0, x0, y1, x1 = box
-            after = arr[ty + y0 : ty + y1, tx + x0 : tx + x1]
-            if not np.array_equal(before[y0:y1, x0:x1], after):
-                patches.append((ty + y0, tx + x0, before[y0:y1, x0:x1].copy(), after.copy()))
+            part = before[y0:y1, x0:x1]
+            if np.array_equal(part, arr[ty + y0 : ty + y1, tx + x0 : tx + x1]):
+                continue  # painted over with what was there: nothing to undo
+            if part.size * 2 < before.size:
+                part = part.copy()  # let the rest of the tile go
+            patches.append((ty + y0, tx + x0, part, None))  # after: read on the first undo
         self.tiles = {}
         if not patches:
             return None
