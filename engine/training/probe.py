@@ -10,14 +10,16 @@ features, Heusel et al. 2017).
 Architecture: a stride-2 4x4 stem at 128 px, four stages of (stride-2 conv, conv) with batch
 norm, average and max pooling concatenated (average pooling lets it count objects, max
 pooling lets it see a single small sun or rock), a hidden layer (the features), and one
-linear classification head per attribute. About 0.3 M parameters, ~50 M multiply-adds per
-image: cheap on a CPU.
+linear classification head per attribute. 268 k parameters (1.1 MB), ~30 M multiply-adds
+per image: cheap on a CPU.
 
 Training augments with flips (the attributes are mirror-symmetric), small colour jitter,
 blur and noise, so that the probe also reads the smoother, slightly off-colour images a
 VAE decodes.
 
-    python -m engine.training.probe train --data CACHE --out assets/probe --minutes 15
+    python -m engine.training.probe train --data CACHE --out RUN1 --steps 1600 --lr 3e-3
+    python -m engine.training.probe train --data CACHE --out assets/probe --init RUN1 \
+        --steps 1000 --lr 1.5e-3      # how the shipped probe was made (see probe.json)
     python -m engine.training.probe test [--n 2000]       # held-out accuracy of the shipped probe
 """
 
