@@ -37,3 +37,12 @@ def expected_coverage(shape, scene_pts, radius):
 def view_point(canvas, x, y):
     p = canvas.mapFromScene(float(x), float(y))
     return (p.x(), p.y())
+
+
+def hard_brush_at_100(canvas, size):
+    """100% zoom centred on the test image, a hard brush of ``size`` px: exact pixels."""
+    canvas.actual_size()
+    canvas.centerOn(100, 80)
+    canvas.brush.hardness = 1.0
+    canvas.brush.size = size
+    return canvas

@@ -6,7 +6,7 @@ with a few steps; assertions on the requests sent, the layers and the result pix
 
 import numpy as np
 import pytest
-from helpers import drag, view_point
+from helpers import drag, hard_brush_at_100, view_point
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QComboBox, QLineEdit, QWidget
 
@@ -17,10 +17,7 @@ LEFT = Qt.MouseButton.LeftButton
 
 @pytest.fixture
 def win(window):
-    window.canvas.actual_size()
-    window.canvas.centerOn(100, 80)
-    window.canvas.brush.hardness = 1.0
-    window.canvas.brush.size = 30
+    hard_brush_at_100(window.canvas, 30)
     return window
 
 
@@ -129,6 +126,7 @@ def test_diffedit_make_mask_touch_up_then_edit(win, qtbot):
     assert keep.any() and np.array_equal(result[keep], original[keep])
 
 
+@pytest.mark.slow
 def test_invert_once_then_reedit_reuses_the_inversion(win, qtbot):
     sent = sent_requests(win)
     started = []

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from helpers import drag, expected_coverage, scene_points, view_point
+from helpers import drag, expected_coverage, hard_brush_at_100, scene_points, view_point
 from PySide6.QtCore import Qt
 
 from editor import tools
@@ -10,11 +10,7 @@ from editor import tools
 
 @pytest.fixture
 def canvas(window):
-    window.canvas.actual_size()
-    window.canvas.centerOn(100, 80)
-    window.canvas.brush.hardness = 1.0
-    window.canvas.brush.size = 10
-    return window.canvas
+    return hard_brush_at_100(window.canvas, 10)
 
 
 def test_colour_stroke_changes_exactly_the_brushed_pixels(window, canvas, qtbot):
