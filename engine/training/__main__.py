@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("--lr", type=float, default=4e-4 if name == "vae" else 3e-4)
         s.add_argument("--device", default="auto")
         s.add_argument("--minutes", type=float, default=None)
+        if name == "unet":
+            s.add_argument("--n-images", type=int, default=None, help="encode only the first N")
     e = sub.add_parser("export", help="write the run as a diffusers folder")
     e.add_argument("--run", type=Path, required=True)
     e.add_argument("--out", type=Path, required=True)
@@ -47,7 +49,16 @@ def main(argv: list[str] | None = None) -> int:
     elif a.stage == "unet":
         from .train import train_unet
 
-        train_unet(a.data, a.run, a.steps, a.batch, lr=a.lr, device=a.device, minutes=a.minutes)
+        train_unet(
+            a.data,
+            a.run,
+            a.steps,
+            a.batch,
+            lr=a.lr,
+            device=a.device,
+            minutes=a.minutes,
+            n_images=a.n_images,
+        )
     else:
         from .export import export
 

@@ -146,15 +146,15 @@ def load_vae(run: Path, device="cpu"):
 
 
 @torch.no_grad()
-def encode_dataset(vae, cache: WorldCache, dev, batch: int = 64) -> torch.Tensor:
-    """Posterior mean and std of every image, N x 8 x h x w, fp16 (sampled per step later)."""
+def encode_dataset(vae, cache: WorldCache, dev, n: int, batch: int = 64) -> torch.Tensor:
+    """Posterior mean and std of the first n images, n x 8 x h x w, fp16 (sampled later)."""
     out = []
-    for lo in range(0, len(cache), batch):
-        x = _batch_images(cache, np.arange(lo, min(len(cache), lo + batch)), cache.size, None)
+    for lo in range(0, n, batch):
+        x = _batch_images(cache, np.arange(lo, min(n, lo + batch)), cache.size, None)
         d = vae.encode(x.to(dev)).latent_dist
         out.append(torch.cat([d.mean, d.std], 1).half().cpu())
         if lo // batch % 20 == 0:
-            print(f"encoded {lo + len(x)}/{len(cache)}", flush=True)
+            print(f"encoded {lo + len(x)}/{n}", flush=True)
     return torch.cat(out)
 
 
@@ -171,6 +171,7 @@ def train_unet(
     minutes: float | None = None,
     log_every: int = 20,
     ckpt_every: int = 200,
+    n_images: int | None = None,
 ) -> Path:
     """ε-prediction on VAE latents with SD 1.5's noise schedule (Rombach et al. 2022, eq. 2);
     ``dropout`` of captions are emptied so the model also learns the unconditional branch
@@ -184,15 +185,17 @@ def train_unet(
         build_world_tokenizer(tok_dir)
     latents_path = run / "latents.pt"
     if not latents_path.exists():
-        _save(latents_path, {"latents": encode_dataset(load_vae(run, dev), cache, dev)})
+        n = min(n_images or len(cache), len(cache))
+        _save(latents_path, {"latents": encode_dataset(load_vae(run, dev), cache, dev, n)})
     lat = torch.load(latents_path)["latents"]
+    captions = cache.captions[: len(lat)]
     mean, std = lat[:, :4].float(), lat[:, 4:].float()
     g = torch.Generator().manual_seed(0)
     sample = mean[:2000] + std[:2000] * torch.randn(mean[:2000].shape, generator=g)
     scale = float(1.0 / sample.std())  # as SD's 0.18215: unit-variance latents
     tokenizer, text, unet = arch.build_text_and_unet(tok_dir)
     ids = tokenizer(
-        cache.captions,
+        captions,
         padding="max_length",
         max_length=tokenizer.model_max_length,
         truncation=True,
