@@ -88,8 +88,9 @@ class Shooter:
         return path
 
     def drag(self, points, tool: str) -> None:
-        from PySide6.QtCore import QPoint, Qt
+        from PySide6.QtCore import QEvent, QPoint, Qt
         from PySide6.QtTest import QTest
+        from PySide6.QtWidgets import QApplication
 
         self.win.select_tool(tool)
         c = self.win.canvas
@@ -99,6 +100,7 @@ class Shooter:
         for p in pts[1:]:
             QTest.mouseMove(vp, QPoint(p))
         QTest.mouseRelease(vp, left, Qt.KeyboardModifier.NoModifier, QPoint(pts[-1]))
+        QApplication.sendEvent(c, QEvent(QEvent.Type.Leave))  # the pointer leaves the canvas
 
     # ---- the shots --------------------------------------------------------------------------
 
@@ -110,14 +112,14 @@ class Shooter:
         doc.update_settings(steps=30, strength=0.75, seed=7, seed_locked=True)
         w.canvas.brush.hardness = 0.9
         w.tools_panel.set_colour((200, 40, 35))  # a red house: walls, then a dark roof
-        w.canvas.brush.size = 26
+        w.tools_panel.size.setValue(26)
         self.drag(
             [(190 + 12 * i, y) for y in (300, 325, 350, 375) for i in range(11)], tools.COLOUR
         )
         w.tools_panel.set_colour((60, 40, 40))
-        w.canvas.brush.size = 18
+        w.tools_panel.size.setValue(18)
         self.drag([(180, 290), (250, 235), (320, 290)], tools.COLOUR)
-        w.canvas.brush.size = 60  # a mask around the house: only there will it change
+        w.tools_panel.size.setValue(60)  # a mask around the house: only there will it change
         self.drag([(200, 250), (300, 250), (300, 390), (200, 390), (200, 250)], tools.MASK)
         shot = {"taken": False}
 

@@ -11,6 +11,7 @@ from PySide6.QtWidgets import (
     QGridLayout,
     QGroupBox,
     QHBoxLayout,
+    QLabel,
     QPushButton,
     QSlider,
     QSpinBox,
@@ -39,7 +40,12 @@ class ToolsPanel(QWidget):
         self.hardness.setToolTip("Edge hardness: 100 is a hard edge")
         self.colour = QPushButton()
         self.colour.setToolTip("Stroke colour (Alt+click or I to pick from the canvas)")
-        form.addRow("Size", self.size)
+        self.size_label = QLabel()
+        self.size_label.setMinimumWidth(48)
+        size_row = QHBoxLayout()
+        size_row.addWidget(self.size, 1)
+        size_row.addWidget(self.size_label)
+        form.addRow("Size", size_row)
         form.addRow("Hardness", self.hardness)
         form.addRow("Colour", self.colour)
         lay.addWidget(brush)
@@ -49,6 +55,7 @@ class ToolsPanel(QWidget):
         self.amount = QSpinBox()
         self.amount.setRange(1, 256)
         self.amount.setValue(8)
+        self.amount.setPrefix("by ")
         self.amount.setSuffix(" px")
         self.amount.setToolTip("Pixels for grow, shrink and feather")
         grid.addWidget(self.amount, 0, 0, 1, 2)
@@ -98,11 +105,13 @@ class ToolsPanel(QWidget):
     def sync(self) -> None:
         b = self.canvas.brush
         self.size.setValue(int(round(b.size)))
+        self._on_size(self.size.value())
         self.hardness.setValue(int(round(b.hardness * 100)))
         self.set_colour(b.colour)
 
     def _on_size(self, v: int) -> None:
         self.canvas.brush.size = float(v)
+        self.size_label.setText(f"{v} px")
 
     def set_colour(self, rgb: tuple) -> None:
         self.canvas.brush.colour = tuple(int(c) for c in rgb)
