@@ -7,7 +7,8 @@ with real mouse events, and grabs the window from the screen (``QScreen.grabWind
 - ``diffedit-mask.png``: after DiffEdit's "Make mask", the mask tinted in the mask layer.
 
 It needs a display; without one it re-runs itself under ``xvfb-run`` (Debian: ``apt-get
-install xvfb libxcb-cursor0``). Uses ``builtin:demo`` when it is installed, else
+install xvfb libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1``; ``QT_DEBUG_PLUGINS=1`` names
+any other missing library). Uses ``builtin:demo`` when it is installed, else
 ``builtin:tiny`` (random weights: the previews are then noise-like, the UI is real).
 """
 
@@ -164,7 +165,7 @@ def main(argv=None) -> int:
     if not os.environ.get("DISPLAY") and not os.environ.get("QT_QPA_PLATFORM"):
         xvfb = shutil.which("xvfb-run")
         if xvfb is None:
-            sys.exit("No display: install xvfb (apt-get install xvfb libxcb-cursor0).")
+            sys.exit("No display and no xvfb-run: apt-get install xvfb (see --help).")
         cmd = [xvfb, "-a", "-s", f"-screen 0 {SIZE[0] + 100}x{SIZE[1] + 100}x24"]
         return subprocess.call([*cmd, sys.executable, "-m", "editor.screenshots", *argv_of(args)])
     from PySide6.QtWidgets import QApplication
