@@ -46,13 +46,15 @@ def photo(side: int = 512) -> np.ndarray:
 
 
 class Shooter:
-    def __init__(self, app, out: Path, model: str):
+    def __init__(self, app, out: Path, model: str, engine=None):
         from engine import Engine
 
         from .app import MainWindow
 
         self.app, self.out = app, out
-        self.engine = Engine(model)
+        self.steps = 30  # SDEdit steps (tests use fewer)
+        self.owns_engine = engine is None
+        self.engine = engine or Engine(model)
         self.win = MainWindow(self.engine, model=None, autosave_ms=10**9)
         self.win.resize(*SIZE)
         self.win.show()
@@ -60,6 +62,12 @@ class Shooter:
         self.win._on_model_loaded(None)
         self.win.doc.set_image(photo())
         self.settle()
+
+    def close(self) -> None:
+        self.win.doc.mark_saved()
+        self.win.shutdown()
+        if self.owns_engine:
+            self.engine.shutdown()
 
     # ---- event-loop helpers ---------------------------------------------------------------
 
@@ -110,7 +118,7 @@ class Shooter:
 
         w, doc = self.win, self.win.doc
         doc.update_settings(prompt=PROMPT, negative_prompt="blurry", method="sdedit")
-        doc.update_settings(steps=30, strength=0.75, seed=7, seed_locked=True)
+        doc.update_settings(steps=self.steps, strength=0.75, seed=7, seed_locked=True)
         w.canvas.brush.hardness = 0.9
         w.tools_panel.set_colour((200, 40, 35))  # a red house: walls, then a dark roof
         w.tools_panel.size.setValue(26)
@@ -177,9 +185,7 @@ def main(argv=None) -> int:
         s.sdedit_live()
         s.diffedit_mask()
     finally:
-        s.win.doc.mark_saved()
-        s.win.shutdown()
-        s.engine.shutdown()
+        s.close()
     return 0
 
 

@@ -1,0 +1,32 @@
+"""The screenshot script runs end to end (offscreen here: it falls back to grabbing the widget)."""
+
+import numpy as np
+import pytest
+from PIL import Image
+from PySide6.QtWidgets import QApplication
+
+from editor.screenshots import SIZE, Shooter, photo
+
+
+def test_the_photo_is_a_512px_demo_world_render():
+    img = photo()
+    assert img.shape == (512, 512, 3) and img.std() > 20  # a scene, not a flat colour
+
+
+@pytest.mark.slow
+def test_screenshots_are_taken_mid_job_and_after_the_mask(qtbot, engine, data_dir, tmp_path):
+    s = Shooter(QApplication.instance(), tmp_path, "builtin:tiny", engine=engine)
+    s.steps = 6
+    try:
+        s.sdedit_live()
+        assert s.win.doc.history  # the job went on to finish after the mid-job shot
+        s.diffedit_mask()
+        assert s.win.doc.mask.any()
+    finally:
+        s.close()
+    for name in ("sdedit-live-preview.png", "diffedit-mask.png"):
+        path = tmp_path / name
+        assert path.stat().st_size < 300_000
+        with Image.open(path) as im:
+            assert im.size == SIZE
+            assert np.asarray(im.convert("RGB")).std() > 20
