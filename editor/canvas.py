@@ -56,6 +56,7 @@ class LayerItem(QGraphicsItem):
         self.array: np.ndarray | None = None
         self.qimage: QImage | None = None
         self.mip: tuple[int, QImage] | None = None  # (level, image at 1 / 2**level)
+        self.cover: PreviewItem | None = None  # skip drawing while it hides this layer
         self.setFlag(QGraphicsItem.GraphicsItemFlag.ItemUsesExtendedStyleOption, True)
 
     def set_array(self, arr: np.ndarray | None) -> None:
@@ -97,7 +98,7 @@ class LayerItem(QGraphicsItem):
         return QRectF(0, 0, self.qimage.width(), self.qimage.height())
 
     def paint(self, painter: QPainter, option, widget=None) -> None:
-        if self.qimage is None:
+        if self.qimage is None or (self.cover is not None and self.cover.hides_layers()):
             return
         r = option.exposedRect.toAlignedRect().intersected(self.qimage.rect())
         if r.isEmpty():
@@ -133,6 +134,10 @@ class PreviewItem(QGraphicsItem):
 
     def boundingRect(self) -> QRectF:
         return self.target if self.qimage is not None else QRectF()
+
+    def hides_layers(self) -> bool:
+        """An opaque x̂₀ over the whole image: the layers below need not be drawn."""
+        return self.qimage is not None and self.isVisible() and self.array.shape[2] == 3
 
     def paint(self, painter: QPainter, option, widget=None) -> None:
         if self.qimage is not None:
@@ -170,6 +175,8 @@ class Canvas(QGraphicsView):
         self.preview = PreviewItem()
         self.preview.setZValue(10)
         self.scene().addItem(self.preview)
+        for item in self.layers.values():
+            item.cover = self.preview
         doc.reset.connect(self._on_reset)
         doc.layer_changed.connect(self._on_layer_changed)
         self._on_reset()

@@ -157,3 +157,28 @@ def test_zoomed_out_view_draws_from_a_cache_that_follows_edits(make_window, qtbo
     assert colour_at(1000, 1400) == (128, 128, 128)
     qtbot.keyClick(c, Qt.Key.Key_Z, CTRL)
     assert colour_at(1000, 1000) == (128, 128, 128)
+
+
+def test_layers_under_an_opaque_preview_are_skipped_but_not_under_a_masked_one(window, qtbot):
+    c = window.canvas
+    c.actual_size()
+    c.centerOn(100, 80)
+    window.doc.image[:] = 50
+    window.doc.layer_changed.emit("image", window.doc.full_rect())
+    h, w = window.doc.size
+
+    def colour_at(x, y):
+        px = c.viewport().grab().toImage().pixelColor(c.mapFromScene(x, y))
+        return px.red(), px.green(), px.blue()
+
+    c.show_preview(np.full((h // 2, w // 2, 3), 200, np.uint8))  # x̂₀ at working size
+    assert c.preview.hides_layers() and colour_at(10, 10) == (200, 200, 200)
+    window.history_panel.compare.setChecked(True)  # compare: the image again
+    assert not c.preview.hides_layers() and colour_at(10, 10) == (50, 50, 50)
+    window.history_panel.compare.setChecked(False)
+    rgba = np.full((h // 2, w // 2, 4), 200, np.uint8)
+    rgba[..., 3] = 255
+    rgba[:, : w // 4, 3] = 0  # a masked job: x̂₀ only in the right half
+    c.show_preview(rgba)
+    assert not c.preview.hides_layers()
+    assert colour_at(20, 80) == (50, 50, 50) and colour_at(180, 80) == (200, 200, 200)
