@@ -30,9 +30,9 @@ REFERENCE = "the sun, a leafy tree on sand dunes, dusk"
 
 
 def _default_model() -> str:
-    from engine.models import DEMO_MODEL_DIR
+    from engine.models import demo_model_available
 
-    return "builtin:demo" if (DEMO_MODEL_DIR / "model_index.json").exists() else "builtin:tiny"
+    return "builtin:demo" if demo_model_available() else "builtin:tiny"
 
 
 def photo(side: int = 512) -> np.ndarray:

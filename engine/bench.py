@@ -30,16 +30,11 @@ def add_parser(sub) -> None:
 
 
 def _pick_model(spec):
-    from .errors import ModelLoadError
-    from .models import load_model
+    from .models import demo_model_available
 
     if spec:
         return spec
-    try:
-        load_model("builtin:demo")
-        return "builtin:demo"
-    except ModelLoadError:
-        return "builtin:tiny"
+    return "builtin:demo" if demo_model_available() else "builtin:tiny"
 
 
 def make_pipeline(bundle):

@@ -200,10 +200,15 @@ def _load_tiny(device, dtype):
     return _finish("builtin:tiny", tiny_components(), device, dtype)
 
 
+def demo_model_available() -> bool:
+    """Whether the trained demo model is installed (it is trained by the project itself)."""
+    return (DEMO_MODEL_DIR / "model_index.json").exists()
+
+
 def _load_demo(device, dtype):
     from .loaders import load_diffusers_folder
 
-    if not (DEMO_MODEL_DIR / "model_index.json").exists():
+    if not demo_model_available():
         raise ModelLoadError(
             f"The demo model is missing from {DEMO_MODEL_DIR}. Reinstall the app, or train it "
             "with `python -m engine.training`."

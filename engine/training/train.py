@@ -194,16 +194,15 @@ def train_unet(
     sample = mean[:2000] + std[:2000] * torch.randn(mean[:2000].shape, generator=g)
     scale = float(1.0 / sample.std())  # as SD's 0.18215: unit-variance latents
     tokenizer, text, unet = arch.build_text_and_unet(tok_dir)
+    # the captions and, last, the empty prompt that caption dropout swaps in
     ids = tokenizer(
-        captions,
+        captions + [""],
         padding="max_length",
         max_length=tokenizer.model_max_length,
         truncation=True,
         return_tensors="pt",
     ).input_ids
-    empty = tokenizer(
-        [""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt"
-    ).input_ids[0]
+    ids, empty = ids[:-1], ids[-1]
     text, unet = text.to(dev).train(), unet.to(dev).train()
     ema_text, ema_unet = copy.deepcopy(text).eval(), copy.deepcopy(unet).eval()
     opt = torch.optim.AdamW(

@@ -168,9 +168,9 @@ def test_model_load_error_is_shown_and_model_kept(window, qtbot, tmp_path):
 @pytest.mark.slow
 def test_demo_model_fallback_note(make_window, qtbot, engine):
     """builtin:demo missing → the window loads builtin:tiny and says so."""
-    from engine.models import DEMO_MODEL_DIR
+    from engine.models import demo_model_available
 
-    if (DEMO_MODEL_DIR / "model_index.json").exists():
+    if demo_model_available():
         pytest.skip("the demo model exists here")
     from editor.app import MainWindow
 

@@ -4,11 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.models import DEMO_MODEL_DIR, load_model
+from engine.models import DEMO_MODEL_DIR, demo_model_available, load_model
 
-pytestmark = pytest.mark.skipif(
-    not (DEMO_MODEL_DIR / "model_index.json").exists(), reason="demo model not trained yet"
-)
+pytestmark = pytest.mark.skipif(not demo_model_available(), reason="demo model not trained yet")
 
 
 @pytest.fixture(scope="module")
