@@ -195,9 +195,8 @@ def test_sdedit_mask_keeps_unmasked_pixels_exact_at_any_size(engine):
         EditRequest("sdedit", prompt="x", image=img, mask=mask, strength=0.8, steps=10), timeout=60
     )
     assert r.image.shape == img.shape
-    far = np.ones_like(mask, bool)
-    far[0:55, 5:85] = False  # the mask plus its feathered margin
-    assert np.array_equal(r.image[far], img[far])
+    keep = mask == 0  # the feather lies inside the mask
+    assert np.array_equal(r.image[keep], img[keep])
     assert np.abs(r.image[15:35, 25:65].astype(int) - img[15:35, 25:65]).mean() > 2
 
 

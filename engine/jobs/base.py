@@ -89,7 +89,7 @@ def finish_image(
     feather_px: float = 0.0,
 ) -> np.ndarray:
     """Decode, resize to the requested size and, with a mask, composite onto the original
-    so that every pixel outside the (feathered) mask is the input pixel."""
+    so that every pixel outside the mask is the input pixel (the feather lies inside it)."""
     out = imageops.resize(ctx.bundle.decode(latents), size)
     if prep is not None and prep.mask is not None:
         radius = feather_px or max(2.0, 0.01 * max(size))

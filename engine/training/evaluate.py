@@ -78,6 +78,7 @@ class EvalConfig:
     timing_threads: int = 2
     threads: int | None = None  # torch threads for everything but timing (None: leave as is)
     probe: str | None = None  # probe weights; None: the shipped assets/probe
+    edit_n: int = 20  # scenes per edit section (--edits)
 
 
 @dataclass
@@ -254,15 +255,10 @@ def timing_metrics(ctx: EvalContext) -> dict:
 
 
 def edit_metrics(ctx: EvalContext) -> dict:
-    """HOOK for issue 4: edit figures (``--edits``).
+    """Issue 4's edit figures (``--edits``): see :mod:`engine.training.evaluate_edits`."""
+    from .evaluate_edits import edit_metrics as measure
 
-    The context has the bundle, its denoiser, the probe, and scenes A (renders, true
-    attributes, captions); :func:`engine.training.world.redescribe` gives an edited scene with
-    a known edited region (the union of the object's masks before and after), so an edit's
-    success can be scored by the probe on the edited attribute and its locality by the PSNR
-    outside that region. Return a dict: it lands under ``results["edits"]`` and
-    :func:`format_table` prints its numeric entries."""
-    raise NotImplementedError("edit figures are not implemented yet (issue 4)")
+    return measure(ctx.bundle, ctx.probe, ctx.config.edit_n, log=ctx.log)
 
 
 SECTIONS: list[tuple[str, Callable[[EvalContext], dict]]] = [
@@ -337,10 +333,9 @@ def format_table(r: dict) -> str:
         f"load avg {t['loadavg_1min']} on {t['cpu_count']} CPUs)",
     ]
     if "edits" in r:
-        nums = {k: x for k, x in r["edits"].items() if isinstance(x, (int, float))}
-        lines.append(
-            "edits                     " + ", ".join(f"{k} {x:.3f}" for k, x in nums.items())
-        )
+        from .evaluate_edits import format_edits
+
+        lines += ["", format_edits(r["edits"])]
     lines += ["", "targets:"]
     for k, x in r["targets"].items():
         lines.append(
@@ -364,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads outside the timing")
     p.add_argument("--probe", default=None, help="probe weights (default: assets/probe)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
-    p.add_argument("--edits", action="store_true", help="also measure edits (issue 4; a hook)")
+    p.add_argument("--edits", action="store_true", help="also measure edits (issue 4)")
+    p.add_argument("--edit-n", type=int, default=20, help="scenes per edit section")
     a = p.parse_args(argv)
     config = EvalConfig(
         model=a.model,
@@ -377,12 +373,9 @@ def main(argv: list[str] | None = None) -> int:
         timing_runs=a.timing_runs,
         threads=a.threads,
         probe=a.probe,
+        edit_n=a.edit_n,
     )
-    try:
-        results = evaluate(config, edits=a.edits, log=lambda m: print(m, file=sys.stderr))
-    except NotImplementedError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    results = evaluate(config, edits=a.edits, log=lambda m: print(m, file=sys.stderr))
     print(format_table(results))
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)

@@ -145,6 +145,15 @@ def load_vae(run: Path, device="cpu"):
 # ---- stage 2: text encoder + UNet ------------------------------------------------------
 
 
+def lr_factor(step: int, total: int, warmup: int, floor: float = 0.1) -> float:
+    """Linear warm-up over ``warmup`` steps, then a cosine from 1 down to ``floor`` at
+    ``total``; a function of the step alone, so a resumed run continues the same curve."""
+    if step < warmup:
+        return (step + 1) / warmup
+    frac = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * frac))
+
+
 @torch.no_grad()
 def encode_dataset(vae, cache: WorldCache, dev, n: int, batch: int = 64) -> torch.Tensor:
     """Posterior mean and std of the first n images, n x 8 x h x w, fp16 (sampled later)."""
@@ -164,9 +173,11 @@ def train_unet(
     steps: int,
     batch: int = 32,
     lr: float = 3e-4,
-    text_lr: float = 1e-4,
+    text_lr: float | None = None,
     dropout: float = 0.1,
     ema_decay: float = 0.999,
+    min_snr_gamma: float | None = 5.0,
+    warmup: int = 200,
     device: str = "auto",
     minutes: float | None = None,
     log_every: int = 20,
@@ -175,7 +186,14 @@ def train_unet(
 ) -> Path:
     """ε-prediction on VAE latents with SD 1.5's noise schedule (Rombach et al. 2022, eq. 2);
     ``dropout`` of captions are emptied so the model also learns the unconditional branch
-    that classifier-free guidance needs (Ho & Salimans 2022, Alg. 1)."""
+    that classifier-free guidance needs (Ho & Salimans 2022, Alg. 1).
+
+    The per-sample loss is weighted by min(SNR_t, γ)/SNR_t (Min-SNR-γ, Hang et al. 2023,
+    eq. 9 for ε-prediction, γ = 5): low-noise steps, whose targets are nearly free, stop
+    dominating the gradient, which the paper measures as ~3× faster convergence; this is
+    what makes a CPU-only budget enough. The learning rate warms up linearly for ``warmup``
+    steps and then decays along a cosine to 10% at ``steps``; the text encoder, trained from
+    scratch like the UNet, uses the UNet's rate unless ``text_lr`` says otherwise."""
     dev, _ = pick_device(device, "fp32")
     cache = WorldCache.open(data)
     tok_dir = run / "tokenizer"
@@ -206,9 +224,14 @@ def train_unet(
     text, unet = text.to(dev).train(), unet.to(dev).train()
     ema_text, ema_unet = copy.deepcopy(text).eval(), copy.deepcopy(unet).eval()
     opt = torch.optim.AdamW(
-        [{"params": unet.parameters(), "lr": lr}, {"params": text.parameters(), "lr": text_lr}],
+        [
+            {"params": unet.parameters(), "lr": lr},
+            {"params": text.parameters(), "lr": lr if text_lr is None else text_lr},
+        ],
         weight_decay=1e-2,
     )
+    for group in opt.param_groups:
+        group["base_lr"] = group["lr"]
     ckpt, step = run / "unet.ckpt", 0
     if ckpt.exists():
         state = torch.load(ckpt, map_location=dev)
@@ -223,6 +246,8 @@ def train_unet(
         step = state["step"]
     sched = Schedule.from_config(arch.scheduler_config())
     ac = torch.tensor(sched.alphas_cumprod, dtype=torch.float32)
+    snr = ac / (1 - ac)
+    weight = (snr.clamp(max=min_snr_gamma) / snr) if min_snr_gamma else torch.ones_like(snr)
     rng = torch.Generator().manual_seed(1000 + step)
     stop, log = StopFlag(), Logger(run, "unet", dev)
     deadline = time.time() + 60 * minutes if minutes else math.inf
@@ -249,7 +274,10 @@ def train_unet(
         cap[torch.rand(batch, generator=rng) < dropout] = empty
         emb = text(cap.to(dev))[0]
         pred = unet(zt.to(dev), t.to(dev), encoder_hidden_states=emb).sample
-        loss = F.mse_loss(pred, noise.to(dev))
+        per_sample = F.mse_loss(pred, noise.to(dev), reduction="none").mean(dim=(1, 2, 3))
+        loss = (weight[t].to(dev) * per_sample).mean()
+        for group in opt.param_groups:
+            group["lr"] = group["base_lr"] * lr_factor(step, steps, warmup)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(text.parameters()), 1.0)
@@ -259,7 +287,7 @@ def train_unet(
         _ema_update(ema_unet, unet, decay)
         _ema_update(ema_text, text, decay)
         if step % log_every == 0:
-            log(step, batch * log_every, loss=loss.item())
+            log(step, batch * log_every, loss=loss.item(), mse=per_sample.mean().item())
         if step % ckpt_every == 0:
             _save(ckpt, state())
     _save(ckpt, state())

@@ -127,11 +127,3 @@ def test_evaluate_runs_end_to_end_on_tiny(tmp_path, capsys):
         "frechet_ratio",
         "seconds_per_generation",
     }
-
-
-def test_evaluate_edits_hook_says_not_yet():
-    from engine.training.evaluate import SECTIONS, edit_metrics
-
-    assert [name for name, _ in SECTIONS] == ["vae", "samples", "frechet", "timing"]
-    with pytest.raises(NotImplementedError, match="issue 4"):
-        edit_metrics(None)
