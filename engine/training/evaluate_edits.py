@@ -51,6 +51,7 @@ from .world import (
 
 EDIT_SEED = HELDOUT_SEED + 400_000
 MIN_OBJECT_PIXELS = 128
+MASK_MARGIN = 3
 INVERSION_METHODS = ("ddim", "negative_prompt", "null_text_reference", "null_text", "direct")
 
 
@@ -64,6 +65,13 @@ class EditCase:
     region: np.ndarray  # bool HxW: pixels the change may touch
     attribute: str  # the attribute the edit sets
     what: str  # e.g. "pine_tree_0 -> round_tree"
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The region grown by ``MASK_MARGIN`` px: the mask a user would paint around it."""
+        from ..imageops import dilate
+
+        return dilate(self.region.astype(np.float32), MASK_MARGIN) > 0
 
     @property
     def target(self) -> int:
@@ -277,14 +285,12 @@ def diffedit_metrics(run: Runner, cases: list[EditCase], steps=50) -> dict:
 
 def repaint_metrics(run: Runner, cases: list[EditCase], probe, steps=25) -> dict:
     """RePaint (GUI defaults) and naive inpainting on the same masks and seeds."""
-    from ..imageops import dilate
-
     out: dict = {"n": len(cases), "steps": steps}
     kinds = {"repaint": {}, "naive": {"jump_n_sample": 1}}
     for label, options in kinds.items():
         exact, present, seams, images = [], [], [], []
         for c in cases:
-            mask = dilate(c.region.astype(np.float32), 3) > 0
+            mask = c.mask
             res, _ = run(
                 "repaint",
                 prompt=c.after.caption,
@@ -306,19 +312,13 @@ def repaint_metrics(run: Runner, cases: list[EditCase], probe, steps=25) -> dict
             "seam_ratio": float(np.mean(seams)),
         }
         run.log(f"  repaint {label}: {out[label]}")
-    out["seam_ratio_original"] = float(
-        np.mean(
-            [seam_ratio(c.before.image, dilate(c.region.astype(np.float32), 3) > 0) for c in cases]
-        )
-    )
+    out["seam_ratio_original"] = float(np.mean([seam_ratio(c.before.image, c.mask) for c in cases]))
     out["edits"] = [c.what for c in cases]
     return out
 
 
 def reedit_metrics(run: Runner, cases: list[EditCase], probe, steps=50, guidance=7.5) -> dict:
     """Invert (null-text, our default setting) and re-edit with the changed caption."""
-    from ..imageops import dilate
-
     rows = []
     for c in cases:
         inv_res, _ = run(
@@ -330,10 +330,9 @@ def reedit_metrics(run: Runner, cases: list[EditCase], probe, steps=50, guidance
             options={"inversion": "null_text"},
         )
         inv = inv_res.extras["inversion"]
-        local = not c.region.all()
         variants = {"prompt": None}
-        if local:
-            variants["masked"] = (dilate(c.region.astype(np.float32), 3) > 0).astype(np.uint8) * 255
+        if not c.region.all():  # a local edit: also restricted to the mask
+            variants["masked"] = c.mask.astype(np.uint8) * 255
         for variant, mask in variants.items():
             res, _ = run("reedit", prompt=c.after.caption, mask=mask, options={"inversion": inv})
             rows.append((c, variant, res.image))
@@ -360,10 +359,7 @@ def reedit_metrics(run: Runner, cases: list[EditCase], probe, steps=50, guidance
                 kept = [np.mean(p[others] == c.before.attribute_vector[others]) for c, _, p in sel]
                 entry["other_attributes_kept"] = float(np.mean(kept))
             else:
-                bg = [
-                    psnr(img, c.before.image, ~(dilate(c.region.astype(np.float32), 3) > 0))
-                    for c, img, _ in sel
-                ]
+                bg = [psnr(img, c.before.image, ~c.mask) for c, img, _ in sel]
                 entry["background_psnr_db"] = float(np.mean(bg))
             out[f"{kind}/{variant}"] = entry
             run.log(f"  reedit {kind}/{variant}: {entry}")

@@ -23,6 +23,7 @@ from ..models import pick_device
 from ..schedule import Schedule
 from . import architecture as arch
 from .dataset import WorldCache
+from .world_render import FIRST_OBJECT_LABEL
 
 
 class StopFlag:
@@ -64,13 +65,19 @@ class Logger:
         print(json.dumps(rec), flush=True)
 
 
-def _batch_images(cache: WorldCache, idx: np.ndarray, crop: int, rng) -> torch.Tensor:
+def _batch_images(cache: WorldCache, idx: np.ndarray, crop: int, rng, objects: bool = False):
+    """Images N x 3 x crop x crop in [-1, 1] (one random crop position per batch); with
+    ``objects``, also a float N x 1 x crop x crop map of the object pixels."""
     imgs = np.stack([cache.images[i] for i in idx])
+    labels = np.stack([cache.labels[i] for i in idx]) if objects else None
     if crop < cache.size:
         y, x = rng.integers(0, cache.size - crop + 1, 2)
         imgs = imgs[:, y : y + crop, x : x + crop]
+        labels = labels[:, y : y + crop, x : x + crop] if objects else None
     t = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1
-    return t
+    if not objects:
+        return t
+    return t, torch.from_numpy(labels >= FIRST_OBJECT_LABEL)[:, None].float()
 
 
 def _save(path: Path, state: dict) -> None:
@@ -85,6 +92,15 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
             pe.lerp_(pm, 1 - decay)
 
 
+def lr_factor(step: int, total: int, warmup: int, floor: float = 0.1) -> float:
+    """Linear warm-up over ``warmup`` steps, then a cosine from 1 down to ``floor`` at
+    ``total``; a function of the step alone, so a resumed run continues the same curve."""
+    if step < warmup:
+        return (step + 1) / warmup
+    frac = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * frac))
+
+
 # ---- stage 1: VAE ------------------------------------------------------------------------
 
 
@@ -96,13 +112,20 @@ def train_vae(
     crop: int = 64,
     lr: float = 4e-4,
     kl_weight: float = 1e-6,
+    object_weight: float = 4.0,
+    warmup: int = 100,
     device: str = "auto",
     minutes: float | None = None,
     log_every: int = 20,
     ckpt_every: int = 200,
 ) -> Path:
     """Reconstruction (L1 + MSE) plus a small KL term, as SD's KL-f8 autoencoder minus the
-    perceptual and adversarial losses. Trains on random crops: the VAE is convolutional."""
+    perceptual and adversarial losses. Trains on random crops: the VAE is convolutional.
+
+    Object pixels (trees, houses, rocks, boats; known from the world's label maps) weigh
+    1 + ``object_weight`` in the reconstruction loss: they cover a few percent of an image,
+    so a plain per-pixel loss spends the small latent on sky and ground and blurs away the
+    very things the editing algorithms are about. The learning rate follows ``lr_factor``."""
     dev, _ = pick_device(device, "fp32")
     run.mkdir(parents=True, exist_ok=True)
     cache = WorldCache.open(data)
@@ -117,12 +140,18 @@ def train_vae(
     rng = np.random.default_rng(step)
     stop, log = StopFlag(), Logger(run, "vae", dev)
     deadline = time.time() + 60 * minutes if minutes else math.inf
+    for group in opt.param_groups:
+        group.setdefault("base_lr", group["lr"])
     while step < steps and not stop.set and time.time() < deadline:
-        x = _batch_images(cache, rng.integers(0, len(cache), batch), crop, rng).to(dev)
+        x, obj = _batch_images(cache, rng.integers(0, len(cache), batch), crop, rng, True)
+        x, w = x.to(dev), (1 + object_weight * obj).to(dev)
         post = vae.encode(x).latent_dist
         y = vae.decode(post.sample()).sample
-        rec = (y - x).abs().mean() + F.mse_loss(y, x)
+        err = y - x
+        rec = (w * (err.abs() + err.square())).mean() / w.mean()
         loss = rec + kl_weight * post.kl().mean()
+        for group in opt.param_groups:
+            group["lr"] = group["base_lr"] * lr_factor(step, steps, warmup)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -143,15 +172,6 @@ def load_vae(run: Path, device="cpu"):
 
 
 # ---- stage 2: text encoder + UNet ------------------------------------------------------
-
-
-def lr_factor(step: int, total: int, warmup: int, floor: float = 0.1) -> float:
-    """Linear warm-up over ``warmup`` steps, then a cosine from 1 down to ``floor`` at
-    ``total``; a function of the step alone, so a resumed run continues the same curve."""
-    if step < warmup:
-        return (step + 1) / warmup
-    frac = min(1.0, (step - warmup) / max(1, total - warmup))
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * frac))
 
 
 @torch.no_grad()
@@ -230,8 +250,6 @@ def train_unet(
         ],
         weight_decay=1e-2,
     )
-    for group in opt.param_groups:
-        group["base_lr"] = group["lr"]
     ckpt, step = run / "unet.ckpt", 0
     if ckpt.exists():
         state = torch.load(ckpt, map_location=dev)
@@ -244,6 +262,8 @@ def train_unet(
             m.load_state_dict(state[key])
         opt.load_state_dict(state["opt"])
         step = state["step"]
+    for group in opt.param_groups:
+        group.setdefault("base_lr", group["lr"])  # resumed runs keep theirs
     sched = Schedule.from_config(arch.scheduler_config())
     ac = torch.tensor(sched.alphas_cumprod, dtype=torch.float32)
     snr = ac / (1 - ac)
