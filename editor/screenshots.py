@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 SIZE = (1500, 950)
-PROMPT = "a red house with a dark roof on sand dunes, the sun, dusk"
+PROMPT = "the sun, a red house with a black roof on sand dunes, dusk"
 REFERENCE = "the sun, a leafy tree on sand dunes, dusk"
 
 
@@ -147,7 +147,9 @@ class Shooter:
     def diffedit_mask(self) -> None:
         w, doc = self.win, self.win.doc
         w.history_panel.select(None)
-        doc.update_settings(method="diffedit", prompt="a red house on sand dunes, dusk", steps=25)
+        doc.update_settings(
+            method="diffedit", prompt="the sun, a red house on sand dunes, dusk", steps=25
+        )
         combo = w.prompt_panel.method
         combo.setCurrentIndex(combo.findData("diffedit"))
         from .methods import METHODS, set_value
@@ -155,7 +157,6 @@ class Shooter:
         params = {p.key: p for p in METHODS["diffedit"].params}
         set_value(doc, "diffedit", params["reference_prompt"], REFERENCE)
         set_value(doc, "diffedit", params["n_samples"], 4)
-        set_value(doc, "diffedit", params["threshold"], 0.65)  # a partial mask on builtin:tiny
         doc.clear_layer("mask")
         w.prompt_panel.load_settings()
         w.run_method("diffedit", stage=0)
