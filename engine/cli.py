@@ -80,7 +80,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="method-specific parameter, e.g. -O jump_length=5",
     )
-    p.add_argument("--output", "-o", default="out.png")
+    p.add_argument("--output", "-o", help="output PNG (default: METHOD.png, e.g. sdedit.png)")
 
 
 def build_request(method: str, a: argparse.Namespace):
@@ -116,6 +116,11 @@ def run_method(method: str, a: argparse.Namespace) -> int:
     from .models import DEFAULT_MODEL
     from .types import Failed, Finished, ModelLoaded, Step
 
+    out = Path(a.output or f"{method}.png")
+    if a.image and out.resolve() == Path(a.image).resolve():
+        # a result written over its input would lose the user's picture
+        print(f"error: {out} is the input image; choose another --output", file=sys.stderr)
+        return 2
     request = build_request(method, a)
     engine = Engine()
     try:
@@ -141,7 +146,6 @@ def run_method(method: str, a: argparse.Namespace) -> int:
             print(f"error: {result.message}", file=sys.stderr)
             return 1
         assert isinstance(result, Finished)
-        out = Path(a.output)
         if result.image is not None:
             save_png(result.image, out, result.parameters)
             print(f"wrote {out}", file=sys.stderr)

@@ -107,6 +107,22 @@ def test_user_errors_are_one_line_not_tracebacks(tmp_path):
     assert r.returncode != 0 and "Traceback" not in r.stderr and "missing" in r.stderr
 
 
+def test_output_never_overwrites_the_input(tmp_path):
+    picture = np.full((64, 64, 3), 90, np.uint8)
+    Image.fromarray(picture).save(tmp_path / "photo.png")
+    r = run_cli(
+        "sdedit", "--model", "builtin:tiny", "-i", "photo.png", "-o", "photo.png", cwd=tmp_path
+    )
+    assert r.returncode != 0 and "is the input image" in r.stderr
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "photo.png")), picture)
+    # without -o the result is named after the method
+    r = run_cli(
+        "sdedit", "--model", "builtin:tiny", "-i", "photo.png", "--steps", "2", cwd=tmp_path
+    )
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "sdedit.png").exists()
+
+
 def test_metadata_round_trips_awkward_values():
     params = {
         "prompt": "a house,\nat night",
