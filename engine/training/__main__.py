@@ -11,6 +11,7 @@ Every stage resumes from its checkpoint in RUN; ``--minutes`` bounds a session's
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 
@@ -23,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--out", type=Path, required=True)
     d.add_argument("--n", type=int, default=20000)
     d.add_argument("--start-seed", type=int, default=0)
+    d.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     for name in ("vae", "unet"):
         s = sub.add_parser(name, help=f"train the {name} stage")
         s.add_argument("--data", type=Path, required=True)
@@ -32,8 +34,13 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("--lr", type=float, default=4e-4 if name == "vae" else 3e-4)
         s.add_argument("--device", default="auto")
         s.add_argument("--minutes", type=float, default=None)
+        s.add_argument("--log-every", type=int, default=20)
+        s.add_argument("--ckpt-every", type=int, default=200)
         if name == "unet":
             s.add_argument("--n-images", type=int, default=None, help="encode only the first N")
+            s.add_argument(
+                "--init", type=Path, default=None, help="exported model to continue from"
+            )
     e = sub.add_parser("export", help="write the run as a diffusers folder")
     e.add_argument("--run", type=Path, required=True)
     e.add_argument("--out", type=Path, required=True)
@@ -41,11 +48,21 @@ def main(argv: list[str] | None = None) -> int:
     if a.stage == "data":
         from .dataset import build_cache
 
-        build_cache(a.out, a.n, a.start_seed)
+        build_cache(a.out, a.n, a.start_seed, workers=a.workers)
     elif a.stage == "vae":
         from .train import train_vae
 
-        train_vae(a.data, a.run, a.steps, a.batch, lr=a.lr, device=a.device, minutes=a.minutes)
+        train_vae(
+            a.data,
+            a.run,
+            a.steps,
+            a.batch,
+            lr=a.lr,
+            device=a.device,
+            minutes=a.minutes,
+            log_every=a.log_every,
+            ckpt_every=a.ckpt_every,
+        )
     elif a.stage == "unet":
         from .train import train_unet
 
@@ -57,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
             lr=a.lr,
             device=a.device,
             minutes=a.minutes,
+            log_every=a.log_every,
+            ckpt_every=a.ckpt_every,
             n_images=a.n_images,
+            init=a.init,
         )
     else:
         from .export import export

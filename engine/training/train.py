@@ -203,6 +203,7 @@ def train_unet(
     log_every: int = 20,
     ckpt_every: int = 200,
     n_images: int | None = None,
+    init: Path | None = None,
 ) -> Path:
     """ε-prediction on VAE latents with SD 1.5's noise schedule (Rombach et al. 2022, eq. 2);
     ``dropout`` of captions are emptied so the model also learns the unconditional branch
@@ -213,7 +214,13 @@ def train_unet(
     dominating the gradient, which the paper measures as ~3× faster convergence; this is
     what makes a CPU-only budget enough. The learning rate warms up linearly for ``warmup``
     steps and then decays along a cosine to 10% at ``steps``; the text encoder, trained from
-    scratch like the UNet, uses the UNet's rate unless ``text_lr`` says otherwise."""
+    scratch like the UNet, uses the UNet's rate unless ``text_lr`` says otherwise.
+
+    ``init`` names an exported model folder to continue from when the run has no checkpoint
+    yet (model and EMA start from its weights, the latent scale is its VAE's). With
+    ``minutes``, the cosine is fitted to the time: after a short measured stretch the total
+    becomes what that rate reaches by the deadline (logged as ``planned_steps``). On CUDA the
+    forward and backward passes run under bf16 autocast; weights and optimiser stay fp32."""
     dev, _ = pick_device(device, "fp32")
     cache = WorldCache.open(data)
     tok_dir = run / "tokenizer"
@@ -224,14 +231,19 @@ def train_unet(
     latents_path = run / "latents.pt"
     if not latents_path.exists():
         n = min(n_images or len(cache), len(cache))
-        _save(latents_path, {"latents": encode_dataset(load_vae(run, dev), cache, dev, n)})
+        vae, batch_enc = load_vae(run, dev), 512 if dev.type == "cuda" else 64
+        _save(latents_path, {"latents": encode_dataset(vae, cache, dev, n, batch_enc)})
     lat = torch.load(latents_path)["latents"]
     captions = cache.captions[: len(lat)]
-    mean, std = lat[:, :4].float(), lat[:, 4:].float()
+    # the whole set lives on the training device: per-step host-to-device copies and CPU
+    # random numbers would otherwise bound a GPU's step rate
+    mean, std = lat[:, :4].float().to(dev), lat[:, 4:].float().to(dev)
     g = torch.Generator().manual_seed(0)
-    sample = mean[:2000] + std[:2000] * torch.randn(mean[:2000].shape, generator=g)
+    sample = mean[:2000].cpu() + std[:2000].cpu() * torch.randn(mean[:2000].shape, generator=g)
     scale = float(1.0 / sample.std())  # as SD's 0.18215: unit-variance latents
     tokenizer, text, unet = arch.build_text_and_unet(tok_dir)
+    if init is not None and not (run / "unet.ckpt").exists():
+        text, unet, scale = _load_exported(init, text, unet)
     # the captions and, last, the empty prompt that caption dropout swaps in
     ids = tokenizer(
         captions + [""],
@@ -240,7 +252,7 @@ def train_unet(
         truncation=True,
         return_tensors="pt",
     ).input_ids
-    ids, empty = ids[:-1], ids[-1]
+    ids, empty = ids[:-1].to(dev), ids[-1].to(dev)
     text, unet = text.to(dev).train(), unet.to(dev).train()
     ema_text, ema_unet = copy.deepcopy(text).eval(), copy.deepcopy(unet).eval()
     opt = torch.optim.AdamW(
@@ -262,15 +274,20 @@ def train_unet(
             m.load_state_dict(state[key])
         opt.load_state_dict(state["opt"])
         step = state["step"]
+        scale = state.get("vae_scale", scale)  # what the weights were trained at
     for group in opt.param_groups:
         group.setdefault("base_lr", group["lr"])  # resumed runs keep theirs
     sched = Schedule.from_config(arch.scheduler_config())
-    ac = torch.tensor(sched.alphas_cumprod, dtype=torch.float32)
+    ac = torch.tensor(sched.alphas_cumprod, dtype=torch.float32, device=dev)
     snr = ac / (1 - ac)
     weight = (snr.clamp(max=min_snr_gamma) / snr) if min_snr_gamma else torch.ones_like(snr)
-    rng = torch.Generator().manual_seed(1000 + step)
+    rng = torch.Generator(dev).manual_seed(1000 + step)
     stop, log = StopFlag(), Logger(run, "unet", dev)
     deadline = time.time() + 60 * minutes if minutes else math.inf
+    fit_from, fit_to = step + 20, step + 120  # steps timed to fit the cosine to ``minutes``
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
 
     def state():
         return {
@@ -284,18 +301,28 @@ def train_unet(
         }
 
     while step < steps and not stop.set and time.time() < deadline:
-        idx = torch.randint(0, len(mean), (batch,), generator=rng)
-        z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=rng)) * scale
-        t = torch.randint(0, len(ac), (batch,), generator=rng)
-        noise = torch.randn(z0.shape, generator=rng)
+        if minutes and step in (fit_from, fit_to) and dev.type == "cuda":
+            torch.cuda.synchronize()  # kernels run ahead of the host; time what has run
+        if minutes and step == fit_from:
+            t_fit = time.time()
+        if minutes and step == fit_to:
+            rate = (fit_to - fit_from) / (time.time() - t_fit)
+            steps = min(steps, step + int(rate * (deadline - time.time())))
+            log(step, 0, planned_steps=steps, steps_per_s=rate)
+        kw = dict(generator=rng, device=dev)
+        idx = torch.randint(0, len(mean), (batch,), **kw)
+        z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, **kw)) * scale
+        t = torch.randint(0, len(ac), (batch,), **kw)
+        noise = torch.randn(z0.shape, **kw)
         a = ac[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise  # q(x_t | x_0), Ho et al. 2020 eq. 4
         cap = ids[idx].clone()
-        cap[torch.rand(batch, generator=rng) < dropout] = empty
-        emb = text(cap.to(dev))[0]
-        pred = unet(zt.to(dev), t.to(dev), encoder_hidden_states=emb).sample
-        per_sample = F.mse_loss(pred, noise.to(dev), reduction="none").mean(dim=(1, 2, 3))
-        loss = (weight[t].to(dev) * per_sample).mean()
+        cap[torch.rand(batch, **kw) < dropout] = empty
+        with autocast:
+            emb = text(cap)[0]
+            pred = unet(zt, t, encoder_hidden_states=emb).sample
+        per_sample = F.mse_loss(pred.float(), noise, reduction="none").mean(dim=(1, 2, 3))
+        loss = (weight[t] * per_sample).mean()
         for group in opt.param_groups:
             group["lr"] = group["base_lr"] * lr_factor(step, steps, warmup)
         opt.zero_grad(set_to_none=True)
@@ -312,3 +339,16 @@ def train_unet(
             _save(ckpt, state())
     _save(ckpt, state())
     return ckpt
+
+
+def _load_exported(folder: Path, text, unet):
+    """Text encoder and UNet weights (as fp32) and the latent scale of an exported model."""
+    from safetensors.torch import load_file
+
+    for sub, model in (("text_encoder", text), ("unet", unet)):
+        files = sorted((folder / sub).glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"no weights in {folder / sub}")
+        model.load_state_dict({k: v.float() for k, v in load_file(files[0]).items()})
+    vae_config = json.loads((folder / "vae" / "config.json").read_text())
+    return text, unet, float(vae_config["scaling_factor"])
