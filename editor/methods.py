@@ -117,12 +117,12 @@ METHODS: dict[str, Method] = {
                     50,
                 ),
                 Param(
-                    "jump_n_sample", "Resamples", 2, "How often each jump is repeated (r).", 1, 20
+                    "jump_n_sample", "Resamples", 3, "How often each jump is repeated (r).", 1, 20
                 ),
                 Param(
                     "sampler",
                     "Sampler",
-                    "ddim",
+                    "ddpm",
                     "Reverse step used between jumps.",
                     choices=("ddim", "ddpm"),
                 ),

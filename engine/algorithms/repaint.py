@@ -55,7 +55,7 @@ def repaint(
     generator: torch.Generator,
     jump_length: int = 5,
     jump_n_sample: int = 3,
-    sampler: str = "ddim",
+    sampler: str = "ddpm",
     eta: float = 0.0,
 ) -> Algorithm[torch.Tensor]:
     """Inpaint ``mask`` (latent resolution, 1 = generate) of the known latents ``x0``.
