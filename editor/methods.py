@@ -171,6 +171,16 @@ METHODS: dict[str, Method] = {
                         "direct",
                     ),
                 ),
+                Param(
+                    "depth",
+                    "Depth",
+                    1.0,
+                    "How much of the inverted chain to regenerate: 1 can change anything (time "
+                    "of day, new objects); about 0.4 keeps shapes and changes colours.",
+                    0.05,
+                    1.0,
+                    0.05,
+                ),
             ),
             prep_label="Invert",
         ),
@@ -240,9 +250,8 @@ def build_request(doc: Document, method: str, stage: int = -1) -> EditRequest:
             raise NeedsInput(
                 "The image changed since it was inverted: press Invert again, then re-edit."
             )
-        return EditRequest(
-            "reedit", image=image, mask=mask, options={"inversion": doc.inversion}, **common
-        )
+        options = {"inversion": doc.inversion, "depth": float(opts["depth"])}
+        return EditRequest("reedit", image=image, mask=mask, options=options, **common)
     return EditRequest(
         engine_method, image=image, strokes=strokes, mask=mask, options=opts, **common
     )

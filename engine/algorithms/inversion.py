@@ -189,19 +189,23 @@ def direct_regenerate(
     cond: torch.Tensor,
     guidance: float,
     mask: torch.Tensor | None = None,
+    start: int = 0,
 ) -> Algorithm[torch.Tensor]:
     """Direct inversion (Ju et al. 2023, "PnP Inversion", Alg. 1): run a source branch
     (source prompt) beside the target branch (edited prompt) in one batch; after every
     step the source branch is put back on the inverted trajectory and the target branch
     receives the same correction, x_tgt += z*_{t−1} − x_src. With the source prompt this
-    reconstructs the image exactly at any guidance, with no optimisation."""
+    reconstructs the image exactly at any guidance, with no optimisation. ``start``: as in
+    ``regenerate``."""
     sched = denoiser.schedule
     src = denoiser.encode_text(inv.prompt)
     emb = torch.cat([src, cond.to(src.dtype)])
     ts = inv.timesteps
-    x = inv.trajectory[0]
+    x = inv.trajectory[start]
     n = len(ts)
     for i, (t, t_prev) in enumerate(zip(ts, prev_timesteps(ts))):
+        if i < start:
+            continue
         # 1. both branches in one guided call: the source one starts on the trajectory
         p = denoiser.predict(
             torch.cat([inv.trajectory[i], x]), t, emb, guidance, inv.null_embeddings[i]
@@ -223,25 +227,32 @@ def regenerate(
     cond: torch.Tensor,
     guidance: float | None = None,
     mask: torch.Tensor | None = None,
+    start: int = 0,
 ) -> Algorithm[torch.Tensor]:
     """Re-edit: generate from the inverted noise with a (possibly edited) prompt embedding
     ``cond``, using the inversion's per-step null embeddings; with the source prompt this
     reconstructs the image. ``mask`` (latent resolution, 1 = edit) keeps the rest on the
-    inverted trajectory, so unchanged regions stay put. Direct inversions (method
-    "direct") go through ``direct_regenerate`` (twice the batch per step)."""
+    inverted trajectory, so unchanged regions stay put. ``start`` > 0 begins that many steps
+    down the trajectory, from z*_t at a lower noise level (SDEdit's strength, Meng et al.
+    2022, on an inverted rather than a forward-noised latent): the coarse layout is kept and
+    only what the remaining steps decide can change. Direct inversions (method "direct")
+    go through ``direct_regenerate`` (twice the batch per step)."""
     w = inv.guidance if guidance is None else guidance
+    if not 0 <= start < inv.steps:
+        raise ValueError(f"start must be in [0, {inv.steps}), got {start}")
     if inv.method == "direct":
-        return (yield from direct_regenerate(denoiser, inv, cond, w, mask))
+        return (yield from direct_regenerate(denoiser, inv, cond, w, mask, start))
+    traj = inv.trajectory[start:]
     return (
         yield from ddim_decode(
             denoiser,
-            inv.trajectory[0],
-            inv.timesteps,
+            traj[0],
+            inv.timesteps[start:],
             cond,
             w,
-            list(inv.null_embeddings),
+            list(inv.null_embeddings)[start:],
             mask,
-            inv.trajectory if mask is not None else None,
+            traj if mask is not None else None,
             label="re-edit",
         )
     )

@@ -63,6 +63,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
     },
     "reedit": {
         "inversion": None,  # the Inversion from an "invert" job's Finished.extras, or a file
+        "depth": 1.0,  # fraction of the inverted chain to regenerate (1 = from the noise)
         "mask_grow": 1,
         "feather": 0.0,
     },
@@ -322,8 +323,10 @@ def run_reedit(ctx: JobContext, req: EditRequest):
     prep = Prepared(image, image, latents0, mask, mask_w, mask_l)
     ctx.preview_size = tuple(inv.working_size or hw)
     cond = ctx.denoiser.encode_text(req.prompt or inv.prompt)
-    latents = yield from regenerate(ctx.denoiser, inv, cond, mask=mask_l)
+    depth = o.number("depth", float, 0.01, 1.0)
+    start = min(inv.steps - 1, round(inv.steps * (1 - depth)))
+    latents = yield from regenerate(ctx.denoiser, inv, cond, mask=mask_l, start=start)
     feather = o.number("feather", float, 0.0, 1000.0)
     image = finish_image(ctx, latents, prep, hw, feather)
-    params = {"steps": inv.steps, "guidance": inv.guidance, "strength": 1.0}
+    params = {"steps": inv.steps, "guidance": inv.guidance, "strength": depth}
     return JobResult(image, {**_size_params(hw), **params, **inv.summary()})

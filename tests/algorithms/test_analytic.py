@@ -92,6 +92,25 @@ def test_guided_reconstruction_needs_negative_prompt_or_null_text():
     assert (edited - x0)[~region.bool()].abs().max() < 1e-5
 
 
+def test_shallow_reedit_reconstructs_and_changes_less():
+    # starting part-way down the trajectory: the source prompt still gives the image back,
+    # and an edited prompt moves the region less than from the full depth
+    region = torch.zeros(SHAPE)
+    region[..., 2:5, 3:8] = 1
+    d, x0 = make(region=region)
+    inv = run_to_end(invert(d, x0, "a red house", 10, 7.5, "negative_prompt", fixed_point=10))
+    src, edit = d.encode_text("a red house"), d.encode_text("a blue house")
+    assert (run_to_end(regenerate(d, inv, src, start=6)) - x0).abs().max() < 1e-4
+    full = run_to_end(regenerate(d, inv, edit))
+    shallow = run_to_end(regenerate(d, inv, edit, start=6))
+    inside = region.bool().expand_as(x0)
+    moved_full = (full - x0)[inside].abs().mean()
+    moved_shallow = (shallow - x0)[inside].abs().mean()
+    assert 0 < moved_shallow < moved_full
+    with pytest.raises(ValueError, match="start must be in"):
+        run_to_end(regenerate(d, inv, edit, start=10))
+
+
 def test_closing_mid_null_text_restores_grad_mode():
     # the engine closes a cancelled job's generator between yields: no gradient mode or
     # graph may leak from the optimisation into the engine thread

@@ -145,6 +145,12 @@ def test_invert_then_reedit(tiny, tiny_denoiser, method, tmp_path):
     assert len(steps) == 2 and out.image.shape == (H, W, 3)
     assert outside_exact(out.image, src, mask)
     assert out.parameters["inversion"] == method
+    # a shallower re-edit regenerates only the last part of the chain
+    shallow = EditRequest("reedit", prompt="a red house", options={"inversion": inv, "depth": 0.5})
+    out_s, steps_s = run(tiny, tiny_denoiser, shallow)
+    assert len(steps_s) == 1 and out_s.parameters["strength"] == 0.5
+    with pytest.raises(InputError, match="depth"):
+        run(tiny, tiny_denoiser, EditRequest("reedit", options={"inversion": inv, "depth": 0}))
     if method == "null_text":  # saved to a file and re-edited from there: the same result
         path = tmp_path / "inv.pt"
         inv.save(path)
