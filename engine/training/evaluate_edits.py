@@ -245,9 +245,12 @@ def inversion_metrics(run: Runner, cases: list[EditCase], steps=50, guidance=7.5
     ceiling = [psnr(c.before.image, b.decode(b.encode(c.before.image))) for c in cases]
     out: dict = {"n": len(cases), "steps": steps, "guidance": guidance}
     out["vae_ceiling_db"] = float(np.mean(ceiling))
-    for method in INVERSION_METHODS:
-        scores, walls = [], []
-        for c in cases:
+    scores = {m: [] for m in INVERSION_METHODS}
+    walls = {m: [] for m in INVERSION_METHODS}
+    # methods interleaved scene by scene, so that a slower or faster stretch of a shared
+    # machine affects every method alike and the time ratios compare like with like
+    for c in cases:
+        for method in INVERSION_METHODS:
             res, wall = run(
                 "invert",
                 prompt=c.before.caption,
@@ -256,9 +259,13 @@ def inversion_metrics(run: Runner, cases: list[EditCase], steps=50, guidance=7.5
                 guidance=guidance,
                 options={"inversion": method, "reconstruct": True},
             )
-            scores.append(psnr(c.before.image, res.image))
-            walls.append(wall)
-        out[method] = {"psnr_db": float(np.mean(scores)), "wall_s": float(np.mean(walls))}
+            scores[method].append(psnr(c.before.image, res.image))
+            walls[method].append(wall)
+    for method in INVERSION_METHODS:
+        out[method] = {
+            "psnr_db": float(np.mean(scores[method])),
+            "wall_s": float(np.mean(walls[method])),
+        }
         run.log(f"  inversion {method}: {out[method]}")
     ref, fast = out["null_text_reference"], out["null_text"]
     out["null_text_gap_to_ceiling_db"] = out["vae_ceiling_db"] - ref["psnr_db"]
