@@ -81,16 +81,15 @@ def null_text_optimise(
     nulls: list[torch.Tensor] = []
     losses: list[list[float]] = []
 
-    def guided_step(out_c, e, t, t_prev):
-        out_u = denoiser.model_output(x, t, e)
-        denoiser.unet_calls = getattr(denoiser, "unet_calls", 0) + 1
+    def guided_from(out_c, out_u, t, t_prev):
         out = out_u + guidance * (out_c - out_u)  # Ho & Salimans 2022, eq. 6
         eps, x0 = sched.eps_x0(out, x, t)
         return sched.ddim_step(x0, eps, t, t_prev), x0
 
-    def guided_from(out_c, out_u, t, t_prev):
-        eps, x0 = sched.eps_x0(out_u + guidance * (out_c - out_u), x, t)
-        return sched.ddim_step(x0, eps, t, t_prev), x0
+    def guided_step(out_c, e, t, t_prev):
+        out_u = denoiser.model_output(x, t, e)
+        denoiser.unet_calls = getattr(denoiser, "unet_calls", 0) + 1
+        return guided_from(out_c, out_u, t, t_prev)
 
     for i, (t, t_prev) in enumerate(zip(timesteps, prev_timesteps(timesteps))):
         target = trajectory[i + 1].float()

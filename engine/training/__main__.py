@@ -49,36 +49,20 @@ def main(argv: list[str] | None = None) -> int:
         from .dataset import build_cache
 
         build_cache(a.out, a.n, a.start_seed, workers=a.workers)
-    elif a.stage == "vae":
-        from .train import train_vae
+    elif a.stage in ("vae", "unet"):
+        from .train import train_unet, train_vae
 
-        train_vae(
-            a.data,
-            a.run,
-            a.steps,
-            a.batch,
+        common = dict(
             lr=a.lr,
             device=a.device,
             minutes=a.minutes,
             log_every=a.log_every,
             ckpt_every=a.ckpt_every,
         )
-    elif a.stage == "unet":
-        from .train import train_unet
-
-        train_unet(
-            a.data,
-            a.run,
-            a.steps,
-            a.batch,
-            lr=a.lr,
-            device=a.device,
-            minutes=a.minutes,
-            log_every=a.log_every,
-            ckpt_every=a.ckpt_every,
-            n_images=a.n_images,
-            init=a.init,
-        )
+        if a.stage == "vae":
+            train_vae(a.data, a.run, a.steps, a.batch, **common)
+        else:
+            train_unet(a.data, a.run, a.steps, a.batch, n_images=a.n_images, init=a.init, **common)
     else:
         from .export import export
 
