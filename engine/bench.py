@@ -19,7 +19,12 @@ import torch
 
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="time our SDEdit loop vs diffusers' img2img pipeline")
-    p.add_argument("--model", default=None, help="default: builtin:demo, else builtin:tiny")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="default: builtin:demo, else builtin:tiny; random:sd15, random:sd2 or random:sd2-v "
+        "time a full-size architecture with random weights (no checkpoint needed)",
+    )
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None)
     p.add_argument("--steps", type=int, default=25)
@@ -35,6 +40,31 @@ def _pick_model(spec):
     if spec:
         return spec
     return "builtin:demo" if demo_model_available() else "builtin:tiny"
+
+
+def random_model(family: str, device, dtype):
+    """A full-size SD architecture (``engine/configs/<family>``) with random weights and CLIP's
+    tokenizer: what a real checkpoint of that family costs per step, without the checkpoint."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from .errors import ModelLoadError
+    from .loaders import CONFIGS_DIR, FAMILIES, _read_configs
+    from .models import CLIP_TOKENIZER_DIR, _finish
+
+    if family not in FAMILIES:
+        raise ModelLoadError(f"Unknown architecture {family!r}; choose one of {sorted(FAMILIES)}.")
+    cfg = _read_configs(CONFIGS_DIR / family)
+    torch.manual_seed(0)
+    parts = {
+        "unet": UNet2DConditionModel.from_config(cfg["unet"]),
+        "vae": AutoencoderKL.from_config(cfg["vae"]),
+        "text_encoder": CLIPTextModel(CLIPTextConfig.from_dict(cfg["text_encoder"])),
+        "tokenizer": CLIPTokenizer.from_pretrained(str(CLIP_TOKENIZER_DIR)),
+        "scheduler_config": cfg["scheduler"],
+        "vae_scale": float(cfg["vae"].get("scaling_factor", 0.18215)),
+    }
+    return _finish(f"random:{family}", parts, device, dtype)
 
 
 def make_pipeline(bundle):
@@ -64,7 +94,10 @@ def run(a: argparse.Namespace) -> int:
     from .types import EditRequest
 
     spec = _pick_model(a.model)
-    bundle = load_model(spec, a.device, a.dtype)
+    if spec.startswith("random:"):
+        bundle = random_model(spec.removeprefix("random:"), a.device, a.dtype)
+    else:
+        bundle = load_model(spec, a.device, a.dtype)
     size = bundle.native_size  # ours would resize any other size to this; keep it equal
     rng = np.random.default_rng(a.seed)
     coarse = rng.integers(0, 255, (4, 4, 3), dtype=np.uint8)

@@ -105,6 +105,8 @@ def test_user_errors_are_one_line_not_tracebacks(tmp_path):
     assert "Cannot read the image" in r.stderr
     r = run_cli("generate", "--model", str(tmp_path / "missing"), cwd=tmp_path)
     assert r.returncode != 0 and "Traceback" not in r.stderr and "missing" in r.stderr
+    r = run_cli("bench", "--model", "random:sd3", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "sd2-v" in r.stderr
 
 
 def test_output_never_overwrites_the_input(tmp_path):
