@@ -92,9 +92,17 @@ def finish_image(
     so that every pixel outside the mask is the input pixel (the feather lies inside it)."""
     out = imageops.resize(ctx.bundle.decode(latents), size)
     if prep is not None and prep.mask is not None:
-        radius = feather_px or max(2.0, 0.01 * max(size))
-        out = imageops.composite(prep.original, out, imageops.feather(prep.mask, radius))
+        out = paste_into(prep.original, out, prep.mask, feather_px)
     return out
+
+
+def paste_into(
+    original: np.ndarray, edited: np.ndarray, mask: np.ndarray, feather_px: float = 0.0
+) -> np.ndarray:
+    """``edited`` inside ``mask`` (float, image size), faded in over ``feather_px`` px inside
+    its border (0: 1 % of the image side, at least 2 px); ``original`` everywhere else."""
+    radius = feather_px or max(2.0, 0.01 * max(original.shape[:2]))
+    return imageops.composite(original, edited, imageops.feather(mask, radius))
 
 
 def seeded(req: EditRequest) -> torch.Generator:

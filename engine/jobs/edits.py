@@ -40,7 +40,11 @@ OPTIONS: dict[str, dict[str, Any]] = {
         # 540,000+) the new object appeared in 79 % with it and 67 % with DDIM (η = 0)
         "sampler": "ddpm",  # or "ddim"
         "eta": 0.0,  # DDIM noise, "ddim" sampler only
-        "mask_grow": 1,  # latent cells
+        # latent cells. Not grown: the soft border cells then stay partly known, so the
+        # decoded border matches the original. On 80 calibration scenes (seeds 530,000+) the
+        # new object appeared in 71 % (grow 1: 65 %; no resampling at grow 0: 52 %); on 40 of
+        # them the seam ratio fell 2.9 → 1.9 and grow 2 gave 45 %
+        "mask_grow": 0,
         "feather": 0.0,  # px; 0 = 1% of the image side
     },
     "diffedit_mask": {

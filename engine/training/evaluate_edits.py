@@ -297,6 +297,8 @@ def diffedit_metrics(run: Runner, cases: list[EditCase], steps=50) -> dict:
 
 def repaint_metrics(run: Runner, cases: list[EditCase], probe, steps=25) -> dict:
     """RePaint (GUI defaults) and naive inpainting on the same masks and seeds."""
+    from engine.jobs.base import paste_into
+
     out: dict = {"n": len(cases), "steps": steps}
     kinds = {"repaint": {}, "naive": {"jump_n_sample": 1}}
     for label, options in kinds.items():
@@ -325,6 +327,20 @@ def repaint_metrics(run: Runner, cases: list[EditCase], probe, steps=25) -> dict
         }
         run.log(f"  repaint {label}: {out[label]}")
     out["seam_ratio_original"] = float(np.mean([seam_ratio(c.before.image, c.mask) for c in cases]))
+    # what a latent-space method can reach at best: the true edit through the VAE, pasted with
+    # the jobs' feather; and whether the probe sees the new kind in the true edit at all
+    b = run.bundle
+    pasted = [
+        paste_into(c.before.image, b.decode(b.encode(c.after.image)), c.mask.astype(np.float32))
+        for c in cases
+    ]
+    out["seam_ratio_vae_floor"] = float(
+        np.mean([seam_ratio(x, c.mask) for x, c in zip(pasted, cases)])
+    )
+    truth = probe.predict(np.stack([c.after.image for c in cases]))
+    out["probe_on_true_edit"] = float(
+        np.mean([p[ATTRIBUTE_NAMES.index(c.attribute)] >= 1 for c, p in zip(cases, truth)])
+    )
     out["edits"] = [c.what for c in cases]
     return out
 
@@ -434,7 +450,9 @@ def format_edits(r: dict) -> str:
         v = r["repaint"]
         lines.append(
             f"RePaint ({v['n']} scenes; seam ratio of the original image "
-            f"{v['seam_ratio_original']:.2f}):"
+            f"{v['seam_ratio_original']:.2f}, of the true edit through the VAE pasted in "
+            f"{v['seam_ratio_vae_floor']:.2f}; probe sees the new object in the true edit "
+            f"{v['probe_on_true_edit']:.0%}):"
         )
         for k in ("repaint", "naive"):
             e = v[k]

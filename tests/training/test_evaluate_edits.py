@@ -77,6 +77,8 @@ def test_edit_metrics_run_on_tiny():
     assert 0 <= r["diffedit"]["mean_iou"] <= 1 and r["diffedit"]["n"] == 2
     for k in ("repaint", "naive"):
         assert r["repaint"][k]["outside_bit_exact"] == 1.0  # even with random weights
+    assert 0 < r["repaint"]["seam_ratio_vae_floor"] < float("inf")
+    assert 0 <= r["repaint"]["probe_on_true_edit"] <= 1
     assert r["reedit"]["house_wall/masked"]["background_psnr_db"] == float("inf")
     assert "time_of_day/prompt" in r["reedit"]
     assert "DiffEdit mask IoU" in ev.format_edits(r)
