@@ -299,10 +299,14 @@ def repaint_metrics(run: Runner, cases: list[EditCase], probe, steps=25) -> dict
     """RePaint (GUI defaults) and naive inpainting on the same masks and seeds."""
     from engine.jobs.base import paste_into
 
+    def new_object_seen(images) -> list[bool]:
+        pred = probe.predict(np.stack(images))
+        return [bool(p[ATTRIBUTE_NAMES.index(c.attribute)] >= 1) for c, p in zip(cases, pred)]
+
     out: dict = {"n": len(cases), "steps": steps}
     kinds = {"repaint": {}, "naive": {"jump_n_sample": 1}}
     for label, options in kinds.items():
-        exact, present, seams, images = [], [], [], []
+        exact, seams, images = [], [], []
         for c in cases:
             mask = c.mask
             res, _ = run(
@@ -317,12 +321,9 @@ def repaint_metrics(run: Runner, cases: list[EditCase], probe, steps=25) -> dict
             exact.append(bool(np.array_equal(res.image[~mask], c.before.image[~mask])))
             seams.append(seam_ratio(res.image, mask))
             images.append(res.image)
-        pred = probe.predict(np.stack(images))
-        for c, p in zip(cases, pred):
-            present.append(bool(p[ATTRIBUTE_NAMES.index(c.attribute)] >= 1))
         out[label] = {
             "outside_bit_exact": float(np.mean(exact)),
-            "new_object_present": float(np.mean(present)),
+            "new_object_present": float(np.mean(new_object_seen(images))),
             "seam_ratio": float(np.mean(seams)),
         }
         run.log(f"  repaint {label}: {out[label]}")
@@ -337,10 +338,7 @@ def repaint_metrics(run: Runner, cases: list[EditCase], probe, steps=25) -> dict
     out["seam_ratio_vae_floor"] = float(
         np.mean([seam_ratio(x, c.mask) for x, c in zip(pasted, cases)])
     )
-    truth = probe.predict(np.stack([c.after.image for c in cases]))
-    out["probe_on_true_edit"] = float(
-        np.mean([p[ATTRIBUTE_NAMES.index(c.attribute)] >= 1 for c, p in zip(cases, truth)])
-    )
+    out["probe_on_true_edit"] = float(np.mean(new_object_seen([c.after.image for c in cases])))
     out["edits"] = [c.what for c in cases]
     return out
 
