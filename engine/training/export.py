@@ -12,6 +12,17 @@ from . import architecture as arch
 from .train import load_vae
 
 
+def load_as_float32(config: Path) -> None:
+    """Make a transformers config say float32. ``save_pretrained`` records the fp16 storage
+    dtype, and transformers then loads the text encoder in fp16 while diffusers loads the UNet
+    in fp32, so ``StableDiffusionPipeline.from_pretrained(folder)`` without a dtype fails."""
+    data = json.loads(config.read_text())
+    for key in ("dtype", "torch_dtype"):
+        if key in data:
+            data[key] = "float32"
+    config.write_text(json.dumps(data, indent=2) + "\n")
+
+
 def export(run: Path, out: Path) -> Path:
     """EMA weights of UNet and text encoder, the VAE with its measured scaling factor,
     our tokenizer, SD 1.5's scheduler config; every file written to a temp folder first."""
@@ -28,6 +39,7 @@ def export(run: Path, out: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     for name, model in (("unet", unet), ("vae", vae), ("text_encoder", text)):
         model.half().save_pretrained(tmp / name, safe_serialization=True)
+    load_as_float32(tmp / "text_encoder" / "config.json")
     CLIPTokenizer.from_pretrained(str(run / "tokenizer")).save_pretrained(tmp / "tokenizer")
     DDIMScheduler.from_config(arch.scheduler_config()).save_pretrained(tmp / "scheduler")
     index = {
