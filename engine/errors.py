@@ -15,3 +15,7 @@ class InputError(EngineError):
 
 class OutOfMemoryError(EngineError):
     """The device ran out of memory; the engine stays usable."""
+
+
+class FileError(InputError):
+    """A file could not be read or written: missing, damaged, too large, wrong size."""

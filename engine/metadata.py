@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, PngImagePlugin
+
+from .images import atomic_write
 
 # our parameter names → A1111's labels (others are written with their own names)
 LABELS = {
@@ -84,15 +85,7 @@ def save_png(image: np.ndarray, path: str | os.PathLike, params: Mapping[str, An
     path = Path(path)
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", format_parameters(params))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(image).save(f, format="PNG", pnginfo=info)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: Image.fromarray(image).save(f, format="PNG", pnginfo=info))
 
 
 def read_png_parameters(path: str | os.PathLike) -> dict[str, str] | None:
