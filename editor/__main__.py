@@ -3,7 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+# Tests drive a real editor process (crash recovery: it is killed with SIGKILL) through a
+# Python file named here, run on the GUI thread once the window shows, with ``win`` in scope.
+TEST_HOOK = "DIFFUSION_EDITOR_TEST_HOOK"
+
+
+def _run_test_hook(win, path: str) -> None:
+    import runpy
+
+    from PySide6.QtCore import QTimer
+
+    QTimer.singleShot(0, lambda: runpy.run_path(path, init_globals={"win": win}))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         help="builtin:demo (default), builtin:tiny, a diffusers folder or a .safetensors file",
     )
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: best)")
-    parser.add_argument("--autosave", type=int, default=60, help="autosave interval, seconds")
+    parser.add_argument("--autosave", type=float, default=60, help="autosave interval, seconds")
     args = parser.parse_args(argv)
 
     from PySide6.QtWidgets import QApplication
@@ -26,12 +39,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from engine import DEFAULT_MODEL, Engine
 
-    from .app import MainWindow, start_recovery_check
+    from .app import MainWindow, install_error_banner, start_recovery_check
 
     engine = Engine(device=args.device)
-    win = MainWindow(engine, model=args.model or DEFAULT_MODEL, autosave_ms=args.autosave * 1000)
+    autosave_ms = max(100, round(args.autosave * 1000))
+    win = MainWindow(engine, model=args.model or DEFAULT_MODEL, autosave_ms=autosave_ms)
     win.owns_engine = True
+    install_error_banner(win)
     win.show()
+    if os.environ.get(TEST_HOOK):
+        _run_test_hook(win, os.environ[TEST_HOOK])
     if args.image:
         win.open_path(args.image)
     else:

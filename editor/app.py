@@ -6,6 +6,9 @@ each part reads in one sitting.
 
 from __future__ import annotations
 
+import sys
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer
@@ -52,7 +55,6 @@ class MainWindow(JobActions, FileActions, QMainWindow):
         self.engine = engine or Engine()
         self.bridge = EngineBridge(self.engine, self)
         self.model_spec = model
-        self.last_applied: dict | None = None
         self.job: tuple[str, str] | None = None  # (ui method, engine method) of the running job
         self._closed = False
         self.model_note = ""
@@ -309,6 +311,28 @@ class MainWindow(JobActions, FileActions, QMainWindow):
         self.bridge.detach()
         if self.owns_engine:
             self.engine.shutdown(timeout=5)
+
+
+def install_error_banner(win: MainWindow) -> Callable:
+    """Route every exception that escapes a slot or event handler (Qt hands those to
+    ``sys.excepthook``) to the window's error banner, the traceback to stderr, so that no
+    failure is silent. Returns the previous hook."""
+    previous = sys.excepthook
+
+    def hook(etype, value, tb):
+        traceback.print_exception(etype, value, tb, file=sys.stderr)
+        if issubclass(etype, KeyboardInterrupt):
+            previous(etype, value, tb)
+            return
+        text = str(value).strip().splitlines()[0] if str(value).strip() else ""
+        message = f"That action failed: {etype.__name__}{': ' + text if text else ''}."
+        try:
+            win.show_error(f"{message} The details are in the terminal output.")
+        except RuntimeError:  # the window is already gone
+            pass
+
+    sys.excepthook = hook
+    return previous
 
 
 def start_recovery_check(win: MainWindow) -> None:

@@ -25,6 +25,7 @@ LAYERS = ("image", "strokes", "mask")
 UNDO_LIMIT = 64  # commands; each holds only its dirty rectangle
 UNDO_BYTES = 512 * 1024**2  # and all of them together at most this much
 HISTORY_LIMIT = 24  # results kept in memory
+HISTORY_BYTES = 384 * 1024**2  # and their images together at most this much (8 at 4096²)
 
 DEFAULT_SETTINGS: dict[str, Any] = {
     "method": "sdedit",
@@ -45,6 +46,13 @@ def _blank(shape) -> np.ndarray:
     arr = np.empty(shape, np.uint8)
     arr.fill(0)
     return arr
+
+
+def owned(arr: np.ndarray) -> np.ndarray:
+    """A C-contiguous uint8 array the document owns and may write to. Loaders may hand out
+    read-only views (Pillow's buffer); editing one fails only later, at the first brush
+    dab or Apply, so every array entering the document is made writeable here."""
+    return np.require(arr, np.uint8, ["C_CONTIGUOUS", "WRITEABLE", "OWNDATA"])
 
 
 def bbox(changed: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -115,6 +123,9 @@ class Document(QObject):
         self.inversion_source: str = ""  # image_key() of the image that was inverted
         self.path: str | None = None  # where the image came from / was exported
         self.project_path: str | None = None
+        # (image_key, parameters): the generation parameters that describe the image layer,
+        # valid only while its pixels still have that key (an opened PNG's, an applied result's)
+        self.described: tuple[str, dict[str, Any]] | None = None
         self._extra_dirty = False
         self.set_image(image if image is not None else np.full((512, 512, 3), 255, np.uint8))
 
@@ -127,10 +138,11 @@ class Document(QObject):
     def set_image(self, image: np.ndarray, strokes=None, mask=None) -> None:
         """Start over on a new image (clears undo and layers; keeps settings)."""
         h, w = image.shape[:2]
-        self.image = np.ascontiguousarray(image[..., :3], dtype=np.uint8)
-        self.strokes = _blank((h, w, 4)) if strokes is None else np.ascontiguousarray(strokes)
-        self.mask = _blank((h, w)) if mask is None else np.ascontiguousarray(mask)
+        self.image = owned(image[..., :3])
+        self.strokes = _blank((h, w, 4)) if strokes is None else owned(strokes)
+        self.mask = _blank((h, w)) if mask is None else owned(mask)
         self.inversion = None
+        self.described = None
         self.undo_stack.clear()
         self._extra_dirty = False
         self.reset.emit()
@@ -205,7 +217,20 @@ class Document(QObject):
 
     def apply_result(self, entry: HistoryEntry) -> bool:
         """Put a result into the image layer (undoable)."""
-        return self.replace_layer("image", entry.image, f"Apply {entry.title}")
+        if not self.replace_layer("image", entry.image, f"Apply {entry.title}"):
+            return False
+        self.describe(entry.parameters)
+        return True
+
+    def describe(self, parameters: dict[str, Any] | None) -> None:
+        """Record that ``parameters`` made the image layer as it is now (None: unknown)."""
+        self.described = None if not parameters else (image_key(self.image), dict(parameters))
+
+    def image_parameters(self) -> dict[str, Any] | None:
+        """The parameters that made the image layer as it is now, or None if unknown."""
+        if self.described is None or self.described[0] != image_key(self.image):
+            return None
+        return dict(self.described[1])
 
     # ---- settings & history --------------------------------------------------------------
 
@@ -216,9 +241,12 @@ class Document(QObject):
             self.settings_changed.emit()
 
     def add_result(self, image: np.ndarray, parameters: dict) -> HistoryEntry:
-        entry = HistoryEntry(np.ascontiguousarray(image), dict(parameters))
+        entry = HistoryEntry(owned(image), dict(parameters))
         self.history.append(entry)
         del self.history[:-HISTORY_LIMIT]
+        # bounded by bytes too (24 results at 4096² would be 1.15 GB); keeps the newest
+        while len(self.history) > 1 and sum(e.image.nbytes for e in self.history) > HISTORY_BYTES:
+            del self.history[0]
         self.mark_dirty()
         self.history_changed.emit()
         return entry

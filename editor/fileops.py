@@ -10,12 +10,23 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PySide6.QtCore import QBuffer, QIODevice
 from PySide6.QtGui import QImage
 from PySide6.QtWidgets import QApplication, QFileDialog, QMessageBox
 
+from engine import metadata
+
 from . import project
-from .files import IMAGE_FILTER, FileError, load_image, read_parameters, save_image
+from .files import (
+    IMAGE_FILTER,
+    FileError,
+    load_image,
+    load_image_bytes,
+    read_parameters,
+    save_image,
+)
 from .files import settings_from_parameters as from_a1111
+from .methods import SettingsError, check_setting
 
 PROJECT_FILTER = f"Diffusion Editor project (*{project.PROJECT_SUFFIX})"
 OPEN_FILTER = (
@@ -25,11 +36,38 @@ OPEN_FILTER = (
 Btn = QMessageBox.StandardButton
 
 
-def qimage_to_rgb(img: QImage) -> np.ndarray:
-    img = img.convertToFormat(QImage.Format.Format_RGB888)
-    h, w, bpl = img.height(), img.width(), img.bytesPerLine()
-    raw = np.frombuffer(img.constBits(), np.uint8, count=h * bpl).reshape(h, bpl)
-    return np.ascontiguousarray(raw[:, : w * 3].reshape(h, w, 3))
+def qimage_to_rgb(img: QImage, name: str = "pasted image") -> np.ndarray:
+    """A clipboard or dropped image → RGB through the one image loader (as PNG bytes), so
+    transparency, size limits and errors are the same as for a file."""
+    buf = QBuffer()
+    buf.open(QIODevice.OpenModeFlag.WriteOnly)
+    if not img.save(buf, "PNG"):
+        raise FileError(f"The {name} could not be read.")
+    return load_image_bytes(bytes(buf.data()), name)
+
+
+_OUR_NAMES = {label: key for key, label in metadata.LABELS.items()}
+
+
+def png_settings(params: dict[str, str] | None) -> tuple[dict, dict, list[str]]:
+    """An image's A1111 parameters → (settings for the panel, checked against the panel's
+    ranges; the parameters in our names, describing the image; sentences for bad fields)."""
+    if not params:
+        return {}, {}, []
+    problems: list[str] = []
+    settings = {}
+    for key, v in from_a1111(params, problems).items():
+        try:
+            settings[key] = check_setting(key, v)
+        except SettingsError as e:
+            problems.append(str(e))
+    described = {"prompt": params.get("prompt", "")}
+    if params.get("Negative prompt"):
+        described["negative_prompt"] = params["Negative prompt"]
+    for label, v in params.items():
+        if label not in ("prompt", "Negative prompt"):
+            described[_OUR_NAMES.get(label, label)] = v
+    return settings, described, problems
 
 
 class FileActions:
@@ -71,12 +109,13 @@ class FileActions:
 
     def open_path(self, path: str) -> bool:
         """Open an image or a project. On any error the current work is left untouched."""
-        try:
+        name = Path(path).name
+        try:  # read and check everything first; the document changes only after
             if path.endswith(project.PROJECT_SUFFIX):
                 data = project.read_project(path)
             else:
                 image = load_image(path)
-                params = read_parameters(path)
+                settings, described, problems = png_settings(read_parameters(path))
         except FileError as e:
             self.show_error(str(e))
             return False
@@ -90,10 +129,13 @@ class FileActions:
             self.doc.history.clear()
             self.doc.history_changed.emit()
             self.doc.path, self.doc.project_path = path, None
-            if params:
-                self.doc.update_settings(**from_a1111(params))
+            self.doc.update_settings(**settings)
+            self.doc.describe(described)
             self.doc.mark_saved()
-        self.status(f"Opened {Path(path).name}")
+            if problems:
+                unused = " ".join(problems)
+                self.show_error(f"{name}: settings in its parameters not used: {unused}")
+        self.status(f"Opened {name}")
         return True
 
     def open_array(self, image: np.ndarray, name: str) -> bool:
@@ -119,7 +161,15 @@ class FileActions:
         if img.isNull():
             self.show_error("The clipboard holds no image.")
             return
-        self.open_array(qimage_to_rgb(img), "pasted image")
+        self._open_qimage(img, "pasted image")
+
+    def _open_qimage(self, img: QImage, name: str) -> None:
+        try:
+            image = qimage_to_rgb(img, name)
+        except FileError as e:
+            self.show_error(str(e))
+            return
+        self.open_array(image, name)
 
     def dragEnterEvent(self, event) -> None:
         mime = event.mimeData()
@@ -132,7 +182,7 @@ class FileActions:
         if local:
             self.open_path(local[0])
         elif mime.hasImage():
-            self.open_array(qimage_to_rgb(QImage(mime.imageData())), "dropped image")
+            self._open_qimage(QImage(mime.imageData()), "dropped image")
         event.acceptProposedAction()
 
     # ---- save ------------------------------------------------------------------------------
@@ -161,62 +211,103 @@ class FileActions:
         return True
 
     def export_png(self) -> bool:
+        """Export the image layer, or the result shown over it if the user says so; the
+        PNG carries generation parameters only if they made exactly the pixels written."""
+        image, params, what = self.doc.image, self.doc.image_parameters(), "the image layer"
+        entry = self.history_panel.current()
+        if entry is not None and self.canvas.preview.isVisible():
+            answer = self.ask(
+                "Export which image?",
+                f"The result “{entry.title}” is shown over the image but is not applied. "
+                "Yes exports that result; No exports the image underneath, without it.",
+                Btn.Yes | Btn.No | Btn.Cancel,
+                Btn.Yes,
+            )
+            if answer == Btn.Cancel:
+                return False
+            if answer == Btn.Yes:
+                image, params, what = entry.image, entry.parameters, f"the result {entry.title}"
+            else:
+                what = "the image layer, without the unapplied result"
         stem = Path(self.doc.path).stem if self.doc.path else "image"
         path = self.ask_save_path("Export image", IMAGE_FILTER, f"{stem}-edit.png")
         if not path:
             return False
         try:
-            save_image(self.doc.image, path, self.export_parameters())
+            save_image(image, path, params)
         except FileError as e:
             self.show_error(str(e))
             return False
-        self.status(f"Exported {Path(path).name}")
+        self.status(f"Exported {what} to {Path(path).name}")
         return True
-
-    def export_parameters(self) -> dict:
-        if self.last_applied is not None:
-            return dict(self.last_applied)
-        s = self.doc.settings
-        keys = ("prompt", "negative_prompt", "method", "steps", "guidance", "seed", "strength")
-        h, w = self.doc.size
-        info = self.bridge.engine.model_info
-        return {
-            **{k: s[k] for k in keys},
-            "size": f"{w}x{h}",
-            "model": info.name if info else "",
-        }
 
     # ---- recovery & close -----------------------------------------------------------------
 
     def offer_recovery(self) -> bool:
-        """Offer the newest autosave of an editor that did not exit cleanly."""
+        """Offer, newest first, each autosave of an editor that did not exit cleanly.
+
+        Yes recovers one into this window (the rest stay on disk for the next start), No
+        deletes the one shown, Cancel keeps it and stops asking. Nothing unseen is deleted.
+        A damaged autosave is reported once and moved aside, and the others are still
+        offered. One older than its saved project says so, and is recovered without the
+        project's path, so Ctrl+S cannot put the older state over the newer project."""
         entries = project.recoverable()
-        if not entries:
-            return False
-        entry = entries[0]
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.get("time", 0)))
+        damaged: list[str] = []
+        recovered = False
+        for i, entry in enumerate(entries):
+            try:
+                if entry.get("damaged"):
+                    raise FileError(entry["damaged"])
+                data = project.read_project(entry["path"])
+            except FileError as e:
+                damaged.append(f"{Path(entry['path']).name} ({e})")
+                folder = project.set_aside(entry)
+                continue
+            answer = self.ask(
+                "Recover unsaved work?",
+                self._recovery_text(entry, i, entries),
+                Btn.Yes | Btn.No | Btn.Cancel,
+                Btn.Yes,
+            )
+            if answer == Btn.No:
+                project.discard_recovery(entry)
+                continue
+            if answer == Btn.Yes:
+                newer = bool(entry.get("newer_project"))
+                project.load_into(self.doc, data, None if newer else entry.get("project_path"))
+                self.doc.mark_dirty()  # recovered work is not saved anywhere the user chose
+                project.discard_recovery(entry)  # this session autosaves it from now on
+                recovered = True
+            break
+        left = len(project.recoverable())
+        if damaged:
+            self.show_error(
+                f"{len(damaged)} autosave(s) could not be read and were moved to {folder}: "
+                + "; ".join(damaged)
+            )
+        if recovered or left:
+            more = f" {left} other autosave(s) will be offered at the next start." if left else ""
+            self.status(("Recovered unsaved work from the autosave." if recovered else "") + more)
+        return recovered
+
+    @staticmethod
+    def _recovery_text(entry: dict, i: int, entries: list) -> str:
+        def when(t: float) -> str:
+            return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
         name = Path(entry.get("project_path") or entry.get("source_path") or "untitled").name
-        answer = self.ask(
-            "Recover unsaved work?",
-            f"The editor did not close cleanly. Recover the autosave of “{name}” from {when}?",
-            Btn.Yes | Btn.No,
-            Btn.Yes,
+        count = f" ({i + 1} of {len(entries)})" if len(entries) > 1 else ""
+        text = (
+            f"The editor did not close cleanly. Recover the autosave of “{name}” from "
+            f"{when(entry['time'])}{count}?"
         )
-        if answer != Btn.Yes:
-            for e in entries:
-                project.discard_recovery(e)
-            return False
-        try:
-            data = project.read_project(entry["path"])
-        except FileError as e:
-            self.show_error(f"The autosave could not be recovered: {e}")
-            return False
-        project.load_into(self.doc, data, entry.get("project_path"))
-        self.doc.mark_dirty()  # recovered work is not saved anywhere the user chose
-        for e in entries:
-            project.discard_recovery(e)
-        self.status("Recovered unsaved work from the autosave")
-        return True
+        if entry.get("newer_project"):
+            text += (
+                f"\n\n{name} was saved later, at {when(entry['newer_project'])}: this autosave "
+                "is an older state. Recovered, it opens as untitled so that saving cannot "
+                "replace the newer project."
+            )
+        return text + "\n\nYes: recover it. No: delete it. Cancel: keep it for the next start."
 
     def closeEvent(self, event) -> None:
         if not self.confirm_discard():

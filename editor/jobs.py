@@ -110,8 +110,7 @@ class JobActions:
         if entry.image.shape != self.doc.image.shape:
             self.show_error("This result was made for an image of another size.")
             return
-        if self.doc.apply_result(entry):
-            self.last_applied = dict(entry.parameters)
+        self.doc.apply_result(entry)  # the image now carries the entry's parameters
         self.history_panel.select(None)
         self.status(f"Applied {entry.title} (Ctrl+Z to undo)")
 

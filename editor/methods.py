@@ -7,6 +7,7 @@ settings: the common ones at the top level, method options under ``settings["opt
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +15,7 @@ import numpy as np
 
 from engine import EditRequest
 
-from .document import Document, image_key
+from .document import DEFAULT_SETTINGS, Document, image_key
 
 
 @dataclass(frozen=True)
@@ -259,3 +260,82 @@ def build_request(doc: Document, method: str, stage: int = -1) -> EditRequest:
 
 def random_seed() -> int:
     return int(np.random.default_rng().integers(0, 2**31 - 1))
+
+
+# ---- settings from files: checked against the same bounds the panel offers ------------------
+
+SEED = Param("seed", "Seed", 0, "", 0, 2**31 - 1, option=False)
+_TOP = {p.key: p for p in (STEPS, GUIDANCE, STRENGTH, SEED)}
+_TEXT = {"prompt": "Prompt", "negative_prompt": "Negative prompt"}
+
+
+class SettingsError(ValueError):
+    """A setting read from a file is of the wrong type or out of range; says which."""
+
+
+def _check_param(p: Param, v: Any, where: str) -> Any:
+    """``v`` as the type ``p`` holds, if it is one and lies within ``p``'s range."""
+    label = f"{where}{p.label}"
+    if p.choices:
+        if v not in p.choices:
+            raise SettingsError(f"{label} is {v!r}; it must be one of {', '.join(p.choices)}.")
+        return v
+    if isinstance(p.default, str):
+        if not isinstance(v, str):
+            raise SettingsError(f"{label} is {v!r}; it must be text.")
+        return v
+    whole = isinstance(p.default, int)
+    ok_type = isinstance(v, int) if whole else isinstance(v, (int, float))
+    if isinstance(v, bool) or not ok_type or not math.isfinite(v) or not p.lo <= v <= p.hi:
+        kind = "a whole number" if whole else "a number"
+        lo, hi = (int(p.lo), int(p.hi)) if whole else (p.lo, p.hi)
+        raise SettingsError(f"{label} is {v!r}; it must be {kind} from {lo} to {hi}.")
+    return int(v) if whole else float(v)
+
+
+def check_setting(key: str, v: Any) -> Any:
+    """One top-level setting checked (and converted); ``SettingsError`` names the field."""
+    if key in _TOP:
+        return _check_param(_TOP[key], v, "")
+    if key in _TEXT:
+        if not isinstance(v, str):
+            raise SettingsError(f"{_TEXT[key]} is {v!r}; it must be text.")
+        return v
+    if key == "method":
+        if v not in METHODS:
+            raise SettingsError(f"Method is {v!r}; it must be one of {', '.join(METHODS)}.")
+        return v
+    if key == "seed_locked":
+        if not isinstance(v, bool):
+            raise SettingsError(f"Seed lock is {v!r}; it must be true or false.")
+        return v
+    if key == "options":
+        return _check_options(v)
+    raise SettingsError(f"{key!r} is not a setting.")
+
+
+def _check_options(raw: Any) -> dict[str, dict[str, Any]]:
+    if not isinstance(raw, dict):
+        raise SettingsError(f"The method options are {type(raw).__name__}, not a table.")
+    out: dict[str, dict[str, Any]] = {}
+    for method, opts in raw.items():
+        if method not in METHODS:
+            continue  # options of a method this version lacks: dropped, not an error
+        if not isinstance(opts, dict):
+            raise SettingsError(f"The options of {METHODS[method].label} are not a table.")
+        params = {p.key: p for p in METHODS[method].params if p.option}
+        where = f"{METHODS[method].label} option "
+        out[method] = {k: _check_param(params[k], v, where) for k, v in opts.items() if k in params}
+    return out
+
+
+def check_settings(raw: Any) -> dict[str, Any]:
+    """Settings from a project file → complete, valid settings (defaults for what is
+    missing, unknown keys dropped); the first bad field raises ``SettingsError``."""
+    if not isinstance(raw, dict):
+        raise SettingsError(f"The settings are {type(raw).__name__}, not a table.")
+    out = {**DEFAULT_SETTINGS, "options": {}}
+    for key in DEFAULT_SETTINGS:
+        if key in raw:
+            out[key] = check_setting(key, raw[key])
+    return out

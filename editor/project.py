@@ -28,7 +28,14 @@ from PIL import Image
 from PySide6.QtCore import QObject, QTimer, Signal
 
 from .document import Document
-from .files import FileError, atomic_write
+from .files import (
+    FileError,
+    atomic_write,
+    clean_stale_temporaries,
+    load_image_bytes,
+    pid_alive,
+)
+from .methods import SettingsError, check_settings
 
 PROJECT_SUFFIX = ".deproj"
 FORMAT = 1
@@ -63,6 +70,7 @@ def snapshot(doc: Document) -> dict[str, Any]:
         "settings": json.loads(json.dumps(doc.settings, default=str)),
         "history": [(e.image, plain(e.parameters)) for e in doc.history],
         "source_path": doc.path,
+        "image_parameters": plain(doc.image_parameters() or {}),
     }
 
 
@@ -79,6 +87,8 @@ def write_snapshot(snap: dict[str, Any], path: str | os.PathLike) -> Path:
         "source_path": snap["source_path"],
         "history": [],
     }
+    if snap.get("image_parameters"):
+        meta["image_parameters"] = snap["image_parameters"]
 
     def write(f):
         with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
@@ -102,47 +112,111 @@ def save_project(doc: Document, path: str | os.PathLike) -> Path:
     return out
 
 
-def read_project(path: str | os.PathLike) -> dict[str, Any]:
-    """Everything in a project file, validated; raises ``FileError`` with a sentence."""
-    name = Path(path).name
+MAX_JSON_BYTES = 16 * 1024**2  # project.json: settings and parameters, never this big
+MAX_RESULTS = 1000
+
+
+def _params(raw: Any, where: str) -> dict[str, Any]:
+    """A result's parameters: a table of text, numbers and true/false."""
+    if not isinstance(raw, dict) or not all(isinstance(k, str) for k in raw):
+        raise FileError(f"{where}: its parameters are not a table.")
+    bad = [k for k, v in raw.items() if not isinstance(v, (str, int, float, bool))]
+    if bad:
+        raise FileError(f"{where}: its parameter {bad[0]!r} is not text or a number.")
+    return dict(raw)
+
+
+def _layer(z: zipfile.ZipFile, member: str, name: str, mode: str, size) -> np.ndarray:
+    """A stroke or mask layer; its size is checked before it is decoded."""
+    with Image.open(io.BytesIO(z.read(member))) as im:
+        if (im.height, im.width) != tuple(size):
+            raise FileError(f"{name} is damaged: its layers have different sizes.")
+        im.load()
+        return np.array(im.convert(mode), dtype=np.uint8)
+
+
+def _read(z: zipfile.ZipFile, name: str) -> dict[str, Any]:
+    info = z.getinfo("project.json")
+    if info.file_size > MAX_JSON_BYTES:
+        raise FileError(f"{name} is damaged: its project.json is {info.file_size} bytes.")
+    meta = json.loads(z.read(info))
+    if not isinstance(meta, dict):
+        raise FileError(f"{name} is damaged: its project.json is not a table.")
+    fmt = meta.get("format")
+    if isinstance(fmt, int) and not isinstance(fmt, bool) and fmt > FORMAT:
+        raise FileError(f"{name} was written by a newer version of the editor.")
+    if fmt != FORMAT:
+        raise FileError(f"{name} is not a Diffusion Editor project (format {fmt!r}).")
     try:
-        with zipfile.ZipFile(path) as z:
-            meta = json.loads(z.read("project.json"))
-            if meta.get("format") != FORMAT:
-                raise FileError(f"{name} was written by a newer version of the editor.")
-
-            def arr(member: str, mode: str) -> np.ndarray:
-                with Image.open(io.BytesIO(z.read(member))) as im:
-                    return np.ascontiguousarray(np.asarray(im.convert(mode)))
-
-            image = arr("image.png", "RGB")
-            strokes, mask = arr("strokes.png", "RGBA"), arr("mask.png", "L")
-            history = [(arr(h["file"], "RGB"), h["parameters"]) for h in meta["history"]]
-    except FileError:
-        raise
-    except FileNotFoundError:
-        raise FileError(f"{name} does not exist.") from None
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as e:
-        raise FileError(f"{name} is not a readable project file ({e}).") from e
-    if strokes.shape[:2] != image.shape[:2] or mask.shape != image.shape[:2]:
-        raise FileError(f"{name} is damaged: its layers have different sizes.")
+        settings = check_settings(meta.get("settings", {}))
+    except SettingsError as e:
+        raise FileError(f"{name} has a bad setting: {e}") from None
+    source = meta.get("source_path")
+    if source is not None and not isinstance(source, str):
+        raise FileError(f"{name} is damaged: source_path is not text.")
+    history_meta = meta.get("history", [])
+    if not isinstance(history_meta, list) or len(history_meta) > MAX_RESULTS:
+        raise FileError(f"{name} is damaged: its result list is not a list of results.")
+    described = meta.get("image_parameters")
+    if described is not None:
+        described = _params(described, f"{name}'s image")
+    image = load_image_bytes(z.read("image.png"), f"image in {name}")
+    size = image.shape[:2]
+    strokes = _layer(z, "strokes.png", name, "RGBA", size)
+    mask = _layer(z, "mask.png", name, "L", size)
+    history = []
+    for i, h in enumerate(history_meta):
+        where = f"{name}, result {i + 1}"
+        if not isinstance(h, dict) or not isinstance(h.get("file"), str):
+            raise FileError(f"{where} is damaged: it names no image file.")
+        params = _params(h.get("parameters", {}), where)
+        result = load_image_bytes(z.read(h["file"]), f"result {i + 1} in {name}")
+        if result.shape != image.shape:
+            raise FileError(f"{where} is damaged: its image is not the size of the picture.")
+        history.append((result, params))
     return {
         "image": image,
         "strokes": strokes,
         "mask": mask,
-        "settings": meta.get("settings", {}),
+        "settings": settings,
         "history": history,
-        "source_path": meta.get("source_path"),
+        "source_path": source,
+        "image_parameters": described,
     }
 
 
+def read_project(path: str | os.PathLike) -> dict[str, Any]:
+    """Everything in a project file, fully validated before anything is returned (so
+    opening is all-or-nothing); raises ``FileError`` with a sentence naming what is wrong."""
+    name = Path(path).name
+    try:
+        with zipfile.ZipFile(path) as z:
+            return _read(z, name)
+    except FileError:
+        raise
+    except FileNotFoundError:
+        raise FileError(f"{name} does not exist.") from None
+    except IsADirectoryError:
+        raise FileError(f"{name} is a folder, not a project file.") from None
+    except PermissionError:
+        raise FileError(f"{name} cannot be read: permission denied.") from None
+    except KeyError as e:
+        raise FileError(f"{name} is damaged: it lacks {e.args[0]!r}.") from None
+    except MemoryError:
+        raise FileError(f"{name} is too large to open in the memory available.") from None
+    except Exception as e:  # zipfile, zlib, json and Pillow raise many types on damaged data
+        raise FileError(f"{name} is not a readable project file ({e}).") from e
+
+
 def load_into(doc: Document, data: dict[str, Any], project_path: str | None) -> None:
+    """Swap validated project data (``read_project``'s) into the document in one go."""
     doc.set_image(data["image"], data["strokes"], data["mask"])
     doc.history.clear()
     for image, params in data["history"]:
-        if image.shape == data["image"].shape:
-            doc.add_result(image, params)
+        doc.add_result(image, params)
+    doc.settings.clear()
     doc.settings.update(data["settings"])
+    doc.describe(data.get("image_parameters"))
     doc.path, doc.project_path = data.get("source_path"), project_path
     doc.settings_changed.emit()
     doc.history_changed.emit()
@@ -152,37 +226,67 @@ def load_into(doc: Document, data: dict[str, Any], project_path: str | None) -> 
 # ---- autosave & recovery ----------------------------------------------------------------
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def autosave_dir() -> Path:
     d = data_dir() / "autosave"
     d.mkdir(parents=True, exist_ok=True)
     return d
 
 
+def _session_pid(session: str) -> int:
+    """Sessions are named "<pid>-<random>"."""
+    head = session.split("-", 1)[0]
+    return int(head) if head.isdigit() else 0
+
+
+def _mtime(path: str | None) -> float | None:
+    try:
+        return os.path.getmtime(path) if path else None
+    except OSError:
+        return None
+
+
 def recoverable() -> list[dict[str, Any]]:
-    """Autosaves whose editor did not exit cleanly, newest first."""
+    """Autosaves whose editor did not exit cleanly, newest first.
+
+    Each entry has ``path`` (the autosave) and ``meta_path``; ``damaged`` (a sentence) when
+    its description cannot be read; ``newer_project`` when the project it belongs to was
+    saved after it (recovering it would bring back an older state)."""
     out = []
-    for meta_path in autosave_dir().glob("*.json"):
+    folder = autosave_dir()
+    for data in folder.glob(f"*{PROJECT_SUFFIX}"):
+        session = data.stem
+        meta_path = data.with_suffix(".json")
+        entry: dict[str, Any] = {"session": session, "pid": _session_pid(session)}
         try:
             meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError):
+            if not isinstance(meta, dict):
+                raise ValueError("not a table")
+            entry.update(meta)
+            entry["time"] = float(entry.get("time", 0))
+        except FileNotFoundError:  # killed between writing the autosave and its description
+            entry["time"] = _mtime(str(data)) or 0.0
+        except (OSError, ValueError, TypeError) as e:
+            entry["damaged"] = f"its description {meta_path.name} is unreadable ({e})"
+            entry["time"] = _mtime(str(data)) or 0.0
+        if session in _LIVE_SESSIONS:
             continue
-        live = meta.get("session") in _LIVE_SESSIONS or (
-            meta.get("pid") != os.getpid() and _pid_alive(int(meta.get("pid", 0)))
-        )
-        data = meta_path.with_suffix(PROJECT_SUFFIX)
-        if not live and data.exists():
-            out.append({**meta, "path": str(data), "meta_path": str(meta_path)})
-    return sorted(out, key=lambda m: m.get("time", 0), reverse=True)
+        pid = entry.get("pid")
+        if not isinstance(pid, int) or isinstance(pid, bool):
+            pid = _session_pid(session)
+        if pid != os.getpid() and pid_alive(pid):
+            continue  # another editor that is still running
+        for key in ("project_path", "source_path"):
+            if not isinstance(entry.get(key), str):
+                entry[key] = None
+        saved = _mtime(entry["project_path"])
+        if saved is not None and saved > entry["time"]:
+            entry["newer_project"] = saved
+        out.append({**entry, "path": str(data), "meta_path": str(meta_path)})
+    for meta_path in folder.glob("*.json"):  # a description without its autosave: nothing
+        if not meta_path.with_suffix(PROJECT_SUFFIX).exists():  # to recover, unless live
+            if meta_path.stem not in _LIVE_SESSIONS and not pid_alive(_session_pid(meta_path.stem)):
+                meta_path.unlink(missing_ok=True)
+    return sorted(out, key=lambda m: m["time"], reverse=True)
 
 
 def discard_recovery(entry: dict[str, Any]) -> None:
@@ -190,8 +294,24 @@ def discard_recovery(entry: dict[str, Any]) -> None:
         Path(entry[key]).unlink(missing_ok=True)
 
 
+def set_aside(entry: dict[str, Any]) -> Path:
+    """Move a damaged autosave out of the way (so it is reported once, and hides nothing),
+    into ``autosave/damaged``, where a person can still look at it. Returns that folder."""
+    folder = autosave_dir() / "damaged"
+    folder.mkdir(exist_ok=True)
+    for key in ("path", "meta_path"):
+        src = Path(entry[key])
+        if src.exists():
+            os.replace(src, folder / src.name)
+    return folder
+
+
 class Autosaver(QObject):
-    """Periodic background autosave of one document; ``stop()`` on clean exit."""
+    """Periodic background autosave of one document; ``stop()`` on clean exit.
+
+    The autosave exists only while the document has unsaved changes: when the document
+    becomes clean (saved, or another file opened) it is deleted, so a crash never offers a
+    state older than the saved project."""
 
     saved = Signal(str)
     error = Signal(str)
@@ -201,19 +321,26 @@ class Autosaver(QObject):
         self.doc = doc
         self.session = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         _LIVE_SESSIONS.add(self.session)
-        self.path = autosave_dir() / f"{self.session}{PROJECT_SUFFIX}"
+        folder = autosave_dir()
+        clean_stale_temporaries(folder)  # autosaves killed half-way
+        self.path = folder / f"{self.session}{PROJECT_SUFFIX}"
         self.meta_path = self.path.with_suffix(".json")
         self._thread: threading.Thread | None = None
-        self._generation = -1
+        self._lock = threading.Lock()
+        self._epoch = 0  # bumped by discard(): a write that started before it is dropped
         self.timer = QTimer(self)
         self.timer.timeout.connect(self.save_now)
         self.timer.start(interval_ms)
+        doc.modified_changed.connect(self._on_modified)
+
+    def _on_modified(self, modified: bool) -> None:
+        if not modified and not self.doc.is_modified():
+            self.discard()
 
     def save_now(self, wait: bool = False) -> bool:
         """Autosave if the document changed since the last autosave."""
         if not self.doc.is_modified() or (self._thread and self._thread.is_alive()):
             return False
-        generation = self.doc.undo_stack.index() + 1000 * len(self.doc.history)
         snap = snapshot(self.doc)
         meta = {
             "session": self.session,
@@ -221,13 +348,16 @@ class Autosaver(QObject):
             "time": time.time(),
             "project_path": self.doc.project_path,
             "source_path": self.doc.path,
-            "generation": generation,
         }
+        epoch = self._epoch
 
         def work():
             try:
-                write_snapshot(snap, self.path)
-                atomic_write(self.meta_path, lambda f: f.write(json.dumps(meta).encode()))
+                with self._lock:
+                    if epoch != self._epoch:
+                        return  # the document was saved meanwhile: this state is old
+                    write_snapshot(snap, self.path)
+                    atomic_write(self.meta_path, lambda f: f.write(json.dumps(meta).encode()))
                 self.saved.emit(str(self.path))
             except (FileError, OSError) as e:
                 self.error.emit(str(e))
@@ -238,6 +368,13 @@ class Autosaver(QObject):
             self._thread.join()
         return True
 
+    def discard(self) -> None:
+        """Delete this session's autosave (the document is saved, or was replaced)."""
+        with self._lock:
+            self._epoch += 1
+            self.path.unlink(missing_ok=True)
+            self.meta_path.unlink(missing_ok=True)
+
     def stop(self, clean: bool = True) -> None:
         """Clean exit removes the autosave; ``clean=False`` is what a crash leaves behind."""
         self.timer.stop()
@@ -245,5 +382,4 @@ class Autosaver(QObject):
             self._thread.join()
         _LIVE_SESSIONS.discard(self.session)
         if clean:
-            self.path.unlink(missing_ok=True)
-            self.meta_path.unlink(missing_ok=True)
+            self.discard()

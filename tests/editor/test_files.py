@@ -140,8 +140,11 @@ def test_project_save_reopen_round_trips(make_window, tmp_path, qtbot):
     assert other.history_panel.list.count() == 1
 
 
-def test_export_png_carries_parameters(window, tmp_path):
-    window.doc.update_settings(prompt="a tree", seed=3)
+def test_export_png_carries_the_parameters_of_the_applied_result(window, tmp_path):
+    made = {"prompt": "a tree", "seed": 3, "model": "builtin:tiny", "method": "sdedit"}
+    entry = window.doc.add_result(np.full((*window.doc.size, 3), 90, np.uint8), made)
+    window.apply_result(entry)
+    window.doc.update_settings(prompt="the next idea")  # settings are not the image's
     out = str(tmp_path / "e.png")
     window.ask_save_path = lambda *a: out
     assert window.export_png()
