@@ -219,18 +219,43 @@ def _dead_pid():
     return p.pid
 
 
-def test_stale_temporaries_are_cleaned_at_the_next_save_to_that_folder(window, tmp_path):
-    stale = tmp_path / f".work.deproj.{_dead_pid()}-0123456789ab{files.TEMP_SUFFIX}"
-    stale.write_bytes(b"x" * 100_000)  # what a save killed half-way leaves
+KILLED_SAVE = """
+import sys, time
+from editor import files
+def write(f):
+    f.write(b"x" * 1_000_000)
+    f.flush()
+    print("writing", flush=True)
+    time.sleep(60)
+files.atomic_write(sys.argv[1], write)
+"""
+
+
+def test_a_killed_save_leaves_nothing_after_the_next_save_to_that_folder(window, tmp_path):
+    target = tmp_path / "work.deproj"
+    target.write_bytes(b"the last good save")
+    saver = subprocess.Popen(
+        [sys.executable, "-c", KILLED_SAVE, str(target)], stdout=subprocess.PIPE, text=True
+    )
+    assert saver.stdout.readline().strip() == "writing"
+    saver.kill()  # SIGKILL mid-save
+    saver.wait()
+    assert target.read_bytes() == b"the last good save"
+    leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert leftovers  # what a killed save leaves behind
+    out = str(tmp_path / "x.png")
+    window.ask_save_path = lambda *a: out
+    assert window.export_png()
+    assert not any(p.exists() for p in leftovers)
     live = tmp_path / f".other.png.{os.getppid()}-0123456789ab{files.TEMP_SUFFIX}"
     live.write_bytes(b"y")  # a save another running editor is making
     foreign = tmp_path / ".notes.txt.tmp"
     foreign.write_bytes(b"z")  # not ours
-    out = str(tmp_path / "x.png")
-    window.ask_save_path = lambda *a: out
     assert window.export_png()
-    assert not stale.exists() and live.exists() and foreign.exists()
-    assert not list(tmp_path.glob(f".x.png.*{files.TEMP_SUFFIX}"))
+    assert live.exists() and foreign.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == sorted(
+        [live.name, foreign.name]
+    )
 
 
 def test_stale_autosave_temporaries_are_cleaned_at_start(make_window, data_dir):
