@@ -102,8 +102,14 @@ def ddim_invert(
     """Run deterministic DDIM backwards from clean latents ``x0`` up ``timesteps``.
 
     Song et al. 2021, eq. 13 read as an ODE and integrated forwards in time (Dhariwal &
-    Nichol 2021, App. F; Mokady et al. 2022, §3 "DDIM inversion"): x_t = √ᾱ_t x̂₀(x_s) +
-    √(1−ᾱ_t) ε̂(x_s) with the model evaluated at the current, less noisy state x_s. With
+    Nichol 2021, App. F; Mokady et al. 2022, §3 "DDIM inversion"). Each step is the exact
+    algebraic inverse of our generation step t → s (eq. 12, η = 0) with one approximation,
+    ε̂(x_t, t) ≈ ε̂(x_s, t): x_t = √ᾱ_t x̂₀(x_s, ε̂) + √(1−ᾱ_t) ε̂, where ε̂ is evaluated at the
+    current state x_s but at the *target* timestep t (the one generation will use there; as
+    in Mokady et al.'s code and diffusers' DDIMInverseScheduler), and x̂₀ at x_s's own level s
+    (ᾱ_{−1} = the schedule's final ᾱ at the clean end, as generation's last step uses).
+    Evaluating at s instead (the plain Euler step) reconstructed 0.2 dB worse at guidance 1
+    and 0.5 dB worse at 7.5 on 6 calibration scenes (seeds 610,000+) of the demo model. With
     ``fixed_point`` > 0 each step is refined by fixed-point iteration on the exact inverse
     of the DDIM generation step (Pan et al. 2023, "AIDI"; Garibi et al. 2024, "ReNoise"):
     x_t ← √ᾱ_t x̂₀(x_s; ε̂(x_t)) + √(1−ᾱ_t) ε̂(x_t), so generation retraces the trajectory.
@@ -118,12 +124,13 @@ def ddim_invert(
     k = 0
     for i in reversed(range(n)):
         s, t = levels[i + 1], levels[i]
-        # 1. ε̂ at the current state x_s (at the clean end, the chain's first timestep)
-        p = denoiser.predict(x, s if s >= 0 else t, cond, guidance, uncond)
+        # 1. ε̂ at the current state x_s and the target timestep t; x̂₀ at x_s's level s
+        p = denoiser.predict(x, t, cond, guidance, uncond)
+        x0_hat = sched.x0_from_eps(x, p.eps, s)
         # 2. x_t = √ᾱ_t x̂₀ + √(1−ᾱ_t) ε̂
-        x_t = sched.ddim_inverse_step(p.x0, p.eps, t)
+        x_t = sched.ddim_inverse_step(x0_hat, p.eps, t)
         k += 1
-        yield Progress(k, calls, t, x0=p.x0, label=label)
+        yield Progress(k, calls, t, x0=x0_hat, label=label)
         for _ in range(fixed_point):
             # 3. optional: solve x_s = DDIM(x_t) for x_t by fixed-point iteration
             q = denoiser.predict(x_t, t, cond, guidance, uncond)

@@ -58,6 +58,24 @@ def test_plain_ddim_inversion_round_trip_is_first_order(pred):
     assert e200 < 0.35 * e50  # ~4x fewer error for 4x the steps
 
 
+class TimeOnlyDenoiser(AnalyticDenoiser):
+    """ε̂ depends on the timestep only: then ε̂(x_s, t) = ε̂(x_t, t) and each inversion step
+    must be the exact inverse of the generation step."""
+
+    def model_output(self, x, t, emb):
+        g = torch.Generator().manual_seed(int(t))
+        return 0.5 * torch.randn(x.shape[1:], generator=g).expand_as(x)
+
+
+def test_ddim_inversion_step_inverts_the_generation_step():
+    # evaluating ε̂ at the less noisy state's own timestep (the plain Euler step) is off by
+    # O(1/steps) here; at the generation step's timestep it is exact up to rounding
+    d = TimeOnlyDenoiser(schedule(), torch.zeros(SHAPE), 0.7)
+    x0 = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
+    x, _ = round_trip(d, x0, 25)
+    assert (x - x0).abs().max() < 1e-4
+
+
 def test_eps_and_v_prediction_give_the_same_inversion():
     (d_e, x0), (d_v, _) = make("epsilon"), make("v_prediction")
     ts = d_e.schedule.timesteps(20)
@@ -134,9 +152,16 @@ def test_null_text_loss_decreases_on_the_analytic_model():
     d, x0 = make(region=region)
     settings = NullTextSettings(inner_steps=5, early_stop=0.0, early_stop_slope=0.0, lr=0.05)
     inv = run_to_end(invert(d, x0, "a house", 5, 7.5, "null_text", settings=settings))
-    for step in inv.losses:
-        assert len(step) == 6
-        assert step[-1] < step[0]
+    assert all(len(step) == 6 for step in inv.losses)
+    # the first step starts far from its pivot and descends steadily; later steps start near
+    # the floor the scalar embedding can reach, where Adam at this rate jitters around it
+    first = inv.losses[0]
+    assert all(b < a for a, b in zip(first, first[1:]))
+    # what the optimisation is for: the guided reconstruction, here 7x closer than without
+    plain = NullTextSettings(inner_steps=1, early_stop=0.0, early_stop_slope=0.0, lr=0.05)
+    inv0 = run_to_end(invert(d, x0, "a house", 5, 7.5, "null_text", settings=plain))
+    err = (inv.reconstruction - x0).pow(2).mean()
+    assert err < 0.3 * (inv0.reconstruction - x0).pow(2).mean()
 
 
 # ---- RePaint -----------------------------------------------------------------------------
