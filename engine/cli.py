@@ -13,38 +13,31 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import EngineError
+from .errors import EngineError, FileError, InputError
 from .metadata import save_png
 
 
-def _load_rgb(path: str) -> np.ndarray:
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
-    except (OSError, UnidentifiedImageError) as e:
-        raise EngineError(f"Cannot read the image {path}: {e}") from e
+class UsageError(InputError):
+    """The command line itself is malformed (unknown flag, missing value, bad number)."""
 
 
-def _load_rgba(path: str) -> np.ndarray:
-    from PIL import Image
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is a UsageError (one line, exit code 2) instead of usage text
+    and ``sys.exit`` in the middle of ``main``."""
 
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGBA"))
+    def error(self, message: str):
+        raise UsageError(f"{message} (see: {self.prog} --help)")
 
 
-def _load_mask(path: str) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("L"))
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
 
 
 def _parse_value(text: str):
+    """An option value: JSON when it parses (numbers, true/false, null), else the text."""
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return text
 
 
@@ -83,22 +76,44 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", "-o", help="output PNG (default: METHOD.png, e.g. sdedit.png)")
 
 
+def parse_options(items: list[str]) -> dict:
+    """``-O KEY=VALUE`` items → a dict; names and values are checked by the engine's
+    request validation (``engine.jobs.base.validate``)."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--option needs KEY=VALUE, got {item!r}.")
+        if key.strip() in options:
+            raise UsageError(f"The option {key.strip()!r} is given twice.")
+        options[key.strip()] = _parse_value(value)
+    return options
+
+
+NEEDS_IMAGE = ("sdedit", "repaint", "diffedit_mask", "diffedit", "invert")
+
+
 def build_request(method: str, a: argparse.Namespace):
+    """Read every input through engine.images and validate the request, without a model."""
+    from .images import load_image, load_mask, load_strokes
+    from .jobs.base import validate
+    from .jobs.edits import load_inversion
     from .types import EditRequest
 
-    options = {}
-    for item in a.option:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise EngineError(f"--option needs KEY=VALUE, got {item!r}")
-        options[key.strip()] = _parse_value(value)
-    return EditRequest(
+    options = parse_options(a.option)
+    if method in NEEDS_IMAGE and not a.image:
+        raise UsageError(f"{method} needs an input image: give it with --image FILE.")
+    image = load_image(a.image) if a.image else None
+    size = None if image is None else image.shape[:2]
+    if method == "reedit" and isinstance(options.get("inversion"), str):
+        options["inversion"] = load_inversion(options["inversion"])
+    request = EditRequest(
         method=method,
         prompt=a.prompt,
         negative_prompt=a.negative_prompt,
-        image=_load_rgb(a.image) if a.image else None,
-        strokes=_load_rgba(a.strokes) if a.strokes else None,
-        mask=_load_mask(a.mask) if a.mask else None,
+        image=image,
+        strokes=load_strokes(a.strokes, size) if a.strokes else None,
+        mask=load_mask(a.mask, size) if a.mask else None,
         width=a.width,
         height=a.height,
         steps=a.steps,
@@ -107,6 +122,40 @@ def build_request(method: str, a: argparse.Namespace):
         seed=a.seed,
         options=options,
     )
+    validate(request)
+    return request
+
+
+def plan_outputs(method: str, a: argparse.Namespace) -> dict[str, Path]:
+    """Every file the command will write, checked before any work: none may replace an input
+    (or another output), and each folder must exist and be writable."""
+    from .images import check_output
+
+    inputs = [a.image, a.mask, a.strokes]
+    options = parse_options(a.option)
+    if method == "reedit" and isinstance(options.get("inversion"), str):
+        inputs.append(options["inversion"])  # a re-edit's inversion file is an input too
+    out = Path(a.output or f"{method}.png")
+    plan = {"image": check_output(out, inputs)}
+    if method in ("diffedit_mask", "diffedit"):
+        mask = out.with_name(out.stem + "-mask.png")
+        plan["mask"] = check_output(mask, [*inputs, out], what="mask output")
+    save = options.get("save") if method == "invert" else None
+    if isinstance(save, str) and save:
+        plan["inversion"] = check_output(save, [*inputs, *plan.values()], what="inversion file")
+    return plan
+
+
+def _save_mask(mask: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    from .images import atomic_write
+
+    atomic_write(path, lambda f: Image.fromarray(mask).save(f, format="PNG"))
+
+
+# Failed events of these kinds are the user's input; others (memory, NaN) are runtime failures
+INPUT_KINDS = ("InputError", "FileError", "ModelLoadError", "UsageError")
 
 
 def run_method(method: str, a: argparse.Namespace) -> int:
@@ -116,11 +165,7 @@ def run_method(method: str, a: argparse.Namespace) -> int:
     from .models import DEFAULT_MODEL
     from .types import Failed, Finished, ModelLoaded, Step
 
-    out = Path(a.output or f"{method}.png")
-    if a.image and out.resolve() == Path(a.image).resolve():
-        # a result written over its input would lose the user's picture
-        print(f"error: {out} is the input image; choose another --output", file=sys.stderr)
-        return 2
+    plan = plan_outputs(method, a)
     request = build_request(method, a)
     engine = Engine()
     try:
@@ -128,7 +173,7 @@ def run_method(method: str, a: argparse.Namespace) -> int:
             engine.load_model(a.model or DEFAULT_MODEL, a.device, a.dtype, a.prediction_type)
         )
         if not isinstance(load, ModelLoaded):
-            print(f"error: {load.message}", file=sys.stderr)
+            print(f"error: {_one_line(load.message)}", file=sys.stderr)
             return 2
         info = load.info
         print(f"model {info.name} on {info.device} ({info.dtype})", file=sys.stderr)
@@ -143,39 +188,56 @@ def run_method(method: str, a: argparse.Namespace) -> int:
         result = engine.run(request, on_event)
         bar.close()
         if isinstance(result, Failed):
-            print(f"error: {result.message}", file=sys.stderr)
-            return 1
+            print(f"error: {_one_line(result.message)}", file=sys.stderr)
+            return 2 if result.kind in INPUT_KINDS else 1
         assert isinstance(result, Finished)
-        if result.image is not None:
-            save_png(result.image, out, result.parameters)
-            print(f"wrote {out}", file=sys.stderr)
-        extra_mask = result.extras.get("mask")
-        if extra_mask is not None:
-            from PIL import Image
-
-            mask_path = out.with_name(out.stem + "-mask.png")
-            Image.fromarray(extra_mask).save(mask_path)
-            print(f"wrote {mask_path}", file=sys.stderr)
+        written = []
+        try:
+            if result.image is not None:
+                save_png(result.image, plan["image"], result.parameters)
+                written.append(plan["image"])
+            extra_mask = result.extras.get("mask")
+            if extra_mask is not None and "mask" in plan:
+                _save_mask(extra_mask, plan["mask"])
+                written.append(plan["mask"])
+        except OSError as e:
+            where = e.filename or plan["image"]
+            raise FileError(f"Could not write {where}: {e.strerror or e}.") from None
+        for path in [*written, plan.get("inversion")]:
+            if path is not None:
+                print(f"wrote {path}", file=sys.stderr)
         return 0
     finally:
         engine.shutdown()
 
 
-def main(argv: list[str] | None = None) -> int:
+def make_parser() -> argparse.ArgumentParser:
+    from . import bench
     from .jobs import JOB_RUNNERS
 
-    parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="python -m engine", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for method in sorted(JOB_RUNNERS):
         add_common(sub.add_parser(method, help=f"run {method}"))
+    bench.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The CLI; returns the exit code (0 done, 1 the job failed, 2 bad input) and never
+    exits the process itself. Bad input is one line on stderr, never a traceback."""
     from . import bench
 
-    bench.add_parser(sub)
-    a = parser.parse_args(argv)
     try:
+        a = make_parser().parse_args(argv)
         if a.command == "bench":
             return bench.run(a)
         return run_method(a.command, a)
+    except SystemExit as e:  # --help and --version exit through argparse
+        return e.code if isinstance(e.code, int) else 0
     except EngineError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130

@@ -5,10 +5,12 @@ Algorithms see only this object: they never touch the UNet, the tokenizer or the
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
+from .errors import InputError
 from .models import ModelBundle
 
 
@@ -39,29 +41,86 @@ class Denoiser:
         self.schedule = bundle.schedule
         self.device = bundle.device
         self.dtype = bundle.dtype
-        self._cache: dict[str, torch.Tensor] = {}
+        self._cache: dict[tuple[str, int], torch.Tensor] = {}
+        self.chunks = 1  # encoder windows every embedding of the current job is padded to
         self.unet_calls = 0  # counted per sample in the batch that a user asked for
 
     # ---- text ---------------------------------------------------------------------------
 
+    MAX_CHUNKS = 8  # 600 tokens: far beyond any prompt that still steers the image
+
+    def _window(self) -> int:
+        """Tokens of text one encoder pass holds (77 less BOS and EOS for CLIP)."""
+        return self.bundle.tokenizer.model_max_length - 2
+
+    def chunk_count(self, text: str) -> int:
+        """How many encoder windows (75 tokens each for CLIP) the prompt needs."""
+        tok = self.bundle.tokenizer
+        ids = tok(text, add_special_tokens=False, truncation=False, verbose=False).input_ids
+        n = len(ids)
+        return max(1, math.ceil(n / self._window()))
+
+    def fit_prompts(self, *texts: str) -> int:
+        """Set the job's window count to what its longest prompt needs; returns it."""
+        self.chunks = 1
+        self.chunks = max([1] + [self.chunk_count(t) for t in texts if isinstance(t, str) and t])
+        return self.chunks
+
     @torch.no_grad()
     def encode_text(self, text: str) -> torch.Tensor:
-        """CLIP last hidden state for a prompt, padded to the tokenizer's max length (cached)."""
-        if text not in self._cache:
-            tok = self.bundle.tokenizer
-            ids = tok(
-                text,
-                padding="max_length",
-                max_length=tok.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids.to(self.device)
-            emb = self.bundle.text_encoder(ids)[0]
-            self._cache[text] = emb.to(self.dtype)
-        return self._cache[text]
+        """CLIP last hidden state for a prompt (cached), 1 x 77·k x D.
+
+        A prompt longer than the encoder's window is split into windows of 75 tokens, each
+        wrapped in BOS/EOS, encoded on its own and concatenated along the sequence, as
+        AUTOMATIC1111 does; ``k`` is at least ``self.chunks`` (set per job, so every
+        embedding in a job has the same length), padded with the empty prompt's encoding.
+        A prompt within one window is encoded exactly as a single padded pass."""
+        n = self.chunk_count(text) if text else 1
+        if n > self.MAX_CHUNKS:
+            raise InputError(
+                f"The prompt is about {n * self._window()} tokens; up to "
+                f"{self.MAX_CHUNKS * self._window()} are supported. Shorten it."
+            )
+        k = max(n, self.chunks)
+        key = (text, k)
+        if key not in self._cache:
+            if n == 1:
+                parts = [self._encode_window(text)] + [self._encode_window("")] * (k - 1)
+            else:
+                parts = [self._encode_ids(c) for c in self._windows(text)]
+                parts += [self._encode_window("")] * (k - len(parts))
+            self._cache[key] = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        return self._cache[key]
+
+    def _encode_window(self, text: str) -> torch.Tensor:
+        """One padded encoder pass (truncating at the window)."""
+        tok = self.bundle.tokenizer
+        ids = tok(
+            text,
+            padding="max_length",
+            max_length=tok.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.device)
+        return self.bundle.text_encoder(ids)[0].to(self.dtype)
+
+    def _windows(self, text: str) -> list[list[int]]:
+        tok = self.bundle.tokenizer
+        ids = tok(text, add_special_tokens=False, truncation=False, verbose=False).input_ids
+        w = self._window()
+        return [ids[i : i + w] for i in range(0, len(ids), w)]
+
+    def _encode_ids(self, chunk: list[int]) -> torch.Tensor:
+        tok = self.bundle.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        ids = [tok.bos_token_id, *chunk, tok.eos_token_id]
+        ids += [pad] * (tok.model_max_length - len(ids))
+        t = torch.tensor([ids], device=self.device)
+        return self.bundle.text_encoder(t)[0].to(self.dtype)
 
     def condition(self, prompt: str, negative_prompt: str = "", guidance: float = 1.0):
         """Embeddings for a prompt; the negative prompt becomes the unconditional branch."""
+        self.chunks = max(self.chunks, self.chunk_count(prompt), self.chunk_count(negative_prompt))
         cond = self.encode_text(prompt)
         uncond = self.encode_text(negative_prompt) if guidance != 1.0 else None
         return Conditioning(cond, uncond)

@@ -1,21 +1,33 @@
 """The engine: one persistent worker thread that owns the model and runs jobs.
 
 Callers (the GUI bridge, the CLI, tests) submit frozen requests and get a job id back at
-once; everything else arrives as events, tagged with that id, through listeners that are
-called *on the engine thread* (the Qt bridge re-emits them as queued signals). Cancelling
-sets a flag the driver checks after every model call, so a job stops within one step.
+once; everything else arrives as events, tagged with that id, through listeners. Each
+listener has its own delivery thread, in event order; the engine waits briefly for a
+listener to take an event (so a listener that cancels on step i stops the job at step i) but
+never more than ``LISTENER_GRACE`` seconds, so a listener that blocks cannot hold the engine.
+Cancelling sets a flag the driver checks after every model call and in every bounded chunk
+of CPU work, so a job stops within one step.
+
+Every job gets exactly one final event (Finished, Failed, Cancelled, or ModelLoaded for a
+load): also a job cancelled while queued, still queued at shutdown, or submitted after it.
+Final events are kept for ``wait`` within a memory budget (``FINAL_BYTES``); older results
+beyond it keep their event but drop their images.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
+import queue
 import threading
 import time
 import traceback
-from collections import deque
-from collections.abc import Callable
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 
+import numpy as np
 import torch
 
 from .algorithms.common import Progress
@@ -40,10 +52,90 @@ from .types import (
 log = logging.getLogger(__name__)
 Listener = Callable[[Event], None]
 FINAL = (Finished, Failed, Cancelled, ModelLoaded)
+LISTENER_GRACE = 1.0  # s the engine waits for a listener to take an event
+FINAL_BYTES = 256 * 2**20  # images kept in final events for ``wait``
 
 
 class _JobCancelled(Exception):
     pass
+
+
+def _nbytes(obj, depth: int = 0) -> int:
+    """Approximate memory held by arrays and tensors in an event's payload."""
+    if isinstance(obj, np.ndarray):
+        return obj.nbytes
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if depth > 3:
+        return 0
+    if isinstance(obj, Mapping):
+        return sum(_nbytes(v, depth + 1) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(_nbytes(v, depth + 1) for v in obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return sum(_nbytes(getattr(obj, f.name), depth + 1) for f in dataclasses.fields(obj))
+    return 0
+
+
+def _event_bytes(ev: Event) -> int:
+    if isinstance(ev, Finished):
+        return _nbytes(ev.image) + _nbytes(ev.extras)
+    return 0
+
+
+class _Delivery:
+    """One listener's own thread and queue: events arrive in order, off the engine thread.
+    The thread ends after ``IDLE`` seconds without events and starts again on the next."""
+
+    IDLE = 2.0
+
+    def __init__(self, fn: Listener):
+        self.fn = fn
+        self.queue: queue.Queue = queue.Queue()
+        self.pending = 0  # events queued and not yet handled
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+
+    def put(self, event: Event | None) -> threading.Event:
+        """Queue an event (None: a marker that only reports when the ones before are done)."""
+        done = threading.Event()
+        with self.lock:
+            self.pending += 1
+            self.queue.put((event, done))
+            if self.thread is None:
+                self.thread = threading.Thread(
+                    target=self._run, name="engine-listener", daemon=True
+                )
+                self.thread.start()
+        return done
+
+    def busy(self) -> bool:
+        with self.lock:
+            return self.pending > 0
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything queued so far has been delivered."""
+        return self.put(None).wait(timeout)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                event, done = self.queue.get(timeout=self.IDLE)
+            except queue.Empty:
+                with self.lock:
+                    if self.queue.empty():
+                        self.thread = None
+                        return
+                continue
+            try:
+                if event is not None:
+                    self.fn(event)
+            except Exception:  # a broken listener must not kill the engine
+                log.exception("engine listener failed")
+            finally:
+                with self.lock:
+                    self.pending -= 1
+                done.set()
 
 
 class Engine:
@@ -56,15 +148,18 @@ class Engine:
         dtype: str | None = None,
         listener: Listener | None = None,
     ):
-        self._listeners: list[Listener] = [listener] if listener else []
+        self._listeners: list[_Delivery] = []
         self._queue: deque[tuple[int, EditRequest | LoadModelRequest]] = deque()
         self._cv = threading.Condition()
         self._ids = itertools.count(1)
         self._cancelled: set[int] = set()
         self._decode_next = False  # a full VAE decode of the next x̂₀ was asked for
         self._running: int | None = None
-        self._final: dict[int, Event] = {}
+        self._final: OrderedDict[int, Event] = OrderedDict()
+        self._final_bytes = 0
         self._stop = False
+        if listener:
+            self.add_listener(listener)
         self.bundle: ModelBundle | None = None
         self.denoiser: Denoiser | None = None
         self.previewer: Previewer | None = None
@@ -77,11 +172,18 @@ class Engine:
     # ---- public API (any thread) ----------------------------------------------------------
 
     def add_listener(self, fn: Listener) -> None:
-        self._listeners.append(fn)
+        self._add_listener(fn)
+
+    def _add_listener(self, fn: Listener) -> _Delivery:
+        delivery = _Delivery(fn)
+        with self._cv:
+            self._listeners = [*self._listeners, delivery]
+        return delivery
 
     def remove_listener(self, fn: Listener) -> None:
-        if fn in self._listeners:
-            self._listeners.remove(fn)
+        """Stop delivering to ``fn``; events already queued for it are still delivered."""
+        with self._cv:
+            self._listeners = [d for d in self._listeners if d.fn != fn]
 
     def load_model(
         self,
@@ -99,7 +201,7 @@ class Engine:
 
     def submit(self, request: EditRequest, supersede: bool = False) -> int:
         """Queue a job. ``supersede`` drops edit jobs still waiting in the queue."""
-        if supersede:
+        if supersede and not self._stop:
             with self._cv:
                 stale = [(j, r) for j, r in self._queue if isinstance(r, EditRequest)]
                 for item in stale:
@@ -141,23 +243,39 @@ class Engine:
     def run(
         self, request: EditRequest, on_event: Listener | None = None, timeout: float | None = None
     ) -> Event | None:
-        """Submit and wait; ``on_event`` sees this job's events. For the CLI and tests."""
+        """Submit and wait; ``on_event`` sees this job's events, in order, on one thread,
+        all of them before this returns. For the CLI and tests."""
         box: dict[str, int] = {}
-        early: list[Event] = []
+        early: list[Event] = []  # events that came before the job id was known
+        lock = threading.Lock()
+
+        def backlog() -> list[Event]:
+            with lock:
+                out = [e for e in early if e.job_id == box.get("id")]
+                early.clear()
+            return out
 
         def relay(ev: Event) -> None:
-            if "id" not in box:
-                early.append(ev)
-            elif ev.job_id == box["id"] and on_event:
-                on_event(ev)
+            with lock:
+                if "id" not in box:
+                    early.append(ev)
+                    return
+            for e in [*backlog(), ev]:
+                if e.job_id == box["id"] and on_event:
+                    on_event(e)
 
-        self.add_listener(relay)
+        delivery = self._add_listener(relay)
         try:
-            box["id"] = job_id = self.submit(request)
-            if on_event:
-                for ev in [e for e in early if e.job_id == job_id]:
-                    on_event(ev)
-            return self.wait(job_id, timeout)
+            job_id = self.submit(request)
+            with lock:
+                box["id"] = job_id
+            final = self.wait(job_id, timeout)
+            if final is not None:
+                delivery.flush(timeout)
+                for e in backlog():  # the job ended before its id was known here
+                    if on_event:
+                        on_event(e)
+            return final
         finally:
             self.remove_listener(relay)
 
@@ -180,11 +298,16 @@ class Engine:
         )
 
     def shutdown(self, timeout: float = 10.0) -> None:
+        """Cancel the running job and everything queued (each gets its Cancelled event), and
+        stop the worker; jobs submitted later are cancelled at once."""
         with self._cv:
             self._stop = True
             if self._running is not None:
                 self._cancelled.add(self._running)
+            queued, self._queue = list(self._queue), deque()
             self._cv.notify_all()
+        for job_id, _ in queued:
+            self._emit(Cancelled(job_id))
         self._thread.join(timeout)
 
     # ---- worker thread ---------------------------------------------------------------------
@@ -192,20 +315,44 @@ class Engine:
     def _enqueue(self, request) -> int:
         with self._cv:
             job_id = next(self._ids)
-            self._queue.append((job_id, request))
-            self._cv.notify_all()
+            stopped = self._stop
+            if not stopped:
+                self._queue.append((job_id, request))
+                self._cv.notify_all()
+        if stopped:  # still exactly one final event
+            self._emit(Cancelled(job_id))
         return job_id
 
     def _emit(self, event: Event) -> None:
-        if isinstance(event, FINAL):
-            with self._cv:
-                self._final[event.job_id] = event
+        final = isinstance(event, FINAL)
+        with self._cv:  # queued under the lock: every listener sees one order
+            if final and event.job_id in self._final:
+                return  # exactly one final event per job
+            handed = [(d.busy(), d.put(event)) for d in self._listeners]
+            if final:
+                self._keep_final(event)
                 self._cv.notify_all()
-        for fn in list(self._listeners):
-            try:
-                fn(event)
-            except Exception:  # a broken listener must not kill the engine
-                log.exception("engine listener failed")
+        # wait a little for listeners that keep up; one still on an earlier event is skipped
+        deadline = time.monotonic() + LISTENER_GRACE
+        for was_busy, done in handed:
+            if not was_busy:
+                done.wait(max(0.0, deadline - time.monotonic()))
+
+    def _keep_final(self, event: Event) -> None:
+        """Record a final event for ``wait``; beyond FINAL_BYTES the oldest results keep
+        their event but lose their images (called with the lock held)."""
+        self._final[event.job_id] = event
+        self._final_bytes += _event_bytes(event)
+        for old_id in list(self._final)[:-1]:
+            if self._final_bytes <= FINAL_BYTES:
+                break
+            old = self._final[old_id]
+            size = _event_bytes(old)
+            if size:
+                self._final[old_id] = dataclasses.replace(
+                    old, image=None, extras=MappingProxyType({})
+                )
+                self._final_bytes -= size
 
     def _loop(self) -> None:
         while True:
@@ -213,7 +360,7 @@ class Engine:
                 while not self._queue and not self._stop:
                     self._cv.wait()
                 if self._stop:
-                    return
+                    return  # shutdown() cancelled what was queued
                 job_id, request = self._queue.popleft()
                 self._running = job_id
             try:
@@ -265,7 +412,12 @@ class Engine:
         runner = JOB_RUNNERS.get(req.method)
         if runner is None:
             raise EngineError(f"The method {req.method!r} is not available in this version.")
-        ctx = JobContext(self.bundle, self.denoiser)
+
+        def check_cancel() -> None:
+            if job_id in self._cancelled:
+                raise _JobCancelled
+
+        ctx = JobContext(self.bundle, self.denoiser, check_cancel=check_cancel)
         self._emit(Started(job_id, req.method, req.steps))
         gen = runner(ctx, req)
         while True:

@@ -19,3 +19,7 @@ class OutOfMemoryError(EngineError):
 
 class FileError(InputError):
     """A file could not be read or written: missing, damaged, too large, wrong size."""
+
+
+class NonFiniteError(EngineError):
+    """A model produced NaN or inf values (typically fp16 overflow)."""

@@ -10,6 +10,7 @@ output pixels are the input pixels, bit for bit. ``max_side`` caps the working s
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -105,21 +106,44 @@ def blur(mask: np.ndarray, sigma: float) -> np.ndarray:
     return t[0, 0].numpy()
 
 
-def feather(mask: np.ndarray, radius: float) -> np.ndarray:
+def feather(
+    mask: np.ndarray, radius: float, check_cancel: Callable[[], None] | None = None
+) -> np.ndarray:
     """Soften a float mask's edge *inwards*: pixels outside the mask stay exactly 0, so
     compositing leaves every unmasked pixel bit-exact, and the edit fades in linearly over
     ``radius`` px inside the border (the original shows through there, so the border itself
     cannot become a seam). A part of the mask narrower than 2·``radius`` peaks below full
-    opacity, as a feathered selection does in any image editor; it never vanishes."""
+    opacity, as a feathered selection does in any image editor; it never vanishes.
+
+    The cost grows with ``radius`` × the mask's bounding box, so the work is confined to that
+    box and ``check_cancel`` (which raises to stop) is called between erosions."""
     steps = int(math.ceil(radius))
     if steps <= 0:
         return mask
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return np.zeros(mask.shape, np.float32)
+    # one ring of zeros around the box keeps erosion there exact; at the image border the
+    # box stops (erosion treats the outside of the image as inside the mask)
+    h, w = mask.shape
+    y0, y1 = max(rows[0] - 1, 0), min(rows[-1] + 2, h)
+    x0, x1 = max(cols[0] - 1, 0), min(cols[-1] + 2, w)
+    out = np.zeros(mask.shape, np.float32)
+    out[y0:y1, x0:x1] = _feather_box(mask[y0:y1, x0:x1], steps, check_cancel)
+    return out
+
+
+def _feather_box(mask: np.ndarray, steps: int, check_cancel) -> np.ndarray:
     # the mean of the mask eroded 0, 1, …, steps−1 times is min(distance inside, steps)/steps;
     # erosion pads with +1 (max_pool pads with −inf), so the image border is not a mask border
     t = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
     total = torch.zeros_like(t)
     for _ in range(steps):
+        if check_cancel is not None:
+            check_cancel()
         total += t
+        if not t.any():
+            break  # fully eroded: the remaining terms are zero
         t = -F.max_pool2d(-t, 3, stride=1, padding=1)
     return (total / steps)[0, 0].numpy().clip(0, 1)
 

@@ -147,13 +147,14 @@ def _check_size(arr: np.ndarray, name: str, what: str, size: tuple[int, int] | N
 def load_mask(path: str | os.PathLike, size: tuple[int, int] | None = None) -> np.ndarray:
     """A mask file → writeable uint8 HxW (255 = edit); ``size`` (h, w) must match if given."""
     path, name = _named(path)
-    return _check_size(_open(path, name, _to_mask), name, "mask", size)
+    return _check_size(_open(path, f"The mask {name}", _to_mask), name, "mask", size)
 
 
 def load_strokes(path: str | os.PathLike, size: tuple[int, int] | None = None) -> np.ndarray:
     """A stroke layer → writeable uint8 HxWx4 RGBA with its alpha (opaque if it has none)."""
     path, name = _named(path)
-    return _check_size(_open(path, name, _to_rgba), name, "stroke layer", size)
+    layer = _open(path, f"The stroke layer {name}", _to_rgba)
+    return _check_size(layer, name, "stroke layer", size)
 
 
 # ---- writing --------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from .errors import ModelLoadError  # noqa: E402
+from .errors import ModelLoadError, NonFiniteError  # noqa: E402
 from .schedule import Schedule  # noqa: E402
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -92,14 +92,46 @@ class ModelBundle:
         return self.vae.encode(x).latent_dist.mean * self.vae_scale
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> np.ndarray:
-        """Scaled latents 1xCxhxw → uint8 HxWx3."""
+    def decode(self, latents: torch.Tensor, check_finite: bool = False) -> np.ndarray:
+        """Scaled latents 1xCxhxw → uint8 HxWx3; ``check_finite``: NaN/inf pixels raise
+        ``NonFiniteError`` instead of becoming black."""
         x = self.vae.decode(latents.to(self.device, self.dtype) / self.vae_scale).sample
+        if check_finite and not bool(torch.isfinite(x).all()):
+            dtype = str(self.dtype).replace("torch.", "")
+            raise NonFiniteError(
+                f"The VAE produced NaN/inf values decoding the image (it ran in {dtype}); "
+                "try fp32 (--dtype fp32)."
+            )
         x = ((x[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return x.permute(1, 2, 0).cpu().numpy()
 
 
 # ---- device policy ---------------------------------------------------------------------
+
+
+def _device(name) -> torch.device:
+    """A device the user named, checked: it must parse and be present on this machine."""
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ModelLoadError(
+            f"Unknown device {name!r}; use cuda (or cuda:N), mps or cpu."
+        ) from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ModelLoadError("CUDA is not available on this machine; use --device cpu.")
+        if dev.index is not None and dev.index >= count:
+            raise ModelLoadError(
+                f"There is no {dev}; this machine has {count} CUDA device(s) (cuda:0 to "
+                f"cuda:{count - 1})."
+            )
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ModelLoadError("MPS is not available on this machine; use --device cpu.")
+    elif dev.type != "cpu":
+        raise ModelLoadError(f"The device {name!r} is not supported; use cuda, mps or cpu.")
+    return dev
 
 
 def pick_device(device: str | None = None, dtype: str | None = None):
@@ -111,7 +143,7 @@ def pick_device(device: str | None = None, dtype: str | None = None):
             device = "mps"
         else:
             device = "cpu"
-    dev = torch.device(device)
+    dev = _device(device)
     if dtype in (None, "auto"):
         dt = torch.float16 if dev.type == "cuda" else torch.float32
     else:

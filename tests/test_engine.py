@@ -161,8 +161,17 @@ def test_failed_model_load_keeps_the_old_model(engine, tmp_path):
     assert isinstance(engine.run(EditRequest("generate", steps=2), timeout=60), Finished)
 
 
-def test_model_loads_on_the_engine_thread():
-    seen = []
+def test_model_loads_on_the_engine_thread_and_listeners_on_their_own(monkeypatch):
+    import engine.engine as engine_module
+
+    loaded_on, seen = [], []
+    real_load = engine_module.load_model
+
+    def load(*args, **kwargs):
+        loaded_on.append(threading.current_thread().name)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "load_model", load)
     eng = Engine(listener=lambda ev: seen.append((ev, threading.current_thread().name)))
     try:
         r = eng.wait(eng.load_model("builtin:tiny", "cpu"), 60)
@@ -170,7 +179,9 @@ def test_model_loads_on_the_engine_thread():
         assert r.info.dtype == "float32" and r.info.native_size == 64
     finally:
         eng.shutdown()
-    assert {name for _, name in seen} == {"engine"}
+    assert loaded_on == ["engine"]
+    # a listener that blocks cannot hold the engine thread, so it runs on its own
+    assert {name for _, name in seen} == {"engine-listener"}
 
 
 def test_same_seed_same_image_other_seed_differs(engine):

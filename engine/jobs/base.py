@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+import numbers
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,7 +13,7 @@ import torch
 
 from .. import imageops
 from ..denoiser import Denoiser
-from ..errors import InputError
+from ..errors import InputError, NonFiniteError
 from ..models import ModelBundle
 from ..types import EditRequest
 
@@ -33,6 +35,8 @@ class JobContext:
     bundle: ModelBundle
     denoiser: Denoiser
     preview_size: tuple[int, int] | None = None  # set by runners: (h, w) of the working image
+    # raises when the job was cancelled; long CPU work between model calls calls it
+    check_cancel: Callable[[], None] = lambda: None
 
 
 @dataclass
@@ -54,13 +58,156 @@ class Prepared:
     mask_latent: torch.Tensor | None  # 1x1xhxw float
 
 
-def check_common(req: EditRequest) -> None:
-    if not 1 <= req.steps <= 1000:
-        raise InputError(f"Steps must be between 1 and 1000, got {req.steps}.")
-    if not 0.0 <= req.strength <= 1.0:
-        raise InputError(f"Strength must be between 0 and 1, got {req.strength}.")
-    if req.guidance < 0:
-        raise InputError(f"Guidance must not be negative, got {req.guidance}.")
+MAX_STEPS = 1000
+MAX_GUIDANCE = 50.0  # far beyond any useful value; larger ones only saturate to black
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_number(name: str, value: Any, lo: float, hi: float, integer: bool = False) -> None:
+    kind = "a whole number" if integer else "a number"
+    if not _is_number(value) or (integer and not isinstance(value, numbers.Integral)):
+        raise InputError(f"{name} must be {kind}, got {value!r}.")
+    if not math.isfinite(value) or not lo <= value <= hi:
+        raise InputError(f"{name} must be between {lo:g} and {hi:g}, got {value!r}.")
+
+
+def max_steps(schedule=None) -> int:
+    """The most sampling steps a schedule can space out (its training timesteps, less the
+    offset its "leading" spacing adds)."""
+    if schedule is None:
+        return MAX_STEPS
+    return int(schedule.num_train_timesteps) - int(getattr(schedule, "steps_offset", 0) or 0)
+
+
+def check_common(req: EditRequest, schedule=None) -> None:
+    """The request's common fields, every value checked for type, finiteness and range."""
+    for name in ("prompt", "negative_prompt"):
+        if not isinstance(getattr(req, name), str):
+            raise InputError(f"The {name.replace('_', ' ')} must be text.")
+    _check_number("Steps", req.steps, 1, max_steps(schedule), integer=True)
+    _check_number("Strength", req.strength, 0.0, 1.0)
+    _check_number("Guidance", req.guidance, 0.0, MAX_GUIDANCE)
+    _check_number("The seed", req.seed, *SEED_RANGE, integer=True)
+    for name in ("width", "height"):
+        if getattr(req, name) is not None:
+            _check_number(f"The {name}", getattr(req, name), 8, 8192, integer=True)
+
+
+def validate(req: EditRequest, schedule=None) -> None:
+    """Everything about a request that can be checked without running a model: the common
+    fields (steps against ``schedule`` when given) and every option's name and value."""
+    check_common(req, schedule)
+    Options(req.method, req.options).check_all()
+
+
+def start_job(ctx: JobContext, req: EditRequest, common: bool = True) -> Options:
+    """A runner's first line: check the request against the loaded model's schedule and
+    return its options, so bad input fails before any model work."""
+    if common:
+        check_common(req, ctx.denoiser.schedule)
+    options = Options(req.method, req.options)
+    options.check_all()
+    # every embedding of the job gets the windows its longest prompt needs (75 tokens each)
+    reference = req.options.get("reference_prompt", "")
+    ctx.denoiser.fit_prompts(req.prompt, req.negative_prompt, reference)
+    return options
+
+
+def check_finite(x: torch.Tensor | np.ndarray, what: str, ctx: JobContext | None = None) -> None:
+    """A NaN or inf result is a failure, never a black image in the history."""
+    ok = bool(torch.isfinite(x).all()) if isinstance(x, torch.Tensor) else np.isfinite(x).all()
+    if not ok:
+        dtype = "" if ctx is None else f" (it ran in {str(ctx.bundle.dtype).replace('torch.', '')})"
+        raise NonFiniteError(
+            f"The model produced NaN/inf values in the {what}{dtype}; try fp32 (--dtype fp32), "
+            "a lower guidance or fewer steps."
+        )
+
+
+# ---- method options -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Opt:
+    """One method option: its default and what it accepts."""
+
+    default: Any
+    kind: type | None = None  # int, float, bool, str; None: checked by its runner
+    lo: float | None = None
+    hi: float | None = None
+    choices: tuple = ()
+
+
+FEATHER = Opt(0.0, float, 0.0, 256.0)  # px; 0 = 1% of the image side. Capped: cost ~ radius
+MASK_GROW = Opt(0, int, 0, 64)
+ETA = Opt(0.0, float, 0.0, 1.0)
+
+# filled in by the job modules: method → {option: Opt}
+OPTIONS: dict[str, dict[str, Opt]] = {}
+
+
+class Options:
+    """Typed, validated access to ``EditRequest.options`` with per-method defaults. Unknown
+    names are refused, so a typo is not silently ignored (and written into metadata)."""
+
+    def __init__(self, method: str, options: Mapping[str, Any]):
+        self.method = method
+        self.specs = OPTIONS.get(method, {})
+        self.options = options
+        unknown = sorted(str(k) for k in options if k not in self.specs)
+        if unknown:
+            known = ", ".join(sorted(self.specs)) or "none"
+            raise InputError(
+                f"Unknown option {unknown[0]!r} for {method}; its options are: {known}."
+            )
+
+    def get(self, key: str) -> Any:
+        if key in self.options:
+            return self.options[key]
+        return self.specs[key].default
+
+    def number(self, key: str):
+        spec, value = self.specs[key], self.get(key)
+        if spec.kind is int and _is_number(value) and float(value).is_integer():
+            value = int(value)  # 5.0 from JSON or a PNG is 5
+        name = f"The option {key!r} of {self.method}"
+        _check_number(name, value, spec.lo, spec.hi, integer=spec.kind is int)
+        return spec.kind(value)
+
+    def choice(self, key: str) -> str:
+        spec, value = self.specs[key], self.get(key)
+        if value not in spec.choices:
+            raise InputError(
+                f"The option {key!r} must be one of {list(spec.choices)}, got {value!r}."
+            )
+        return value
+
+    def text(self, key: str) -> str:
+        value = self.get(key)
+        if not isinstance(value, str):
+            raise InputError(f"The option {key!r} must be text, got {value!r}.")
+        return value
+
+    def flag(self, key: str) -> bool:
+        value = self.get(key)
+        if not isinstance(value, bool):
+            raise InputError(f"The option {key!r} must be true or false, got {value!r}.")
+        return value
+
+    def check_all(self) -> None:
+        for key, spec in self.specs.items():
+            if spec.choices:
+                self.choice(key)
+            elif spec.kind in (int, float):
+                self.number(key)
+            elif spec.kind is str:
+                self.text(key)
+            elif spec.kind is bool:
+                self.flag(key)
 
 
 def prepare(ctx: JobContext, req: EditRequest, grow: int = 0) -> Prepared:
@@ -69,6 +216,11 @@ def prepare(ctx: JobContext, req: EditRequest, grow: int = 0) -> Prepared:
     image = imageops.check_image(req.image)
     image = imageops.composite_strokes(image, req.strokes)
     mask = imageops.mask_to_float(req.mask, image.shape[:2])
+    if mask is not None and not mask.any():
+        raise InputError(
+            f"The mask is empty (all black): paint where {req.method} should change the "
+            "image (white = edit), or run without a mask."
+        )
     hw = imageops.working_size(*image.shape[:2], b.native_size, b.vae_factor)
     working = imageops.resize(image, hw)
     latents = b.encode(working).float()
@@ -90,19 +242,24 @@ def finish_image(
 ) -> np.ndarray:
     """Decode, resize to the requested size and, with a mask, composite onto the original
     so that every pixel outside the mask is the input pixel (the feather lies inside it)."""
-    out = imageops.resize(ctx.bundle.decode(latents), size)
+    check_finite(latents, "final latents", ctx)
+    out = imageops.resize(ctx.bundle.decode(latents, check_finite=True), size)
     if prep is not None and prep.mask is not None:
-        out = paste_into(prep.original, out, prep.mask, feather_px)
+        out = paste_into(prep.original, out, prep.mask, feather_px, ctx.check_cancel)
     return out
 
 
 def paste_into(
-    original: np.ndarray, edited: np.ndarray, mask: np.ndarray, feather_px: float = 0.0
+    original: np.ndarray,
+    edited: np.ndarray,
+    mask: np.ndarray,
+    feather_px: float = 0.0,
+    check_cancel: Callable[[], None] | None = None,
 ) -> np.ndarray:
     """``edited`` inside ``mask`` (float, image size), faded in over ``feather_px`` px inside
     its border (0: 1 % of the image side, at least 2 px); ``original`` everywhere else."""
     radius = feather_px or max(2.0, 0.01 * max(original.shape[:2]))
-    return imageops.composite(original, edited, imageops.feather(mask, radius))
+    return imageops.composite(original, edited, imageops.feather(mask, radius, check_cancel))
 
 
 def seeded(req: EditRequest) -> torch.Generator:

@@ -1,106 +1,86 @@
 """Jobs for RePaint, DiffEdit (mask and edit), inversion and re-editing.
 
-Options (``EditRequest.options``) and their defaults are listed in ``OPTIONS``; each runner
-validates its own and raises ``InputError`` with a sentence a person can act on.
+Options (``EditRequest.options``), their defaults and ranges are listed in ``OPTIONS``; every
+runner validates them all before any work and raises ``InputError`` with a sentence a person
+can act on.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 import torch
 
-from .. import imageops
+from .. import imageops, images
 from ..algorithms.diffedit import diffedit, diffedit_mask
 from ..algorithms.inversion import METHODS as INVERSION_METHODS
 from ..algorithms.inversion import Inversion, invert, regenerate
 from ..algorithms.repaint import SAMPLERS, repaint, repaint_calls
-from ..errors import InputError
+from ..errors import FileError, InputError
 from ..types import EditRequest
 from .base import (
+    ETA,
+    FEATHER,
+    MASK_GROW,
+    OPTIONS,
     JobContext,
     JobResult,
+    Opt,
+    Options,
     Prepared,
-    check_common,
+    check_finite,
     finish_image,
     job,
     prepare,
     seeded,
+    start_job,
 )
 
-OPTIONS: dict[str, dict[str, Any]] = {
-    "repaint": {
-        "jump_length": 5,  # j: steps to jump back up
-        "jump_n_sample": 3,  # r: times each stretch is sampled (1 = no resampling)
-        # the paper's ancestral step; on 24 demo-world calibration scenes (seeds 530,000+ and
-        # 540,000+) the new object appeared in 79 % with it and 67 % with DDIM (η = 0)
-        "sampler": "ddpm",  # or "ddim"
-        "eta": 0.0,  # DDIM noise, "ddim" sampler only
-        # latent cells. Not grown: the soft border cells then stay partly known, so the
-        # decoded border matches the original. On 80 calibration scenes (seeds 530,000+) the
-        # new object appeared in 71 % (grow 1: 65 %; no resampling at grow 0: 52 %); on 40 of
-        # them the seam ratio fell 2.9 → 1.9 and grow 2 gave 45 %
-        "mask_grow": 0,
-        "feather": 0.0,  # px; 0 = 1% of the image side
-    },
-    "diffedit_mask": {
-        "reference_prompt": "",  # the paper's default: empty reference
-        "n_samples": 10,
-        "threshold": 0.5,
-        "mask_strength": 0.5,
-        "batch_size": 2,  # noises per model call (previews stream between calls)
-    },
-    "diffedit": {  # plus the diffedit_mask options when no mask is given
-        "reference_prompt": "",
-        "mask_grow": 0,
-        "feather": 0.0,
-    },
-    "invert": {
-        "inversion": "null_text",  # ddim|null_text|null_text_reference|negative_prompt|direct
-        "fixed_point": 0,  # extra fixed-point iterations per DDIM inversion step
-        "reconstruct": False,  # ddim / negative_prompt / direct: decode a reconstruction too
-        "save": None,  # a file path: also write the Inversion there (Inversion.save)
-    },
-    "reedit": {
-        "inversion": None,  # the Inversion from an "invert" job's Finished.extras, or a file
-        "depth": 1.0,  # fraction of the inverted chain to regenerate (1 = from the noise)
-        "mask_grow": 1,
-        "feather": 0.0,
-    },
+OPTIONS.update(
+    {
+        "repaint": {
+            "jump_length": Opt(5, int, 1, 1000),  # j: steps to jump back up
+            "jump_n_sample": Opt(3, int, 1, 100),  # r: times each stretch is sampled
+            # the paper's ancestral step; on 24 demo-world calibration scenes (seeds 530,000+
+            # and 540,000+) the new object appeared in 79 % with it and 67 % with DDIM (η = 0)
+            "sampler": Opt("ddpm", choices=SAMPLERS),
+            "eta": ETA,  # DDIM noise, "ddim" sampler only
+            # latent cells. Not grown: the soft border cells then stay partly known, so the
+            # decoded border matches the original. On 80 calibration scenes (seeds 530,000+)
+            # the new object appeared in 71 % (grow 1: 65 %; no resampling at grow 0: 52 %);
+            # on 40 of them the seam ratio fell 2.9 → 1.9 and grow 2 gave 45 %
+            "mask_grow": MASK_GROW,
+            "feather": FEATHER,
+        },
+        "diffedit_mask": {
+            "reference_prompt": Opt("", str),  # the paper's default: empty reference
+            "n_samples": Opt(10, int, 1, 256),
+            "threshold": Opt(0.5, float, 0.0, 1.0),
+            "mask_strength": Opt(0.5, float, 0.01, 1.0),
+            "batch_size": Opt(2, int, 1, 256),  # noises per model call (previews stream)
+        },
+        "invert": {
+            "inversion": Opt("null_text", choices=INVERSION_METHODS),
+            "fixed_point": Opt(0, int, 0, 20),  # extra fixed-point iterations per step
+            "reconstruct": Opt(False, bool),  # ddim / negative_prompt / direct: decode one
+            "save": Opt(None),  # a file path: also write the Inversion there
+        },
+        "reedit": {
+            "inversion": Opt(None),  # an Inversion (invert's Finished.extras) or a file
+            "depth": Opt(1.0, float, 0.01, 1.0),  # fraction of the inverted chain to redo
+            "mask_grow": Opt(1, int, 0, 64),
+            "feather": FEATHER,
+        },
+    }
+)
+# DiffEdit takes the mask options too, for when no mask is given
+OPTIONS["diffedit"] = {
+    **OPTIONS["diffedit_mask"],
+    "mask_grow": MASK_GROW,
+    "feather": FEATHER,
 }
-
-
-class _Options:
-    """Typed, validated access to ``EditRequest.options`` with per-method defaults."""
-
-    def __init__(self, method: str, options: Mapping[str, Any]):
-        self.defaults = OPTIONS[method]
-        self.options = options
-
-    def get(self, key: str, default: Any = None) -> Any:
-        if key in self.options:
-            return self.options[key]
-        return self.defaults.get(key, default)
-
-    def number(self, key: str, kind=float, lo=None, hi=None):
-        value = self.get(key)
-        try:
-            value = kind(value)
-        except (TypeError, ValueError):
-            raise InputError(f"The option {key!r} must be a number, got {value!r}.") from None
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise InputError(f"The option {key!r} must be between {lo} and {hi}, got {value}.")
-        return value
-
-    def choice(self, key: str, choices) -> str:
-        value = self.get(key)
-        if value not in choices:
-            raise InputError(f"The option {key!r} must be one of {list(choices)}, got {value!r}.")
-        return value
 
 
 def _size_params(prep_or_hw) -> dict[str, str]:
@@ -114,17 +94,11 @@ def _size_params(prep_or_hw) -> dict[str, str]:
 @job("repaint")
 def run_repaint(ctx: JobContext, req: EditRequest):
     """RePaint: fill the masked area; req.strength is not used (the chain runs in full)."""
-    check_common(req)
-    o = _Options("repaint", req.options)
+    o = start_job(ctx, req)
     if req.mask is None:
         raise InputError("RePaint fills in a masked area: paint a mask over it first.")
-    j = o.number("jump_length", int, 1, 1000)
-    r = o.number("jump_n_sample", int, 1, 100)
-    sampler = o.choice("sampler", SAMPLERS)
-    eta = o.number("eta", float, 0.0, 1.0)
-    prep = prepare(ctx, req, grow=o.number("mask_grow", int, 0, 64))
-    if float(prep.mask_latent.max()) <= 0:
-        raise InputError("The mask is empty: paint the area RePaint should fill in.")
+    j, r = o.number("jump_length"), o.number("jump_n_sample")
+    prep = prepare(ctx, req, grow=o.number("mask_grow"))
     cond = ctx.denoiser.condition(req.prompt, req.negative_prompt, req.guidance)
     latents = yield from repaint(
         ctx.denoiser,
@@ -136,11 +110,10 @@ def run_repaint(ctx: JobContext, req: EditRequest):
         seeded(req),
         j,
         r,
-        sampler,
-        eta,
+        o.choice("sampler"),
+        o.number("eta"),
     )
-    feather = o.number("feather", float, 0.0, 1000.0)
-    image = finish_image(ctx, latents, prep, prep.original.shape[:2], feather)
+    image = finish_image(ctx, latents, prep, prep.original.shape[:2], o.number("feather"))
     calls = repaint_calls(len(ctx.denoiser.schedule.timesteps(req.steps)), j, r)
     return JobResult(image, {**_size_params(prep), "unet_calls": calls})
 
@@ -160,15 +133,11 @@ def _overlay(working: np.ndarray, colour=(255, 40, 40), alpha: float = 0.55):
     return render
 
 
-def _mask_phase(ctx: JobContext, req: EditRequest, o: _Options, prep: Prepared):
+def _mask_phase(ctx: JobContext, req: EditRequest, o: Options, prep: Prepared):
     """Run DiffEdit's mask estimation; returns (soft mask at original size, raw map there)."""
-    n_samples = o.number("n_samples", int, 1, 256)
-    threshold = o.number("threshold", float, 0.0, 1.0)
-    strength = o.number("mask_strength", float, 0.01, 1.0)
-    batch = o.number("batch_size", int, 1, 256)
     d = ctx.denoiser
-    t = d.schedule.timesteps_for_strength(req.steps, strength)[0]
-    query, reference = d.encode_text(req.prompt), d.encode_text(str(o.get("reference_prompt")))
+    t = d.schedule.timesteps_for_strength(req.steps, o.number("mask_strength"))[0]
+    query, reference = d.encode_text(req.prompt), d.encode_text(o.text("reference_prompt"))
     est = yield from diffedit_mask(
         d,
         prep.latents,
@@ -176,11 +145,12 @@ def _mask_phase(ctx: JobContext, req: EditRequest, o: _Options, prep: Prepared):
         reference,
         t,
         seeded(req),
-        n_samples,
-        threshold,
-        batch,
+        o.number("n_samples"),
+        o.number("threshold"),
+        o.number("batch_size"),
         _overlay(prep.working),
     )
+    check_finite(est.map, "DiffEdit mask map", ctx)
     hw = prep.original.shape[:2]
     # threshold the map interpolated to pixels (bilinear, then a blur over half a latent
     # cell), not the latent cells themselves: the mask's edge then falls between cell
@@ -190,7 +160,7 @@ def _mask_phase(ctx: JobContext, req: EditRequest, o: _Options, prep: Prepared):
     f = ctx.bundle.vae_factor
     diff_map = est.map[0, 0].cpu().numpy()
     fine = imageops.blur(imageops.resize(diff_map, prep.working.shape[:2]), f / 2)
-    binary = (fine > threshold).astype(np.float32)
+    binary = (fine > o.number("threshold")).astype(np.float32)
     soft = imageops.resize(imageops.blur(binary, f / 4), hw)  # a soft edge for blending
     raw = imageops.resize(diff_map, hw)
     return soft, raw
@@ -204,8 +174,7 @@ def _u8(m: np.ndarray) -> np.ndarray:
 def run_diffedit_mask(ctx: JobContext, req: EditRequest):
     """DiffEdit step 1 only. Finished.image: the mask over the image; extras["mask"]: the
     soft mask (uint8 HxW, 255 = edit), extras["mask_map"]: the unthresholded map."""
-    check_common(req)
-    o = _Options("diffedit_mask", req.options)
+    o = start_job(ctx, req)
     prep = prepare(ctx, dataclasses.replace(req, mask=None))
     soft, raw = yield from _mask_phase(ctx, req, o, prep)
     image = _overlay(prep.original)(soft)
@@ -217,14 +186,17 @@ def run_diffedit_mask(ctx: JobContext, req: EditRequest):
 def run_diffedit(ctx: JobContext, req: EditRequest):
     """DiffEdit: the mask (computed first when req.mask is None), then the masked edit to
     depth req.strength. extras["mask"] holds the mask used."""
-    check_common(req)
-    o = _Options("diffedit", req.options)
-    o.defaults = {**OPTIONS["diffedit_mask"], **OPTIONS["diffedit"]}
+    o = start_job(ctx, req)
     d = ctx.denoiser
-    grow = o.number("mask_grow", int, 0, 64)
+    grow = o.number("mask_grow")
     prep = prepare(ctx, req, grow=grow)
     if prep.mask is None:
         soft, _ = yield from _mask_phase(ctx, req, o, prep)
+        if not soft.any():
+            raise InputError(
+                "DiffEdit found nothing to change for this prompt (the mask is empty); "
+                "try another prompt, a lower mask threshold, or paint a mask."
+            )
         mask_w = imageops.resize(soft, prep.working.shape[:2])
         lat = imageops.latent_mask(mask_w, prep.latents.shape[-2:], grow=grow)
         prep = dataclasses.replace(
@@ -234,16 +206,24 @@ def run_diffedit(ctx: JobContext, req: EditRequest):
             mask_latent=torch.from_numpy(lat)[None, None].to(prep.latents.device),
         )
     cond = d.condition(req.prompt, req.negative_prompt, req.guidance)
-    reference = d.encode_text(str(o.get("reference_prompt")))
+    reference = d.encode_text(o.text("reference_prompt"))
     latents = yield from diffedit(
         d, prep.latents, prep.mask_latent, cond, reference, req.steps, req.strength, req.guidance
     )
-    feather = o.number("feather", float, 0.0, 1000.0)
-    image = finish_image(ctx, latents, prep, prep.original.shape[:2], feather)
+    image = finish_image(ctx, latents, prep, prep.original.shape[:2], o.number("feather"))
     return JobResult(image, _size_params(prep), {"mask": _u8(prep.mask)})
 
 
 # ---- inversion and re-editing --------------------------------------------------------------
+
+
+def _save_path(o: Options):
+    path = o.get("save")
+    if path in (None, "", False):
+        return None
+    if not isinstance(path, str | os.PathLike):
+        raise InputError(f"The option 'save' of invert must be a file path, got {path!r}.")
+    return images.check_output(path, what="inversion file")
 
 
 @job("invert")
@@ -251,10 +231,8 @@ def run_invert(ctx: JobContext, req: EditRequest):
     """Invert the image for req.prompt; extras["inversion"] is the reusable ``Inversion``.
     Finished.image is the guided reconstruction (null-text, or with ``reconstruct``) or the
     input. req.strength and req.mask are not used."""
-    check_common(req)
-    o = _Options("invert", req.options)
-    method = o.choice("inversion", INVERSION_METHODS)
-    fixed_point = o.number("fixed_point", int, 0, 20)
+    o = start_job(ctx, req)
+    save = _save_path(o)  # checked before the work, written after it
     prep = prepare(ctx, dataclasses.replace(req, mask=None))
     d = ctx.denoiser
     inv = yield from invert(
@@ -263,25 +241,88 @@ def run_invert(ctx: JobContext, req: EditRequest):
         req.prompt,
         req.steps,
         req.guidance,
-        method,
+        o.choice("inversion"),
         req.negative_prompt,
-        fixed_point,
+        o.number("fixed_point"),
     )
+    check_finite(inv.trajectory[0], "inverted noise", ctx)
     hw = prep.original.shape[:2]
     inv.model, inv.image_size, inv.working_size = ctx.bundle.name, hw, prep.working.shape[:2]
     inv.source_image = prep.original
-    if inv.reconstruction is None and o.get("reconstruct"):
+    if inv.reconstruction is None and o.flag("reconstruct"):
         inv.reconstruction = yield from regenerate(d, inv, d.encode_text(req.prompt))
     if inv.reconstruction is not None:
         image = finish_image(ctx, inv.reconstruction, None, hw)
     else:
         image = prep.original
-    if o.get("save"):
+    if save is not None:
         try:
-            inv.save(str(o.get("save")))
+            images.atomic_write(save, inv.save)
         except OSError as e:
-            raise InputError(f"Could not write the inversion to {o.get('save')}: {e}.") from e
+            raise FileError(f"Could not write the inversion to {save}: {e.strerror or e}.") from e
     return JobResult(image, {**_size_params(hw), **inv.summary()}, {"inversion": inv})
+
+
+def load_inversion(path: str | os.PathLike) -> Inversion:
+    """An inversion file → a checked ``Inversion``; anything else (damaged, foreign, from
+    another program) is a ``FileError`` naming the file."""
+    try:
+        inv = Inversion.load(path)
+    except FileNotFoundError:
+        raise FileError(f"The inversion file {path} does not exist.") from None
+    except Exception as e:  # torch.load raises many types on foreign or damaged files
+        raise FileError(
+            f"{path} is not an inversion file this version can read ({type(e).__name__})."
+        ) from None
+    problem = inversion_problem(inv)
+    if problem:
+        raise FileError(f"{path} is not a usable inversion file: {problem}.")
+    return inv
+
+
+def _size_pair(value) -> bool:
+    return (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and all(isinstance(v, int) and v > 0 for v in value)
+    )
+
+
+def inversion_problem(inv: Inversion) -> str | None:
+    """What is wrong with an inversion's fields, or None (every field's type and shape)."""
+    ts = inv.timesteps
+    if not isinstance(ts, list) or not ts or not all(isinstance(t, int) and t >= 0 for t in ts):
+        return "its timesteps are not a list of whole numbers"
+    if any(a <= b for a, b in zip(ts, ts[1:], strict=False)):
+        return "its timesteps are not descending"
+    traj, nulls = inv.trajectory, inv.null_embeddings
+    if not isinstance(traj, list) or len(traj) != len(ts) + 1:
+        return "its trajectory does not match its timesteps"
+    if not all(isinstance(x, torch.Tensor) and x.ndim == 4 for x in traj):
+        return "its trajectory is not a list of latents"
+    if any(x.shape != traj[0].shape for x in traj) or not all(x.isfinite().all() for x in traj):
+        return "its latents have mixed shapes or non-finite values"
+    if not isinstance(nulls, list) or len(nulls) != len(ts):
+        return "it has the wrong number of embeddings"
+    if not all(isinstance(e, torch.Tensor) and e.ndim == 3 for e in nulls):
+        return "its embeddings are not tensors"
+    for name in ("prompt", "negative_prompt", "method", "model"):
+        if not isinstance(getattr(inv, name), str):
+            return f"its {name.replace('_', ' ')} is not text"
+    g = inv.guidance
+    if not isinstance(g, int | float) or isinstance(g, bool) or not np.isfinite(g):
+        return "its guidance is not a number"
+    for name in ("image_size", "working_size"):
+        if getattr(inv, name) is not None and not _size_pair(getattr(inv, name)):
+            return f"its {name.replace('_', ' ')} is not a pair of sizes"
+    src = inv.source_image
+    if src is not None and not (
+        isinstance(src, np.ndarray) and src.dtype == np.uint8 and src.ndim == 3
+    ):
+        return "its source image is not an 8-bit RGB image"
+    if inv.reconstruction is not None and not isinstance(inv.reconstruction, torch.Tensor):
+        return "its reconstruction is not a tensor"
+    return None
 
 
 @job("reedit")
@@ -289,22 +330,31 @@ def run_reedit(ctx: JobContext, req: EditRequest):
     """Regenerate an inverted image with req.prompt (empty: the source prompt) at the
     inversion's guidance, optionally only inside req.mask. req.image may be omitted (the
     inversion keeps its source image); req.steps/guidance/strength are the inversion's."""
-    o = _Options("reedit", req.options)
+    o = start_job(ctx, req, common=False)
     inv = o.get("inversion")
     if isinstance(inv, str | os.PathLike):
-        try:
-            inv = Inversion.load(inv)
-        except (OSError, RuntimeError, TypeError, KeyError) as e:
-            raise InputError(f"Could not read an inversion from {inv}: {e}.") from e
-    if isinstance(inv, Inversion):
-        inv = inv.to(ctx.bundle.device, ctx.bundle.dtype)
-    else:
+        inv = load_inversion(inv)
+    if not isinstance(inv, Inversion):
         raise InputError("Re-editing needs an inversion: run 'invert' on the image first.")
     if inv.model and inv.model != ctx.bundle.name:
         raise InputError(
             f"This inversion was made with the model {inv.model!r}, but {ctx.bundle.name!r} is "
             "loaded; load that model again or invert the image with this one."
         )
+    b = ctx.bundle
+    if inv.trajectory[-1].shape[1] != b.latent_channels or max(inv.timesteps) >= (
+        b.schedule.num_train_timesteps
+    ):
+        raise InputError("This inversion does not fit the loaded model; invert the image again.")
+    inv = inv.to(b.device, b.dtype)
+    # the inversion's embeddings fix the job's prompt windows (75 tokens each)
+    windows = max(1, inv.null_embeddings[0].shape[1] // b.tokenizer.model_max_length)
+    if ctx.denoiser.chunk_count(req.prompt or inv.prompt) > windows:
+        raise InputError(
+            f"The prompt is longer than the inverted one allows ({windows * 75} tokens); "
+            "shorten it, or invert the image again with a prompt as long."
+        )
+    ctx.denoiser.chunks = windows
     image = inv.source_image if req.image is None else imageops.check_image(req.image)
     if image is None:
         raise InputError("Re-editing needs the inverted image; pass it with the request.")
@@ -319,17 +369,17 @@ def run_reedit(ctx: JobContext, req: EditRequest):
     mask_w = mask_l = None
     latents0 = inv.trajectory[-1]
     if mask is not None:
-        grow = o.number("mask_grow", int, 0, 64)
+        if not mask.any():
+            raise InputError("The mask is empty: paint where the re-edit should change.")
         mask_w = imageops.resize(mask, inv.working_size or hw)
-        lat = imageops.latent_mask(mask_w, latents0.shape[-2:], grow=grow)
+        lat = imageops.latent_mask(mask_w, latents0.shape[-2:], grow=o.number("mask_grow"))
         mask_l = torch.from_numpy(lat)[None, None].to(latents0.device)
     prep = Prepared(image, image, latents0, mask, mask_w, mask_l)
     ctx.preview_size = tuple(inv.working_size or hw)
     cond = ctx.denoiser.encode_text(req.prompt or inv.prompt)
-    depth = o.number("depth", float, 0.01, 1.0)
+    depth = o.number("depth")
     start = min(inv.steps - 1, round(inv.steps * (1 - depth)))
     latents = yield from regenerate(ctx.denoiser, inv, cond, mask=mask_l, start=start)
-    feather = o.number("feather", float, 0.0, 1000.0)
-    image = finish_image(ctx, latents, prep, hw, feather)
+    image = finish_image(ctx, latents, prep, hw, o.number("feather"))
     params = {"steps": inv.steps, "guidance": inv.guidance, "strength": depth}
     return JobResult(image, {**_size_params(hw), **params, **inv.summary()})
