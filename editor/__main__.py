@@ -53,7 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         win.open_path(args.image)
     else:
         start_recovery_check(win)
-    return app.exec()
+    code = app.exec()
+    # A model load cannot be interrupted: exiting while it runs inside torch aborts the
+    # process ("terminate called without an active exception"), so let it end first.
+    engine.shutdown(timeout=120)
+    return code
 
 
 if __name__ == "__main__":

@@ -119,6 +119,14 @@ def test_sigkill_mid_edit_and_after_a_save(tmp_path, monkeypatch):
     assert "saved later" not in got["questions"][0]  # the autosave is the newer state
     assert (got["mask"], got["strokes"]) == (newer["mask"], newer["strokes"])
     assert got["project_path"] == str(work)
-    assert ed.proc.wait(timeout=30) == 0  # a clean exit
+    assert ed.proc.wait(timeout=30) == 0, "".join(ed.log)  # a clean exit
     assert not project.recoverable()
     assert int((project.read_project(work)["mask"] > 0).sum()) == edited["mask"]
+
+
+def test_quitting_while_the_model_loads_exits_cleanly(tmp_path):
+    """Exiting while a load runs inside torch used to abort the process (exit code 134)."""
+    ed = Editor(tmp_path / "data", tmp_path / "w.deproj", "quit_at_once")
+    assert ed.wait("loading")["loaded"] is False
+    assert ed.proc.wait(timeout=120) == 0, "".join(ed.log)
+    assert "terminate called" not in "".join(ed.log)
