@@ -103,3 +103,51 @@ def test_open_project_paint_grow_clear_apply(make_window, saved_project, qtbot):
     assert other.open_path(saved_project)
     assert np.array_equal(other.doc.image, entry.image)
     assert np.array_equal(other.doc.strokes, win.doc.strokes)
+
+
+def _transparent_qimage():
+    from PySide6.QtGui import QColor, QImage
+
+    img = QImage(20, 10, QImage.Format.Format_ARGB32)
+    img.fill(QColor(0, 0, 0, 0))  # transparent
+    img.setPixelColor(3, 4, QColor(200, 10, 10, 255))
+    return img
+
+
+def test_paste_goes_through_the_image_loader(make_window, tmp_path, qtbot):
+    """A pasted image with transparency reads like the same picture from a file: alpha
+    over white (the clipboard path used to turn transparent pixels black)."""
+    from PySide6.QtWidgets import QApplication
+
+    img = _transparent_qimage()
+    img.save(str(tmp_path / "t.png"))
+    from_file = make_window()
+    assert from_file.open_path(str(tmp_path / "t.png"))
+    win = make_window()
+    QApplication.clipboard().setImage(img)
+    _activate(qtbot, win)
+    qtbot.keyClick(win.canvas, Qt.Key.Key_V, CTRL)
+    assert win.doc.size == (10, 20)
+    assert np.array_equal(win.doc.image, from_file.doc.image)
+    assert tuple(win.doc.image[0, 0]) == (255, 255, 255)
+    assert tuple(win.doc.image[4, 3]) == (200, 10, 10)
+    assert win.doc.image.flags.writeable
+
+
+def test_dropped_image_data_goes_through_the_image_loader(make_window, qtbot):
+    from PySide6.QtCore import QMimeData, QPointF
+    from PySide6.QtGui import QDropEvent
+
+    win = make_window()
+    mime = QMimeData()
+    mime.setImageData(_transparent_qimage())
+    event = QDropEvent(
+        QPointF(5, 5),
+        Qt.DropAction.CopyAction,
+        mime,
+        Qt.MouseButton.LeftButton,
+        Qt.KeyboardModifier.NoModifier,
+    )
+    win.dropEvent(event)
+    assert win.doc.size == (10, 20)
+    assert tuple(win.doc.image[0, 0]) == (255, 255, 255)
