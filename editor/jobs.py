@@ -15,7 +15,14 @@ from engine import imageops
 
 from . import project
 from .document import image_key
-from .methods import METHODS, NeedsInput, build_request, random_seed
+from .methods import (
+    METHODS,
+    NeedsInput,
+    SettingsError,
+    build_request,
+    check_setting,
+    random_seed,
+)
 
 MASKED = ("sdedit", "repaint", "diffedit", "reedit")  # results change only inside the mask
 
@@ -117,7 +124,11 @@ class JobActions:
     def rerun(self, entry) -> None:
         p = entry.parameters
         keys = ("prompt", "negative_prompt", "steps", "guidance", "strength", "seed")
-        changes = {k: p[k] for k in keys if k in p}
+        try:  # a result's parameters may come from a project file: checked like settings
+            changes = {k: check_setting(k, p[k]) for k in keys if k in p}
+        except SettingsError as e:
+            self.show_error(f"This result's settings cannot be re-run: {e}")
+            return
         ui = next((k for k, m in METHODS.items() if p.get("method") in m.engine), None)
         if ui:
             changes["method"] = ui

@@ -405,3 +405,19 @@ def test_a_damaged_autosave_is_told_once_and_hides_nothing(make_window, data_dir
     again.ask = lambda *a: Btn.No
     assert not again.offer_recovery()
     assert not again.banner_host.isVisible()  # not the same error at every start
+
+
+def test_rerun_of_a_result_with_bad_settings_says_so(make_window, tmp_path, qtbot):
+    """A project's result parameters are re-run only if they are valid settings."""
+    bad = _project_with(
+        tmp_path,
+        "r.deproj",
+        _set("history", [{"file": "history/000.png", "parameters": {"steps": 10**9}}]),
+    )
+    win = make_window()
+    assert win.open_path(bad)
+    steps = win.doc.settings["steps"]
+    win.history_panel.select(win.doc.history[0])
+    qtbot.mouseClick(win.history_panel.rerun, Qt.MouseButton.LeftButton)
+    assert "Steps" in win.banner.text() and not win.bridge.busy
+    assert win.doc.settings["steps"] == steps
