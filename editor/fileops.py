@@ -256,8 +256,6 @@ class FileActions:
         recovered = False
         for i, entry in enumerate(entries):
             try:
-                if entry.get("damaged"):
-                    raise FileError(entry["damaged"])
                 data = project.read_project(entry["path"])
             except FileError as e:
                 damaged.append(f"{Path(entry['path']).name} ({e})")

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 from PySide6.QtCore import QObject, QTimer, Signal
 
-from .document import Document
+from .document import Document, image_key
 from .files import (
     FileError,
     atomic_write,
@@ -70,7 +70,7 @@ def snapshot(doc: Document) -> dict[str, Any]:
         "settings": json.loads(json.dumps(doc.settings, default=str)),
         "history": [(e.image, plain(e.parameters)) for e in doc.history],
         "source_path": doc.path,
-        "image_parameters": plain(doc.image_parameters() or {}),
+        "described": doc.described,  # checked against the image off the GUI thread
     }
 
 
@@ -87,8 +87,9 @@ def write_snapshot(snap: dict[str, Any], path: str | os.PathLike) -> Path:
         "source_path": snap["source_path"],
         "history": [],
     }
-    if snap.get("image_parameters"):
-        meta["image_parameters"] = snap["image_parameters"]
+    described = snap.get("described")
+    if described is not None and described[0] == image_key(snap["image"]):
+        meta["image_parameters"] = plain(described[1])
 
     def write(f):
         with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
@@ -248,9 +249,10 @@ def _mtime(path: str | None) -> float | None:
 def recoverable() -> list[dict[str, Any]]:
     """Autosaves whose editor did not exit cleanly, newest first.
 
-    Each entry has ``path`` (the autosave) and ``meta_path``; ``damaged`` (a sentence) when
-    its description cannot be read; ``newer_project`` when the project it belongs to was
-    saved after it (recovering it would bring back an older state)."""
+    Each entry has ``path`` (the autosave) and ``meta_path`` (its description: time, paths;
+    when that is missing or unreadable, the file's own time stands in); ``newer_project``
+    when the project it belongs to was saved after it (recovering it would bring back an
+    older state)."""
     out = []
     folder = autosave_dir()
     for data in folder.glob(f"*{PROJECT_SUFFIX}"):
@@ -265,8 +267,8 @@ def recoverable() -> list[dict[str, Any]]:
             entry["time"] = float(entry.get("time", 0))
         except FileNotFoundError:  # killed between writing the autosave and its description
             entry["time"] = _mtime(str(data)) or 0.0
-        except (OSError, ValueError, TypeError) as e:
-            entry["damaged"] = f"its description {meta_path.name} is unreadable ({e})"
+        except (OSError, ValueError, TypeError):  # the autosave itself may still be good
+            entry = {"session": session, "pid": _session_pid(session)}
             entry["time"] = _mtime(str(data)) or 0.0
         if session in _LIVE_SESSIONS:
             continue

@@ -421,3 +421,14 @@ def test_rerun_of_a_result_with_bad_settings_says_so(make_window, tmp_path, qtbo
     qtbot.mouseClick(win.history_panel.rerun, Qt.MouseButton.LeftButton)
     assert "Steps" in win.banner.text() and not win.bridge.busy
     assert win.doc.settings["steps"] == steps
+
+
+def test_an_autosave_with_an_unreadable_description_is_still_offered(make_window, data_dir):
+    images = _crashed_sessions(make_window, 1)
+    entry = project.recoverable()[0]
+    open(entry["meta_path"], "w").write("{not json")
+    fresh = make_window()
+    asked = _answers(fresh, Btn.Yes)
+    assert fresh.offer_recovery() and len(asked) == 1
+    assert np.array_equal(fresh.doc.image, images[0])
+    assert not project.recoverable()
