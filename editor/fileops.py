@@ -6,6 +6,7 @@ Kept apart from ``app.py`` so each file reads in one sitting. Dialogs go through
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from PySide6.QtGui import QImage
 from PySide6.QtWidgets import QApplication, QFileDialog, QMessageBox
 
 from engine import metadata
+from engine.images import check_output
 
 from . import project
 from .files import (
@@ -34,6 +36,13 @@ OPEN_FILTER = (
     f"*{project.PROJECT_SUFFIX});;{IMAGE_FILTER};;{PROJECT_FILTER}"
 )
 Btn = QMessageBox.StandardButton
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def qimage_to_rgb(img: QImage, name: str = "pasted image") -> np.ndarray:
@@ -201,7 +210,19 @@ class FileActions:
             path += project.PROJECT_SUFFIX
         return self._write_project(path)
 
+    def _writable(self, path: str, what: str) -> bool:
+        """Say why ``path`` cannot be written (missing or read-only folder, a folder) before
+        any work is done."""
+        try:
+            check_output(path, what=what)
+        except FileError as e:
+            self.show_error(str(e))
+            return False
+        return True
+
     def _write_project(self, path: str) -> bool:
+        if not self._writable(path, "project"):
+            return False
         try:
             project.save_project(self.doc, path)
         except FileError as e:
@@ -231,8 +252,17 @@ class FileActions:
                 what = "the image layer, without the unapplied result"
         stem = Path(self.doc.path).stem if self.doc.path else "image"
         path = self.ask_save_path("Export image", IMAGE_FILTER, f"{stem}-edit.png")
-        if not path:
+        if not path or not self._writable(path, "exported image"):
             return False
+        if self.doc.path and _same_file(path, self.doc.path):
+            answer = self.ask(
+                "Replace the original?",
+                f"{Path(path).name} is the picture this work was opened from. Replace it?",
+                Btn.Yes | Btn.No,
+                Btn.No,
+            )
+            if answer != Btn.Yes:
+                return False
         try:
             save_image(image, path, params)
         except FileError as e:

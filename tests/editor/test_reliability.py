@@ -432,3 +432,28 @@ def test_an_autosave_with_an_unreadable_description_is_still_offered(make_window
     assert fresh.offer_recovery() and len(asked) == 1
     assert np.array_equal(fresh.doc.image, images[0])
     assert not project.recoverable()
+
+
+def test_export_and_save_name_a_missing_folder_before_writing(window, tmp_path):
+    window.ask_save_path = lambda *a: str(tmp_path / "gone" / "x.png")
+    assert not window.export_png()
+    assert "folder" in window.banner.text() and "gone" in window.banner.text()
+    window.ask_save_path = lambda *a: str(tmp_path / "gone" / "w.deproj")
+    assert not window.save_project_as()
+    assert "folder" in window.banner.text() and window.doc.project_path is None
+
+
+def test_export_over_the_opened_picture_asks_first(window, tmp_path):
+    src = tmp_path / "photo.png"
+    Image.fromarray(_image(5)).save(src)
+    original = src.read_bytes()
+    assert window.open_path(str(src))
+    window.doc.invert_mask()
+    window.doc.replace_layer("image", 255 - window.doc.image, "invert")
+    asked = _answers(window, Btn.No)
+    window.ask_save_path = lambda *a: str(src)
+    assert not window.export_png()
+    assert asked and "opened from" in asked[0] and src.read_bytes() == original
+    _answers(window, Btn.Yes)
+    assert window.export_png()
+    assert np.array_equal(files.load_image(src), 255 - _image(5))
