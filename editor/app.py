@@ -103,6 +103,8 @@ class MainWindow(JobActions, FileActions, QMainWindow):
         self._wire()
         self.autosaver = project.Autosaver(self.doc, autosave_ms, self)
         self.autosaver.error.connect(lambda m: self.status(f"Autosave failed: {m}"))
+        if self.autosaver.problem:
+            self.show_error(self.autosaver.problem)
         self.select_tool(tools.COLOUR)
         if self.engine.model_info is not None:
             self._on_model_loaded(None)

@@ -281,7 +281,10 @@ class FileActions:
         A damaged autosave is reported once and moved aside, and the others are still
         offered. One older than its saved project says so, and is recovered without the
         project's path, so Ctrl+S cannot put the older state over the newer project."""
-        entries = project.recoverable()
+        try:
+            entries = project.recoverable()
+        except OSError:  # no autosave folder (Autosaver said why): nothing to recover
+            return False
         damaged: list[str] = []
         recovered = False
         for i, entry in enumerate(entries):

@@ -42,14 +42,15 @@ FORMAT = 1
 _LIVE_SESSIONS: set[str] = set()  # autosave sessions open in this process
 
 
-def data_dir() -> Path:
+def data_dir(create: bool = True) -> Path:
     """``$DIFFUSION_EDITOR_DATA``, else ``$XDG_DATA_HOME/diffusion-editor`` (~/.local/share)."""
     if os.environ.get("DIFFUSION_EDITOR_DATA"):
         base = Path(os.environ["DIFFUSION_EDITOR_DATA"])
     else:
         xdg = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
         base = Path(xdg) / "diffusion-editor"
-    base.mkdir(parents=True, exist_ok=True)
+    if create:
+        base.mkdir(parents=True, exist_ok=True)
     return base
 
 
@@ -227,9 +228,10 @@ def load_into(doc: Document, data: dict[str, Any], project_path: str | None) -> 
 # ---- autosave & recovery ----------------------------------------------------------------
 
 
-def autosave_dir() -> Path:
-    d = data_dir() / "autosave"
-    d.mkdir(parents=True, exist_ok=True)
+def autosave_dir(create: bool = True) -> Path:
+    d = data_dir(create) / "autosave"
+    if create:
+        d.mkdir(parents=True, exist_ok=True)
     return d
 
 
@@ -323,8 +325,15 @@ class Autosaver(QObject):
         self.doc = doc
         self.session = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         _LIVE_SESSIONS.add(self.session)
-        folder = autosave_dir()
-        clean_stale_temporaries(folder)  # autosaves killed half-way
+        self.problem = ""  # why autosave is off, for the user
+        try:
+            folder = autosave_dir()
+            clean_stale_temporaries(folder)  # autosaves killed half-way
+        except OSError as e:  # a read-only or missing home: edit anyway, and say so
+            folder = autosave_dir(create=False)
+            self.problem = (
+                f"Autosave is off: its folder {folder} cannot be created ({e.strerror or e})."
+            )
         self.path = folder / f"{self.session}{PROJECT_SUFFIX}"
         self.meta_path = self.path.with_suffix(".json")
         self._thread: threading.Thread | None = None
@@ -332,7 +341,8 @@ class Autosaver(QObject):
         self._epoch = 0  # bumped by discard(): a write that started before it is dropped
         self.timer = QTimer(self)
         self.timer.timeout.connect(self.save_now)
-        self.timer.start(interval_ms)
+        if not self.problem:
+            self.timer.start(interval_ms)
         doc.modified_changed.connect(self._on_modified)
 
     def _on_modified(self, modified: bool) -> None:
@@ -341,7 +351,9 @@ class Autosaver(QObject):
 
     def save_now(self, wait: bool = False) -> bool:
         """Autosave if the document changed since the last autosave."""
-        if not self.doc.is_modified() or (self._thread and self._thread.is_alive()):
+        if self.problem or not self.doc.is_modified():
+            return False
+        if self._thread and self._thread.is_alive():
             return False
         snap = snapshot(self.doc)
         meta = {
@@ -374,8 +386,11 @@ class Autosaver(QObject):
         """Delete this session's autosave (the document is saved, or was replaced)."""
         with self._lock:
             self._epoch += 1
-            self.path.unlink(missing_ok=True)
-            self.meta_path.unlink(missing_ok=True)
+            for path in (self.path, self.meta_path):
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError:  # no autosave folder at all: nothing to delete
+                    pass
 
     def stop(self, clean: bool = True) -> None:
         """Clean exit removes the autosave; ``clean=False`` is what a crash leaves behind."""

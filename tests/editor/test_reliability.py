@@ -457,3 +457,16 @@ def test_export_over_the_opened_picture_asks_first(window, tmp_path):
     _answers(window, Btn.Yes)
     assert window.export_png()
     assert np.array_equal(files.load_image(src), 255 - _image(5))
+
+
+def test_an_unusable_data_folder_turns_autosave_off_and_says_so(make_window, tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the data folder should be")
+    monkeypatch.setenv("DIFFUSION_EDITOR_DATA", str(blocker))
+    win = make_window(_image(1))  # used to raise at start-up: the editor did not open
+    assert "Autosave is off" in win.banner.text() and str(blocker) in win.banner.text()
+    win.doc.mark_dirty()
+    assert not win.autosaver.save_now(wait=True)
+    assert not win.offer_recovery()
+    win.ask_save_path = lambda *a: str(tmp_path / "still-saves.deproj")
+    assert win.save_project()
