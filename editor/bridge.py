@@ -65,6 +65,14 @@ class EngineBridge(QObject):
         if self.job_id is not None:
             self.engine.cancel(self.job_id)
 
+    def forget(self) -> None:
+        """Cancel the current job and drop every later event of it (the document it was
+        made for is gone: a result arriving now would land on another picture)."""
+        if self.job_id is not None:
+            self.engine.cancel(self.job_id)
+            self.job_id = None
+            self.busy_changed.emit(False)
+
     def load_model(self, spec: str) -> int:
         self.load_id = self.engine.load_model(spec)
         return self.load_id

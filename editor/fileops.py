@@ -130,7 +130,7 @@ class FileActions:
             return False
         if not self.confirm_discard():
             return False
-        self.bridge.cancel()
+        self.drop_job()
         if path.endswith(project.PROJECT_SUFFIX):
             project.load_into(self.doc, data, path)
         else:
@@ -150,7 +150,7 @@ class FileActions:
     def open_array(self, image: np.ndarray, name: str) -> bool:
         if not self.confirm_discard():
             return False
-        self.bridge.cancel()
+        self.drop_job()
         self.doc.set_image(image)
         self.doc.history.clear()
         self.doc.history_changed.emit()
@@ -305,6 +305,7 @@ class FileActions:
                 continue
             if answer == Btn.Yes:
                 newer = bool(entry.get("newer_project"))
+                self.drop_job()
                 project.load_into(self.doc, data, None if newer else entry.get("project_path"))
                 self.doc.mark_dirty()  # recovered work is not saved anywhere the user chose
                 project.discard_recovery(entry)  # this session autosaves it from now on

@@ -63,6 +63,13 @@ class JobActions:
             self.bridge.cancel()
             self.status("Cancelling…")
 
+    def drop_job(self) -> None:
+        """A new document replaces the one the running job was made for: cancel it and
+        ignore whatever it still sends."""
+        if self.bridge.busy:
+            self.bridge.forget()
+            self._on_cancelled(None)
+
     def _on_step(self, ev) -> None:
         self.prompt_panel.show_step(ev.i, ev.n, ev.label)
         if ev.preview is not None:

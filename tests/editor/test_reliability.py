@@ -470,3 +470,18 @@ def test_an_unusable_data_folder_turns_autosave_off_and_says_so(make_window, tmp
     assert not win.offer_recovery()
     win.ask_save_path = lambda *a: str(tmp_path / "still-saves.deproj")
     assert win.save_project()
+
+
+def test_a_result_of_the_previous_picture_never_lands_on_the_next(window, tmp_path, qtbot):
+    """A job finishing just as another picture of the same size is opened."""
+    from engine import Finished
+
+    window.job = ("sdedit", "sdedit")
+    window.bridge.job_id = 10_000  # as if submitted for the current picture
+    window.prompt_panel.set_busy(True)
+    Image.fromarray(_image(6, window.doc.size)).save(tmp_path / "next.png")
+    assert window.open_path(str(tmp_path / "next.png"))
+    late = np.zeros((*window.doc.size, 3), np.uint8)
+    window.bridge._dispatch(Finished(10_000, late, {"method": "sdedit"}, {}))
+    assert not window.doc.history
+    assert window.prompt_panel.run.isEnabled() and not window.bridge.busy
