@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 from PySide6.QtCore import QObject, QTimer, Signal
 
+from . import document
 from .document import Document, image_key
 from .files import (
     FileError,
@@ -167,11 +168,18 @@ def _read(z: zipfile.ZipFile, name: str) -> dict[str, Any]:
     strokes = _layer(z, "strokes.png", name, "RGBA", size)
     mask = _layer(z, "mask.png", name, "L", size)
     history = []
+    # only the newest results the document keeps are decoded (a project of many 8192²
+    # results would otherwise need tens of GB just to be opened)
+    keep = max(1, min(document.HISTORY_LIMIT, document.HISTORY_BYTES // image.nbytes))
+    first_kept = len(history_meta) - keep
     for i, h in enumerate(history_meta):
         where = f"{name}, result {i + 1}"
         if not isinstance(h, dict) or not isinstance(h.get("file"), str):
             raise FileError(f"{where} is damaged: it names no image file.")
         params = _params(h.get("parameters", {}), where)
+        if i < first_kept:
+            z.getinfo(h["file"])  # present, though not decoded
+            continue
         result = load_image_bytes(z.read(h["file"]), f"result {i + 1} in {name}")
         if result.shape != image.shape:
             raise FileError(f"{where} is damaged: its image is not the size of the picture.")

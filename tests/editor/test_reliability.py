@@ -485,3 +485,17 @@ def test_a_result_of_the_previous_picture_never_lands_on_the_next(window, tmp_pa
     window.bridge._dispatch(Finished(10_000, late, {"method": "sdedit"}, {}))
     assert not window.doc.history
     assert window.prompt_panel.run.isEnabled() and not window.bridge.busy
+
+
+def test_a_project_with_more_results_than_memory_allows_opens_the_newest(
+    make_window, tmp_path, monkeypatch
+):
+    doc = document.Document(_image(1, (64, 64)))
+    for i in range(6):
+        doc.add_result(np.full((64, 64, 3), i, np.uint8), {"seed": i})
+    path = tmp_path / "many.deproj"
+    project.save_project(doc, path)
+    monkeypatch.setattr(document, "HISTORY_BYTES", 2 * 64 * 64 * 3)
+    win = make_window()
+    assert win.open_path(str(path))
+    assert [e.parameters["seed"] for e in win.doc.history] == [4, 5]
