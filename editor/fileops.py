@@ -131,6 +131,7 @@ class FileActions:
         if not self.confirm_discard():
             return False
         self.drop_job()
+        self.banner_host.hide()  # an error about the previous file no longer applies
         if path.endswith(project.PROJECT_SUFFIX):
             project.load_into(self.doc, data, path)
         else:
