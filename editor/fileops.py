@@ -309,7 +309,11 @@ class FileActions:
                 self.drop_job()
                 project.load_into(self.doc, data, None if newer else entry.get("project_path"))
                 self.doc.mark_dirty()  # recovered work is not saved anywhere the user chose
-                project.discard_recovery(entry)  # this session autosaves it from now on
+                # the old autosave goes only once this session's own autosave holds the
+                # work: a crash in the next minute must not lose what was just recovered
+                self.autosaver.save_now(wait=True)
+                if self.autosaver.path.exists():
+                    project.discard_recovery(entry)
                 recovered = True
             break
         left = len(project.recoverable())

@@ -499,3 +499,15 @@ def test_a_project_with_more_results_than_memory_allows_opens_the_newest(
     win = make_window()
     assert win.open_path(str(path))
     assert [e.parameters["seed"] for e in win.doc.history] == [4, 5]
+
+
+def test_recovered_work_survives_a_second_crash_right_after(make_window, data_dir):
+    images = _crashed_sessions(make_window, 1)
+    fresh = make_window()
+    _answers(fresh, Btn.Yes)
+    assert fresh.offer_recovery()
+    _crash(fresh)  # before its first autosave interval
+    again = make_window()
+    _answers(again, Btn.Yes)
+    assert again.offer_recovery()
+    assert np.array_equal(again.doc.image, images[0])
