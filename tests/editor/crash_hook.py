@@ -74,19 +74,20 @@ if phase == "edit":  # the photo is open: edit it, wait for the autosave (then: 
     edit(slice(10, 30))
     after_next_autosave("autosaved")
 
-elif phase == "recover_then_save":  # start-up recovery answered Yes; save; stay idle
+elif phase == "recover_save_edit":  # recovery answered Yes; save; idle; edit; autosave
+
+    def idle_then_edit():
+        report("idle", **state())
+        edit(slice(40, 60))
+        after_next_autosave("autosaved")
 
     def then():
         report("recovered", questions=questions, **state())
         win.save_project()
         report("saved", **state())
-        QTimer.singleShot(1000, lambda: report("idle", **state()))  # five autosave periods
+        QTimer.singleShot(1000, idle_then_edit)  # five autosave periods with nothing to save
 
     QTimer.singleShot(0, lambda: QTimer.singleShot(0, then))  # after the recovery check
-
-elif phase == "edit_project":  # the saved project is open: edit more, autosave
-    edit(slice(40, 60))
-    after_next_autosave("autosaved")
 
 elif phase == "recover_and_quit":
 
