@@ -21,6 +21,7 @@ from engine.images import check_output
 from . import project
 from .files import (
     IMAGE_FILTER,
+    MAX_PIXELS,
     FileError,
     load_image,
     load_image_bytes,
@@ -48,9 +49,14 @@ def _same_file(a: str, b: str) -> bool:
 def qimage_to_rgb(img: QImage, name: str = "pasted image") -> np.ndarray:
     """A clipboard or dropped image → RGB through the one image loader (as PNG bytes), so
     transparency, size limits and errors are the same as for a file."""
+    if img.width() * img.height() > MAX_PIXELS:  # before encoding it, which takes long
+        raise FileError(
+            f"The {name} is {img.width()}x{img.height()}; images up to 8192x8192 pixels are "
+            "supported."
+        )
     buf = QBuffer()
     buf.open(QIODevice.OpenModeFlag.WriteOnly)
-    if not img.save(buf, "PNG"):
+    if not img.save(buf, "PNG", 100):  # quality 100: least compression, fastest
         raise FileError(f"The {name} could not be read.")
     return load_image_bytes(bytes(buf.data()), name)
 
