@@ -1,14 +1,18 @@
 """Project files and autosave.
 
 A project (``.deproj``) is a zip holding ``image.png``, ``strokes.png`` (RGBA), ``mask.png``,
-one PNG per history result, and ``project.json`` (settings, history parameters). Saves are
-atomic (temporary file, then rename), so a crash mid-save never damages the last good file.
+one PNG per history result, and ``project.json`` (settings, history parameters, and the
+parameters that made the image layer, if known). Saves are atomic (temporary file, then
+rename), so a crash mid-save never damages the last good file. Reading validates everything
+(shapes, sizes, every setting against the panel's ranges) before returning anything, so
+opening is all-or-nothing.
 
 Autosave writes the open document to the user data dir every ``interval`` ms when it has
-changed, on a background thread (the GUI only copies the arrays). Each running editor
-registers a session file; a clean exit deletes its session. A session file whose editor is
-gone (dead process, or an editor in this process that never closed cleanly) is offered
-back at start-up by ``recoverable()``.
+changed, on a background thread (the GUI only copies the arrays), and deletes it when the
+document becomes clean (saved, or replaced). Each running editor registers a session file;
+a clean exit deletes its session. A session file whose editor is gone (dead process, or an
+editor in this process that never closed cleanly) is offered back at start-up by
+``recoverable()``.
 """
 
 from __future__ import annotations
