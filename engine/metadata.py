@@ -60,7 +60,7 @@ _FIELD = re.compile(r'\s*([\w \-/]+):\s*("(?:[^"]*)"|[^,]*)(?:,|$)')
 
 def parse_parameters(text: str) -> dict[str, str]:
     """Parse the A1111 text back into {label: value} plus "prompt"/"Negative prompt"."""
-    lines = text.strip("\n").split("\n")
+    lines = text.rstrip("\n").split("\n")  # an empty prompt is an empty first line
     out: dict[str, str] = {}
     last = lines[-1] if len(lines) > 1 or "Steps:" in lines[-1] else ""
     body = lines[:-1] if last else lines

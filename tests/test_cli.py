@@ -1,10 +1,13 @@
 """``python -m engine`` end to end, in a subprocess like a user would run it."""
 
 import os
+import struct
 import subprocess
 import sys
+import zlib
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from engine.metadata import format_parameters, parse_parameters, read_png_parameters
@@ -144,3 +147,196 @@ def test_metadata_round_trips_awkward_values():
     assert meta["Steps"] == "30" and meta["CFG scale"] == "4.5" and meta["Seed"] == "123"
     assert meta["Model"] == "C:\\models\\sd15" and meta["Denoising strength"] == "0.35"
     assert meta["Jump length"] == "10" and meta["Label"] == "say 'hi'"
+    # found by tests/test_fuzz.py: with an empty prompt and no steps the fields were lost
+    assert parse_parameters(format_parameters({"guidance": 0}))["CFG scale"] == "0"
+
+
+# ---- in-process: cli.main(argv) returns the exit code ------------------------------------
+
+
+def cli_main(capsys, *argv):
+    from engine import cli
+
+    code = cli.main(list(argv))
+    err = capsys.readouterr().err
+    return code, err
+
+
+def _error_line(err):
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_side_outputs_never_replace_an_input(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    picture = np.full((64, 64, 3), 90, np.uint8)
+    Image.fromarray(picture).save("photo-mask.png")
+    Image.fromarray(picture).save("photo.png")
+    before = {p: (tmp_path / p).read_bytes() for p in ("photo-mask.png", "photo.png")}
+    # DiffEdit's mask file would be photo-mask.png, the input
+    code, err = cli_main(
+        capsys,
+        "diffedit_mask",
+        "--model",
+        "builtin:tiny",
+        "-i",
+        "photo-mask.png",
+        "-o",
+        "photo.png",
+    )
+    assert code == 2 and "is an input file" in _error_line(err)
+    # invert -O save= would write the inversion over the input
+    code, err = cli_main(
+        capsys, "invert", "--model", "builtin:tiny", "-i", "photo.png", "-O", "save=photo.png"
+    )
+    assert code == 2 and "photo.png is an input file" in _error_line(err)
+    assert {p: (tmp_path / p).read_bytes() for p in before} == before
+
+
+def test_outputs_are_checked_before_any_work(tmp_path, capsys, monkeypatch):
+    import engine.engine
+
+    def no_engine(*a, **k):
+        raise AssertionError("the engine started before the outputs were checked")
+
+    monkeypatch.setattr(engine.engine.Engine, "__init__", no_engine)
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save("in.png")
+    for argv, words in (
+        (["generate", "-o", "nowhere/out.png"], "folder nowhere for the output out.png does not"),
+        (["generate", "-o", "/sys/out.png"], "cannot be written"),
+        (["generate", "-o", str(tmp_path)], "is a folder"),
+        (["sdedit", "-i", "in.png", "--mask", "in.png", "-o", "./in.png"], "is an input file"),
+        (["invert", "-i", "in.png", "-O", "save=nowhere/x.pt"], "does not exist"),
+    ):
+        code, err = cli_main(capsys, *argv)
+        assert code == 2 and words in _error_line(err), argv
+
+
+BAD_ARGV = [
+    (["generate", "--steps", "0"], "Steps"),
+    (["generate", "--steps", "x"], "invalid int value"),
+    (["generate", "--guidance", "nan"], "Guidance"),
+    (["generate", "--guidance", "inf"], "Guidance"),
+    (["generate", "--cfg", "1e9"], "Guidance"),
+    (["sdedit", "-i", "in.png", "--strength", "nan"], "Strength"),
+    (["generate", "--seed", str(2**80)], "seed"),
+    (["generate", "-O", "eta=abc"], "must be a number"),
+    (["generate", "-O", "bogus=1"], "Unknown option 'bogus' for generate; its options are: eta"),
+    (["generate", "-O", "noequals"], "KEY=VALUE"),
+    (["generate", "-O", "eta=1", "-O", "eta=2"], "twice"),
+    (["repaint", "-i", "in.png", "--mask", "m.png", "-O", "jump_length=1e400"], "jump_length"),
+    (["repaint", "-i", "in.png", "--mask", "m.png", "-O", "sampler=euler"], "sampler"),
+    (["sdedit", "-i", "in.png", "-O", "feather=1e9"], "feather"),
+    (["invert", "-i", "in.png", "-O", "reconstruct=maybe"], "true or false"),
+    (["sdedit", "-i", "missing.png"], "missing.png does not exist"),
+    (["sdedit", "-i", "junk.png"], "junk.png is not an image"),
+    (["sdedit", "-i", "in.png", "--mask", "missing.png"], "The mask missing.png does not"),
+    (["sdedit", "-i", "in.png", "--mask", "junk.png"], "The mask junk.png is not an image"),
+    (["sdedit", "-i", "in.png", "--mask", "small.png"], "mask small.png is 8x8"),
+    (["sdedit", "-i", "in.png", "--strokes", "small.png"], "stroke layer small.png is 8x8"),
+    (["sdedit", "-i", "in.png", "--strokes", "cut.png"], "truncated or damaged"),
+    (["sdedit", "-i", "bomb.png"], "8192x8192"),
+    (["sdedit"], "needs an input image"),
+    (["reedit", "-O", "inversion=junk.png"], "junk.png is not an inversion file"),
+    (["reedit", "-O", "inversion=foreign.pt"], "foreign.pt is not"),
+    (["generate", "--device", "foo"], "Unknown device 'foo'"),
+    (["generate", "--device", "cuda:99"], "CUDA"),
+    (["generate", "--dtype", "fp8"], "Unknown dtype"),
+    (["generate", "--steps", "1000"], "Steps must be between 1 and 999"),
+    (["repaint", "-i", "in.png", "--mask", "black.png"], "mask is empty"),
+    (["generate", "--bogus-flag"], "unrecognized arguments"),
+    (["nomethod"], "invalid choice"),
+    ([], "required"),
+]
+
+
+@pytest.fixture
+def bad_inputs(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save("in.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save("small.png")
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save("black.png")
+    m = np.zeros((64, 64), np.uint8)
+    m[:32] = 255
+    Image.fromarray(m).save("m.png")
+    data = (tmp_path / "in.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    (tmp_path / "junk.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    Image.new("L", (1, 1)).save("bomb.png")  # then its header claims 30000x30000 pixels
+    png = bytearray((tmp_path / "bomb.png").read_bytes())
+    at = png.index(b"IHDR")
+    png[at + 4 : at + 12] = struct.pack(">II", 30000, 30000)
+    png[at + 17 : at + 21] = struct.pack(">I", zlib.crc32(bytes(png[at : at + 17])))
+    (tmp_path / "bomb.png").write_bytes(bytes(png))
+    return tmp_path
+
+
+@pytest.mark.parametrize("argv, words", BAD_ARGV, ids=[" ".join(a) or "empty" for a, _ in BAD_ARGV])
+def test_bad_input_is_one_line_and_exit_code_2(bad_inputs, capsys, argv, words):
+    if argv and argv[0] != "nomethod":
+        argv = [*argv, "--model", "builtin:tiny"]
+        if "--device" not in argv:
+            argv += ["--device", "cpu"]
+    code, err = cli_main(capsys, *argv)
+    assert code == 2, err
+    assert words in _error_line(err)
+    assert (
+        sorted(p.name for p in bad_inputs.iterdir() if p.suffix == ".png" and "out" in p.name) == []
+    )
+
+
+def test_cli_reads_sixteen_bit_and_transparent_images_like_the_editor(tmp_path):
+    from engine import cli
+
+    ramp = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    rgba = np.zeros((64, 64, 4), np.uint8)
+    rgba[:8, :8] = (0, 0, 255, 255)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "t.png")
+    for name, check in (
+        ("g16.png", lambda a: np.array_equal(a[..., 0], np.round(ramp / 65535 * 255))),
+        ("t.png", lambda a: (a[:8, :8] == (0, 0, 255)).all() and (a[8:] == 255).all()),
+    ):
+        a = cli.make_parser().parse_args(["sdedit", "-i", str(tmp_path / name)])
+        req = cli.build_request("sdedit", a)
+        assert check(req.image), name
+
+
+def test_outputs_follow_the_umask(tmp_path, capsys, monkeypatch):
+    import os
+    import stat
+
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save("photo.png")
+    old = os.umask(0o022)
+    try:
+        code, err = cli_main(
+            capsys,
+            "diffedit_mask",
+            "--model",
+            "builtin:tiny",
+            "-i",
+            "photo.png",
+            "--steps",
+            "2",
+            "-O",
+            "n_samples=1",
+            "-o",
+            "m.png",
+        )
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    for name in ("m.png", "m-mask.png"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m-mask.png", "m.png", "photo.png"]
+
+
+def test_python_dash_m_engine_still_exits_with_the_code(tmp_path):
+    r = run_cli("generate", "--steps", "0", "--model", "builtin:tiny", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Steps" in r.stderr
