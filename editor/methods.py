@@ -269,6 +269,12 @@ _TOP = {p.key: p for p in (STEPS, GUIDANCE, STRENGTH, SEED)}
 _TEXT = {"prompt": "Prompt", "negative_prompt": "Negative prompt"}
 
 
+def _kind(v: Any) -> str:
+    """What a JSON value is, in words."""
+    kinds = {list: "a list", str: "text", bool: "true/false", type(None): "empty"}
+    return kinds.get(type(v), "a number" if isinstance(v, (int, float)) else "something else")
+
+
 class SettingsError(ValueError):
     """A setting read from a file is of the wrong type or out of range; says which."""
 
@@ -316,7 +322,7 @@ def check_setting(key: str, v: Any) -> Any:
 
 def _check_options(raw: Any) -> dict[str, dict[str, Any]]:
     if not isinstance(raw, dict):
-        raise SettingsError(f"The method options are {type(raw).__name__}, not a table.")
+        raise SettingsError(f"Method options are {_kind(raw)}, not a table.")
     out: dict[str, dict[str, Any]] = {}
     for method, opts in raw.items():
         if method not in METHODS:
@@ -333,7 +339,7 @@ def check_settings(raw: Any) -> dict[str, Any]:
     """Settings from a project file → complete, valid settings (defaults for what is
     missing, unknown keys dropped); the first bad field raises ``SettingsError``."""
     if not isinstance(raw, dict):
-        raise SettingsError(f"The settings are {type(raw).__name__}, not a table.")
+        raise SettingsError(f"Settings are {_kind(raw)}, not a table.")
     out = {**DEFAULT_SETTINGS, "options": {}}
     for key in DEFAULT_SETTINGS:
         if key in raw:

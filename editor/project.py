@@ -157,7 +157,7 @@ def _read(z: zipfile.ZipFile, name: str) -> dict[str, Any]:
     try:
         settings = check_settings(meta.get("settings", {}))
     except SettingsError as e:
-        raise FileError(f"{name} has a bad setting: {e}") from None
+        raise FileError(f"{name} has bad settings: {e}") from None
     source = meta.get("source_path")
     if source is not None and not isinstance(source, str):
         raise FileError(f"{name} is damaged: source_path is not text.")
