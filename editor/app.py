@@ -102,7 +102,7 @@ class MainWindow(JobActions, FileActions, QMainWindow):
         self._build_actions()
         self._wire()
         self.autosaver = project.Autosaver(self.doc, autosave_ms, self)
-        self.autosaver.error.connect(lambda m: self.status(f"Autosave failed: {m}"))
+        self.autosaver.error.connect(lambda m: self.show_error(f"Autosave failed: {m}"))
         if self.autosaver.problem:
             self.show_error(self.autosaver.problem)
         self.select_tool(tools.COLOUR)

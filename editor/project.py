@@ -22,6 +22,7 @@ import json
 import os
 import threading
 import time
+import traceback
 import uuid
 import zipfile
 from pathlib import Path
@@ -387,6 +388,9 @@ class Autosaver(QObject):
                 self.saved.emit(str(self.path))
             except (FileError, OSError) as e:
                 self.error.emit(str(e))
+            except Exception as e:  # never silent: a failing autosave puts work at risk
+                traceback.print_exc()
+                self.error.emit(f"{type(e).__name__}: {e}")
 
         self._thread = threading.Thread(target=work, name="autosave", daemon=True)
         self._thread.start()

@@ -511,3 +511,15 @@ def test_recovered_work_survives_a_second_crash_right_after(make_window, data_di
     _answers(again, Btn.Yes)
     assert again.offer_recovery()
     assert np.array_equal(again.doc.image, images[0])
+
+
+def test_a_failing_autosave_is_shown_in_the_banner(window, qtbot, monkeypatch):
+    def full_disk(snap, path):
+        raise files.FileError("Could not save the autosave: No space left on device.")
+
+    monkeypatch.setattr(project, "write_snapshot", full_disk)
+    window.doc.mark_dirty()
+    with qtbot.waitSignal(window.autosaver.error, timeout=5000):
+        window.autosaver.save_now()
+    qtbot.waitUntil(lambda: "Autosave failed" in window.banner.text(), timeout=5000)
+    assert "No space left" in window.banner.text()
