@@ -2,7 +2,8 @@
 
     python -m engine.training.evaluate [--model builtin:demo] [--n 200] [--json PATH]
 
-On fixed held-out seeds (never in a training cache; see ``probe.HELDOUT_SEED``):
+On held-out seeds (``--seeds``, by default from ``probe.HELDOUT_SEED``; never in a training
+cache, checked against the model card):
 
 - **VAE reconstruction**: PSNR (dB, mean over images) of ``bundle.decode(bundle.encode(x))``
   on held-out renders.
@@ -49,9 +50,12 @@ from .probe import (
 )
 from .world import ATTRIBUTE_NAMES
 
-SCENES_A = HELDOUT_SEED + 100_000  # captions for samples; their real renders
-SCENES_B = HELDOUT_SEED + 200_000  # a disjoint real set: the reference for Fréchet distances
-RECON_SEED = HELDOUT_SEED + 300_000  # VAE reconstruction images
+# offsets from the evaluation's first seed (``--seeds``, default ``HELDOUT_SEED``)
+SCENES_A = 100_000  # captions for samples; their real renders
+SCENES_B = 200_000  # a disjoint real set: the reference for Fréchet distances
+RECON_SEED = 300_000  # VAE reconstruction images
+EDITS = 400_000  # the edit evaluation's first seed (--edits; it spans evaluate_edits.SPAN)
+SPAN = 800_000
 SAMPLE_SEED = 7_000  # sample i starts from torch.Generator().manual_seed(SAMPLE_SEED + i)
 TIMING_PROMPT = "a red house beside two pine trees under a sunset sky"
 SIZE = 128
@@ -79,6 +83,10 @@ class EvalConfig:
     threads: int | None = None  # torch threads for everything but timing (None: leave as is)
     probe: str | None = None  # probe weights; None: the shipped assets/probe
     edit_n: int = 20  # scenes per edit section (--edits)
+    seed_start: int = HELDOUT_SEED  # every scene comes from seed_start .. seed_start + SPAN
+
+    def at(self, offset: int) -> int:
+        return self.seed_start + offset
 
 
 @dataclass
@@ -170,13 +178,14 @@ def sample_images(
 
 def vae_metrics(ctx: EvalContext) -> dict:
     """PSNR of encode → decode on held-out renders (``bundle.encode``/``bundle.decode``)."""
-    images, _, _ = render_heldout(ctx.config.recon_n, RECON_SEED)
+    first = ctx.config.at(RECON_SEED)
+    images, _, _ = render_heldout(ctx.config.recon_n, first)
     scores = [psnr(im, ctx.bundle.decode(ctx.bundle.encode(im))) for im in images]
     return {
         "psnr_db": float(np.mean(scores)),
         "psnr_db_min": float(np.min(scores)),
         "n": len(scores),
-        "seeds": [RECON_SEED, RECON_SEED + len(scores) - 1],
+        "seeds": [first, first + len(scores) - 1],
     }
 
 
@@ -195,7 +204,7 @@ def sample_metrics(ctx: EvalContext) -> dict:
         "n": len(seeds),
         "steps": c.steps,
         "guidance": c.guidance,
-        "scene_seeds": [SCENES_A, SCENES_A + len(seeds) - 1],
+        "scene_seeds": [c.at(SCENES_A), c.at(SCENES_A) + len(seeds) - 1],
         "noise_seeds": [SAMPLE_SEED, SAMPLE_SEED + len(seeds) - 1],
         "probe_accuracy_real": real,
         "probe_accuracy_samples": samp,
@@ -216,7 +225,7 @@ def frechet_metrics(ctx: EvalContext) -> dict:
         "real_vs_real": fd_floor,
         "ratio": fd_samples / max(fd_floor, 1e-12),
         "n": len(ctx.samples),
-        "reference_seeds": [SCENES_B, SCENES_B + len(ctx.real_b) - 1],
+        "reference_seeds": [ctx.config.at(SCENES_B), ctx.config.at(SCENES_B) + len(ctx.real_b) - 1],
         "feature_dim": ctx.probe.feature_dim,
     }
 
@@ -258,7 +267,8 @@ def edit_metrics(ctx: EvalContext) -> dict:
     """Issue 4's edit figures (``--edits``): see :mod:`engine.training.evaluate_edits`."""
     from .evaluate_edits import edit_metrics as measure
 
-    return measure(ctx.bundle, ctx.probe, ctx.config.edit_n, log=ctx.log)
+    c = ctx.config
+    return measure(ctx.bundle, ctx.probe, c.edit_n, log=ctx.log, start=c.at(EDITS))
 
 
 SECTIONS: list[tuple[str, Callable[[EvalContext], dict]]] = [
@@ -281,8 +291,8 @@ def evaluate(config: EvalConfig | None = None, edits: bool = False, log=print) -
         torch.set_num_threads(c.threads)
     t0 = time.perf_counter()
     bundle = load_model(c.model, device="cpu")
-    real_a, attrs_a, captions_a = render_heldout(c.n, SCENES_A)
-    real_b, _, _ = render_heldout(c.n, SCENES_B)
+    real_a, attrs_a, captions_a = render_heldout(c.n, c.at(SCENES_A))
+    real_b, _, _ = render_heldout(c.n, c.at(SCENES_B))
     ctx = EvalContext(c, bundle, load_probe(c.probe), real_a, attrs_a, captions_a, real_b, log=log)
     results: dict = {"model": c.model, "config": dict(vars(c))}
     sections = SECTIONS + ([("edits", edit_metrics)] if edits else [])
@@ -361,7 +371,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--edits", action="store_true", help="also measure edits (issue 4)")
     p.add_argument("--edit-n", type=int, default=20, help="scenes per edit section")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=HELDOUT_SEED,
+        help=f"first scene seed (default {HELDOUT_SEED:,}); refused if it overlaps a recorded "
+        "training range",
+    )
     a = p.parse_args(argv)
+    from engine.models import DEMO_MODEL_DIR
+
+    from .probe import PROBE_DIR
+    from .seed_ranges import SeedRange, SeedRangeError, check_disjoint
+
+    model_dir = DEMO_MODEL_DIR if a.model == "builtin:demo" else None
+    if model_dir is None and Path(a.model).is_dir():
+        model_dir = Path(a.model)
+    try:
+        check_disjoint(
+            SeedRange(a.seeds, a.seeds + SPAN), model_dir, Path(a.probe) if a.probe else PROBE_DIR
+        )
+    except SeedRangeError as e:
+        print(f"evaluate: {e}", file=sys.stderr)
+        return 2
     config = EvalConfig(
         model=a.model,
         n=a.n,
@@ -374,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         threads=a.threads,
         probe=a.probe,
         edit_n=a.edit_n,
+        seed_start=a.seeds,
     )
     results = evaluate(config, edits=a.edits, log=lambda m: print(m, file=sys.stderr))
     print(format_table(results))

@@ -1,25 +1,34 @@
-"""Edit quality on the demo world: the figures of issue 4, measured where the truth is known.
+"""Edit quality on the demo world, measured where the truth is known.
 
     python -m engine.training.evaluate_edits [--model builtin:demo] [--n 20] [--json PATH]
-    python -m engine.training.evaluate --edits      (the same, after issue 3's figures)
+        [--seeds calibration|development|final|N] [--sections inversion diffedit repaint reedit]
+    python -m engine.training.evaluate --edits      (the same, after the demo-model figures)
 
-Every edit runs through the same job runners as the app (``engine.jobs``), on held-out
-scenes (seeds from ``EDIT_SEED``), and is scored against the scene graph:
+Every edit runs through the same job runners as the app (``engine.jobs``) on scenes from one
+seed range (``--seeds``; see ``seed_ranges`` for the calibration / development / final
+ranges; a range overlapping the training seeds recorded in the model card or the probe is
+refused). Every report names its seeds and n, and gives 95 % intervals:
 
-- **inversion**: reconstruction PSNR of each inversion method at guidance 7.5, 50 steps,
-  with the VAE round trip (encode → decode) as the ceiling, and each method's wall time;
+- **inversion**: reconstruction PSNR of each inversion method at guidance 7.5, 50 steps, on
+  ``n`` consecutive scenes (none skipped; the subset with a large land object reported
+  apart), with the VAE round trip (encode → decode) as the ceiling, and each method's wall
+  time; fast null-text against the paper's setting image by image (median, worst 10 %,
+  worst), and how often it never optimised or ran its second pass;
 - **diffedit**: IoU of DiffEdit's mask (reference = the scene's caption, query = the caption
   with one object re-described) against the true edited region (the object's pixels before
   and after the change);
 - **repaint**: an object's region masked, the prompt naming a kind the scene lacks; whether
-  pixels outside the mask are bit-exact, whether the probe sees the new kind, and the seam
-  ratio (:func:`seam_ratio`), for RePaint and for naive inpainting (the known region pasted
-  at every step, no resampling: ``jump_n_sample`` 1);
+  the probe sees the new kind *there* (:func:`new_object_tests`), and the seam ratio
+  (:func:`seam_ratio`), for RePaint and for naive inpainting (the known region pasted at every
+  step, no resampling: ``jump_n_sample`` 1); beside them the controls that bound the test: the
+  true edit, the old object blurred in place, the untouched original. That pixels outside
+  the mask stay bit-exact is a guarantee of the method (the composite copies them back):
+  checked, not reported as a figure;
 - **reedit**: null-text inversion, then the prompt with a house's wall colour or the time of
   day changed: the probe's success on the edited attribute, and the PSNR outside the edited
-  region (colour edits; with and without a mask, from the full depth and from
-  ``LOCAL_DEPTH``). A time-of-day edit changes every pixel, so for it the figure is the
-  share of the *other* attributes the probe still reads unchanged.
+  region (colour edits by prompt, from the full depth and from ``LOCAL_DEPTH``; under a mask
+  the background is again a guarantee, checked). A time-of-day edit changes every pixel, so
+  for it the figure is the share of the *other* attributes the probe still reads unchanged.
 
 Objects must cover at least ``MIN_OBJECT_PIXELS`` (about two 8×8 latent cells): smaller ones
 are below what a 16×16 latent can edit at all.
@@ -39,6 +48,15 @@ from pathlib import Path
 import numpy as np
 
 from .probe import HELDOUT_SEED, load_probe
+from .seed_ranges import (
+    CALIBRATION,
+    DEVELOPMENT,
+    FINAL,
+    NAMED,
+    SeedRange,
+    SeedRangeError,
+    check_disjoint,
+)
 from .world import (
     ATTRIBUTE_NAMES,
     LAND_KINDS,
@@ -70,6 +88,7 @@ class EditCase:
     region: np.ndarray  # bool HxW: pixels the change may touch
     attribute: str  # the attribute the edit sets
     what: str  # e.g. "pine_tree_0 -> round_tree"
+    old_attribute: str | None = None  # kind swaps: the count the old object's removal lowers
 
     @property
     def mask(self) -> np.ndarray:
@@ -112,7 +131,7 @@ def object_kind_case(seed: int) -> EditCase | None:
     after = render(redescribe(r.scene, name, new)[0])
     old = r.scene.object(name).kind
     region = _object_region(r, after, name)
-    return EditCase(seed, r, after, region, f"n_{new}", f"{name}: {old} -> {new}")
+    return EditCase(seed, r, after, region, f"n_{new}", f"{name}: {old} -> {new}", f"n_{old}")
 
 
 def wall_colour_case(seed: int) -> EditCase | None:
@@ -185,8 +204,107 @@ def psnr(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = None) -> float
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union; undefined (an error, not a perfect score) when both are empty."""
     union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+    if not union:
+        raise ValueError("IoU of two empty masks is undefined")
+    return float(np.logical_and(a, b).sum() / union)
+
+
+def mean_ci(values) -> dict:
+    """Mean with a 95 % interval (normal approximation, 1.96 standard errors), n, and the
+    spread a reader needs beside a mean: median, the worst 10 % (10th percentile), worst."""
+    v = np.asarray(values, np.float64)
+    half = 1.96 * v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else float("nan")
+    return {
+        "n": len(v),
+        "mean": float(v.mean()),
+        "ci95": [float(v.mean() - half), float(v.mean() + half)],
+        "median": float(np.median(v)),
+        "p10": float(np.percentile(v, 10)),
+        "worst": float(v.min()),
+    }
+
+
+def rate_ci(hits) -> dict:
+    """A proportion with its 95 % Wilson score interval (sound for rates near 0 or 1)."""
+    h = np.asarray(hits, bool)
+    n, k, z = len(h), int(h.sum()), 1.96
+    if n == 0:
+        return {"n": 0, "k": 0, "rate": float("nan"), "ci95": [float("nan")] * 2}
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return {"n": n, "k": k, "rate": p, "ci95": [float(centre - half), float(centre + half)]}
+
+
+def blurred_control(image: np.ndarray, mask: np.ndarray, sigma: float = 3.0) -> np.ndarray:
+    """The image with whatever was under ``mask`` blurred in place: what a failed inpainting
+    that leaves a smudge of the old object looks like. No new object may be seen in it."""
+    from PIL import Image, ImageFilter
+
+    soft = np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(sigma)))
+    out = image.copy()
+    out[mask] = soft[mask]
+    return out
+
+
+def mask_crop(image: np.ndarray, mask: np.ndarray, margin: float = 0.5, least: int = 32):
+    """A square crop around ``mask``'s bounding box, grown by ``margin`` of its side (at least
+    ``least`` px), resized to the image's size: the masked region seen up close."""
+    from PIL import Image
+
+    ys, xs = np.nonzero(mask)
+    h, w = mask.shape
+    cy, cx = (ys.min() + ys.max() + 1) / 2, (xs.min() + xs.max() + 1) / 2
+    side = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1)
+    side = int(min(max(side * (1 + 2 * margin), least), h, w))
+    y0 = int(np.clip(round(cy - side / 2), 0, h - side))
+    x0 = int(np.clip(round(cx - side / 2), 0, w - side))
+    crop = Image.fromarray(image[y0 : y0 + side, x0 : x0 + side])
+    return np.asarray(crop.resize((w, h), Image.Resampling.BICUBIC))
+
+
+def detail(image: np.ndarray, where: np.ndarray) -> float:
+    """Mean absolute difference between neighbouring pixels (grey levels) over ``where``."""
+    x = image.astype(np.float64).mean(-1)
+    g = np.abs(np.diff(x, axis=0))[:, :-1] + np.abs(np.diff(x, axis=1))[:-1, :]
+    return float(g[where[:-1, :-1]].mean())
+
+
+# a region with less than this share of the original region's detail is a smudge, whatever the
+# probe reads into it. On 60 calibration scenes (seeds 640,000+): true edits keep 0.70–1.0 of
+# it (5th percentile to median), the old object blurred with σ = 2 / 5 / 8 px 0.60 / 0.38 /
+# 0.27 (medians); RePaint's results 0.27 / 0.53 / 0.70 (5th / 25th / 50th percentile)
+SMUDGE_DETAIL = 0.4
+
+
+def new_object_tests(probe, cases: list[EditCase], images: list[np.ndarray]) -> dict:
+    """For each kind-swap result: is the new kind seen where the mask is, by each rule.
+
+    - ``anywhere``: the probe counts the new kind anywhere in the image (the old metric; a
+      smudge of the old object passes it);
+    - ``count``: the new kind's count rises over the original's and the old kind's falls;
+    - ``crop``: the probe, on a close crop around the mask, counts the new kind;
+    - ``sharp``: the masked region keeps at least ``SMUDGE_DETAIL`` of the original's detail;
+    - ``localised``: all three of ``count``, ``crop`` and ``sharp`` (the rule reported).
+    On 60 calibration scenes ``localised`` passed 98 % of true edits and none of the
+    blurred-object controls at σ = 2, 3, 5, 8 or 12 px (``count`` and ``crop`` alone: up to
+    8 %)."""
+    idx = ATTRIBUTE_NAMES.index
+    full = probe.predict(np.stack(images))
+    orig = probe.predict(np.stack([c.before.image for c in cases]))
+    crops = probe.predict(np.stack([mask_crop(x, c.mask) for x, c in zip(images, cases)]))
+    out: dict[str, list[bool]] = {k: [] for k in ("anywhere", "count", "crop", "sharp")}
+    for x, c, f, o, k in zip(images, cases, full, orig, crops):
+        new, old = idx(c.attribute), idx(c.old_attribute)
+        out["anywhere"].append(bool(f[new] >= 1))
+        out["count"].append(bool(f[new] > o[new] and f[old] < o[old]))
+        out["crop"].append(bool(k[new] >= 1))
+        ratio = detail(x, c.mask) / max(detail(c.before.image, c.mask), 1e-6)
+        out["sharp"].append(bool(ratio >= SMUDGE_DETAIL))
+    out["localised"] = [a and b and s for a, b, s in zip(out["count"], out["crop"], out["sharp"])]
+    return out
 
 
 def seam_ratio(image: np.ndarray, mask: np.ndarray, band: int = 4) -> float:
@@ -226,51 +344,88 @@ class Runner:
         from engine.denoiser import Denoiser
 
         self.bundle, self.denoiser, self.log = bundle, Denoiser(bundle), log
+        self.labels: set[str] = set()  # the progress labels of the last job
 
     def __call__(self, method: str, **fields):
-        from engine.algorithms.common import run_to_end
         from engine.jobs import JOB_RUNNERS, JobContext
         from engine.types import EditRequest
 
         req = EditRequest(method, **fields)
         ctx = JobContext(self.bundle, self.denoiser)
+        self.labels = set()
         t0 = time.perf_counter()
-        result = run_to_end(JOB_RUNNERS[method](ctx, req))
-        return result, time.perf_counter() - t0
+        gen = JOB_RUNNERS[method](ctx, req)
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration as stop:
+                return stop.value, time.perf_counter() - t0
+            self.labels.add(str(getattr(event, "label", "")))
 
 
-def inversion_metrics(run: Runner, cases: list[EditCase], steps=50, guidance=7.5) -> dict:
-    """Reconstruction PSNR and wall time per inversion method; the VAE round trip as ceiling."""
+def _never_optimised(inv) -> bool:
+    """Null-text: did every step stop at its warm start (one evaluation, no Adam step)?"""
+    return all(len(step) <= 2 for step in inv.losses)
+
+
+def inversion_metrics(run: Runner, seeds: list[int], steps=50, guidance=7.5) -> dict:
+    """Reconstruction PSNR and wall time per inversion method on every scene of ``seeds``
+    (none skipped), with the VAE round trip as ceiling; the same figures again for the subset
+    with a land object big enough for the kind-swap edits. Fast null-text is compared with
+    the paper's setting image by image: the distribution of the difference, not only its
+    mean, and how often it never optimised at all."""
     b = run.bundle
-    ceiling = [psnr(c.before.image, b.decode(b.encode(c.before.image))) for c in cases]
-    out: dict = {"n": len(cases), "steps": steps, "guidance": guidance}
-    out["vae_ceiling_db"] = float(np.mean(ceiling))
+    scenes = [render_seed(s) for s in seeds]
+    big = [_biggest_object(r, LAND_KINDS) is not None for r in scenes]
+    ceiling = [psnr(r.image, b.decode(b.encode(r.image))) for r in scenes]
     scores = {m: [] for m in INVERSION_METHODS}
     walls = {m: [] for m in INVERSION_METHODS}
+    idle, rechecked = [], []
     # methods interleaved scene by scene, so that a slower or faster stretch of a shared
     # machine affects every method alike and the time ratios compare like with like
-    for c in cases:
+    for r in scenes:
         for method in INVERSION_METHODS:
             res, wall = run(
                 "invert",
-                prompt=c.before.caption,
-                image=c.before.image,
+                prompt=r.caption,
+                image=r.image,
                 steps=steps,
                 guidance=guidance,
                 options={"inversion": method, "reconstruct": True},
             )
-            scores[method].append(psnr(c.before.image, res.image))
+            scores[method].append(psnr(r.image, res.image))
             walls[method].append(wall)
-    for method in INVERSION_METHODS:
-        out[method] = {
-            "psnr_db": float(np.mean(scores[method])),
-            "wall_s": float(np.mean(walls[method])),
-        }
-        run.log(f"  inversion {method}: {out[method]}")
-    ref, fast = out["null_text_reference"], out["null_text"]
-    out["null_text_gap_to_ceiling_db"] = out["vae_ceiling_db"] - ref["psnr_db"]
-    out["fast_vs_reference_time"] = fast["wall_s"] / ref["wall_s"]
-    out["fast_vs_reference_db"] = fast["psnr_db"] - ref["psnr_db"]
+            if method == "null_text":
+                idle.append(_never_optimised(res.extras["inversion"]))
+                rechecked.append(any("second pass" in x for x in run.labels))
+    out: dict = {"seeds": [seeds[0], seeds[-1]], "steps": steps, "guidance": guidance}
+    for subset, keep in (("all", [True] * len(scenes)), ("large_object", big)):
+        sel = np.flatnonzero(keep)
+        if not len(sel):
+            continue
+        entry: dict = {"n": len(sel), "vae_ceiling_db": mean_ci(np.take(ceiling, sel))}
+        for m in INVERSION_METHODS:
+            entry[m] = {
+                "psnr_db": mean_ci(np.take(scores[m], sel)),
+                "wall_s": float(np.mean(np.take(walls[m], sel))),
+            }
+        ref, fast = np.take(scores["null_text_reference"], sel), np.take(scores["null_text"], sel)
+        entry["fast_minus_reference_db"] = mean_ci(fast - ref)
+        entry["fast_vs_reference_time"] = float(
+            np.sum(np.take(walls["null_text"], sel))
+            / np.sum(np.take(walls["null_text_reference"], sel))
+        )
+        entry["fast_never_optimised"] = int(np.take(idle, sel).sum())
+        entry["fast_second_pass"] = int(np.take(rechecked, sel).sum())
+        entry["reference_below_ceiling_db"] = float(np.mean(np.take(ceiling, sel)) - np.mean(ref))
+        out[subset] = entry
+        run.log(f"  inversion [{subset}]: n {len(sel)}")
+    out["per_scene"] = {
+        "seed": list(seeds),
+        "large_object": big,
+        "vae_ceiling_db": [round(x, 3) for x in ceiling],
+        **{m: [round(x, 3) for x in scores[m]] for m in INVERSION_METHODS},
+    }
     return out
 
 
@@ -287,23 +442,24 @@ def diffedit_metrics(run: Runner, cases: list[EditCase], steps=50) -> dict:
             options={"reference_prompt": c.before.caption},
         )
         scores.append(iou(res.extras["mask"] >= 128, c.region))
+    seeds = [c.seed for c in cases]
     return {
+        "seeds": [min(seeds), max(seeds)],
         "n": len(cases),
-        "mean_iou": float(np.mean(scores)),
-        "iou": [round(s, 3) for s in scores],
+        "iou": mean_ci(scores),
+        "per_scene": [round(s, 3) for s in scores],
         "edits": [c.what for c in cases],
     }
 
 
 def repaint_metrics(run: Runner, cases: list[EditCase], probe, steps=25) -> dict:
-    """RePaint (GUI defaults) and naive inpainting on the same masks and seeds."""
+    """RePaint (GUI defaults) and naive inpainting on the same masks and seeds, and the
+    controls that show what the new-object test can and cannot tell: the true edit (its
+    ceiling), the old object blurred in place (a smudge must not pass) and the untouched
+    original (nothing new must be seen)."""
     from engine.jobs.base import paste_into
 
-    def new_object_seen(images) -> list[bool]:
-        pred = probe.predict(np.stack(images))
-        return [bool(p[ATTRIBUTE_NAMES.index(c.attribute)] >= 1) for c, p in zip(cases, pred)]
-
-    out: dict = {"n": len(cases), "steps": steps}
+    out: dict = {"seeds": [cases[0].seed, cases[-1].seed], "n": len(cases), "steps": steps}
     kinds = {"repaint": {}, "naive": {"jump_n_sample": 1}}
     for label, options in kinds.items():
         exact, seams, images = [], [], []
@@ -321,24 +477,37 @@ def repaint_metrics(run: Runner, cases: list[EditCase], probe, steps=25) -> dict
             exact.append(bool(np.array_equal(res.image[~mask], c.before.image[~mask])))
             seams.append(seam_ratio(res.image, mask))
             images.append(res.image)
+        seen = new_object_tests(probe, cases, images)
         out[label] = {
-            "outside_bit_exact": float(np.mean(exact)),
-            "new_object_present": float(np.mean(new_object_seen(images))),
-            "seam_ratio": float(np.mean(seams)),
+            # a property of the method (the composite copies the original back), checked here
+            # as a guarantee, not a measured result
+            "outside_bit_exact_guarantee_held": bool(all(exact)),
+            "new_object": rate_ci(seen["localised"]),
+            "new_object_anywhere": rate_ci(seen["anywhere"]),
+            "seam_ratio": mean_ci(seams),
         }
         run.log(f"  repaint {label}: {out[label]}")
-    out["seam_ratio_original"] = float(np.mean([seam_ratio(c.before.image, c.mask) for c in cases]))
+    controls = {
+        "true_edit": [c.after.image for c in cases],
+        "blurred_old_object": [blurred_control(c.before.image, c.mask) for c in cases],
+        "original": [c.before.image for c in cases],
+    }
+    out["controls"] = {}
+    for name, images in controls.items():
+        seen = new_object_tests(probe, cases, images)
+        out["controls"][name] = {
+            "new_object": rate_ci(seen["localised"]),
+            "new_object_anywhere": rate_ci(seen["anywhere"]),
+        }
+    out["seam_ratio_original"] = mean_ci([seam_ratio(c.before.image, c.mask) for c in cases])
     # what a latent-space method can reach at best: the true edit through the VAE, pasted with
-    # the jobs' feather; and whether the probe sees the new kind in the true edit at all
+    # the jobs' feather
     b = run.bundle
     pasted = [
         paste_into(c.before.image, b.decode(b.encode(c.after.image)), c.mask.astype(np.float32))
         for c in cases
     ]
-    out["seam_ratio_vae_floor"] = float(
-        np.mean([seam_ratio(x, c.mask) for x, c in zip(pasted, cases)])
-    )
-    out["probe_on_true_edit"] = float(np.mean(new_object_seen([c.after.image for c in cases])))
+    out["seam_ratio_vae_floor"] = mean_ci([seam_ratio(x, c.mask) for x, c in zip(pasted, cases)])
     out["edits"] = [c.what for c in cases]
     return out
 
@@ -346,6 +515,7 @@ def repaint_metrics(run: Runner, cases: list[EditCase], probe, steps=25) -> dict
 def reedit_metrics(run: Runner, cases: list[EditCase], probe, steps=50, guidance=7.5) -> dict:
     """Invert (null-text, our default setting) and re-edit with the changed caption."""
     rows = []
+    seeds = [c.seed for c in cases]
     for c in cases:
         inv_res, _ = run(
             "invert",
@@ -366,7 +536,8 @@ def reedit_metrics(run: Runner, cases: list[EditCase], probe, steps=50, guidance
             options = {"inversion": inv, "depth": depth}
             res, _ = run("reedit", prompt=c.after.caption, mask=mask, options=options)
             rows.append((c, variant, res.image))
-    out: dict = {"n": len(cases), "steps": steps, "guidance": guidance}
+    out: dict = {"seeds": [min(seeds), max(seeds)], "n": len(cases), "steps": steps}
+    out["guidance"] = guidance
     pred = probe.predict(np.stack([img for _, _, img in rows]))
     for kind in sorted({c.attribute for c, _, _ in rows}):
         for variant in dict.fromkeys(v for _, v, _ in rows):
@@ -379,7 +550,7 @@ def reedit_metrics(run: Runner, cases: list[EditCase], probe, steps=50, guidance
                 continue
             k = ATTRIBUTE_NAMES.index(kind)
             hit = [p[k] == c.target for c, _, p in sel]
-            entry = {"n": len(sel), "attribute_changed": float(np.mean(hit))}
+            entry = {"n": len(sel), "attribute_changed": rate_ci(hit)}
             if kind == "time_of_day":
                 others = [
                     i
@@ -387,34 +558,55 @@ def reedit_metrics(run: Runner, cases: list[EditCase], probe, steps=50, guidance
                     if ATTRIBUTE_NAMES[i] not in ("time_of_day", "has_sun", "has_moon")
                 ]
                 kept = [np.mean(p[others] == c.before.attribute_vector[others]) for c, _, p in sel]
-                entry["other_attributes_kept"] = float(np.mean(kept))
+                entry["other_attributes_kept"] = mean_ci(kept)
+            elif variant.startswith("masked"):
+                # the composite copies the original outside the mask: a guarantee, checked
+                same = [np.array_equal(img[~c.mask], c.before.image[~c.mask]) for c, img, _ in sel]
+                entry["background_bit_exact_guarantee_held"] = bool(all(same))
             else:
                 bg = [psnr(img, c.before.image, ~c.mask) for c, img, _ in sel]
-                entry["background_psnr_db"] = float(np.mean(bg))
+                entry["background_psnr_db"] = mean_ci(bg)
             out[f"{kind}/{variant}"] = entry
             run.log(f"  reedit {kind}/{variant}: {entry}")
     return out
 
 
+# where each section's scenes start, from the evaluation's first seed (wide apart: a section
+# skips scenes its edit does not suit, up to 200 per scene it keeps)
+SECTION_OFFSETS = {"kinds": 0, "colours": 100_000, "times": 200_000, "inversion": 300_000}
+SPAN = 400_000  # seeds an evaluation may touch from its start
+
+
 def edit_metrics(
-    bundle, probe, n: int = 20, log=print, sections=None, steps: int = 50, repaint_steps: int = 25
+    bundle,
+    probe,
+    n: int = 20,
+    log=print,
+    sections=None,
+    steps: int = 50,
+    repaint_steps: int = 25,
+    start: int = EDIT_SEED,
 ) -> dict:
-    """Every section above on ``n`` scenes each; ``sections`` picks a subset by name.
-    ``steps`` is the inversion and DiffEdit chain length (the paper's 50), ``repaint_steps``
-    RePaint's (the GUI default)."""
+    """Every section above on ``n`` scenes each, from seed ``start`` on (see
+    ``SECTION_OFFSETS``); ``sections`` picks a subset by name. ``steps`` is the inversion and
+    DiffEdit chain length (the paper's 50), ``repaint_steps`` RePaint's (the GUI default).
+    The inversion section takes ``n`` consecutive scenes, whatever they show."""
     run = Runner(bundle, log)
-    kinds = find_cases(object_kind_case, n, EDIT_SEED)
-    colours = find_cases(wall_colour_case, n, EDIT_SEED + 10_000)
+    at = {k: start + off for k, off in SECTION_OFFSETS.items()}
+    kinds = find_cases(object_kind_case, n, at["kinds"])
+    colours = find_cases(wall_colour_case, n, at["colours"])
     diffedit_cases = [c for pair in zip(kinds, colours) for c in pair][:n]
     # the time word and the sun/moon phrase may sit apart in a caption
-    times = find_cases(time_of_day_case, n // 2, EDIT_SEED + 20_000, max_spans=2)
+    times = find_cases(time_of_day_case, max(n // 2, 1), at["times"], max_spans=2)
     plan: dict[str, Callable[[], dict]] = {
-        "inversion": lambda: inversion_metrics(run, kinds, steps),
+        "inversion": lambda: inversion_metrics(
+            run, list(range(at["inversion"], at["inversion"] + n)), steps
+        ),
         "diffedit": lambda: diffedit_metrics(run, diffedit_cases, steps),
         "repaint": lambda: repaint_metrics(run, kinds, probe, repaint_steps),
-        "reedit": lambda: reedit_metrics(run, colours[: n // 2] + times, probe, steps),
+        "reedit": lambda: reedit_metrics(run, colours[: max(n // 2, 1)] + times, probe, steps),
     }
-    out = {}
+    out: dict = {"seed_start": start, "n": n}
     for name, fn in plan.items():
         if sections and name not in sections:
             continue
@@ -425,45 +617,86 @@ def edit_metrics(
     return out
 
 
+def _ci(e: dict, unit: str = "", pct: bool = False) -> str:
+    """'mean [lo, hi]' of a mean_ci / rate_ci entry."""
+    v, (lo, hi) = (e["rate"], e["ci95"]) if "rate" in e else (e["mean"], e["ci95"])
+    if pct:
+        return f"{v:.0%} [{lo:.0%}, {hi:.0%}] ({e['k']}/{e['n']})"
+    return f"{v:.3g}{unit} [{lo:.3g}, {hi:.3g}]"
+
+
 def format_edits(r: dict) -> str:
-    lines = []
+    lines = [f"seeds from {r.get('seed_start', '?'):,}; 95 % intervals in brackets"]
     if "inversion" in r:
         v = r["inversion"]
+        lo, hi = v["seeds"]
         lines.append(
-            f"inversion reconstruction ({v['n']} scenes, {v['steps']} steps, "
-            f"guidance {v['guidance']}): VAE ceiling {v['vae_ceiling_db']:.2f} dB"
+            f"inversion reconstruction (seeds {lo:,}–{hi:,}, {v['steps']} steps, guidance "
+            f"{v['guidance']}):"
         )
-        for m in INVERSION_METHODS:
-            lines.append(f"  {m:<22}{v[m]['psnr_db']:>7.2f} dB {v[m]['wall_s']:>8.2f} s")
-        lines.append(
-            f"  null-text (reference) below ceiling {v['null_text_gap_to_ceiling_db']:.2f}"
-            f" dB; ours at {v['fast_vs_reference_time']:.2f}x its time, "
-            f"{v['fast_vs_reference_db']:+.2f} dB"
-        )
+        for subset in ("all", "large_object"):
+            if subset not in v:
+                continue
+            e = v[subset]
+            lines.append(f"  [{subset}, n {e['n']}] VAE ceiling {_ci(e['vae_ceiling_db'], ' dB')}")
+            for m in INVERSION_METHODS:
+                lines.append(
+                    f"    {m:<22}{_ci(e[m]['psnr_db'], ' dB'):<30}{e[m]['wall_s']:>7.2f} s"
+                )
+            d = e["fast_minus_reference_db"]
+            lines.append(
+                f"    null_text − reference: mean {d['mean']:+.2f} dB, median {d['median']:+.2f},"
+                f" worst 10 % {d['p10']:+.2f}, worst {d['worst']:+.2f}; "
+                f"{e['fast_vs_reference_time']:.2f}x its time; never optimised on "
+                f"{e['fast_never_optimised']} of {e['n']}, second pass on "
+                f"{e['fast_second_pass']}"
+            )
     if "diffedit" in r:
+        v = r["diffedit"]
         lines.append(
-            f"DiffEdit mask IoU ({r['diffedit']['n']} scenes): {r['diffedit']['mean_iou']:.3f}"
+            f"DiffEdit mask IoU (seeds {v['seeds'][0]:,}–{v['seeds'][1]:,}, n {v['n']}): "
+            f"{_ci(v['iou'])}"
         )
     if "repaint" in r:
         v = r["repaint"]
         lines.append(
-            f"RePaint ({v['n']} scenes; seam ratio of the original image "
-            f"{v['seam_ratio_original']:.2f}, of the true edit through the VAE pasted in "
-            f"{v['seam_ratio_vae_floor']:.2f}; probe sees the new object in the true edit "
-            f"{v['probe_on_true_edit']:.0%}):"
+            f"inpainting a new object (seeds {v['seeds'][0]:,}–{v['seeds'][1]:,}, n {v['n']}; "
+            f"new object = localised probe test):"
         )
         for k in ("repaint", "naive"):
             e = v[k]
+            held = "held" if e["outside_bit_exact_guarantee_held"] else "BROKEN"
             lines.append(
-                f"  {k:<8} outside bit-exact {e['outside_bit_exact']:.0%}, new object "
-                f"seen {e['new_object_present']:.0%}, seam ratio {e['seam_ratio']:.2f}"
+                f"  {k:<8} new object {_ci(e['new_object'], pct=True)}, anywhere-in-image "
+                f"{e['new_object_anywhere']['rate']:.0%}; seam ratio {_ci(e['seam_ratio'])}; "
+                f"outside-mask guarantee {held}"
             )
+        for k, e in v["controls"].items():
+            lines.append(
+                f"  control {k:<20} new object {_ci(e['new_object'], pct=True)}, "
+                f"anywhere-in-image {e['new_object_anywhere']['rate']:.0%}"
+            )
+        lines.append(
+            f"  seam ratio of the original {v['seam_ratio_original']['mean']:.2f}, of the true "
+            f"edit through the VAE pasted in {v['seam_ratio_vae_floor']['mean']:.2f}"
+        )
     if "reedit" in r:
-        lines.append("re-edit after null-text inversion:")
-        for k, e in r["reedit"].items():
-            if isinstance(e, dict):
-                extra = ", ".join(f"{a} {b:.3g}" for a, b in e.items() if a != "n")
-                lines.append(f"  {k:<24} ({e['n']}) {extra}")
+        v = r["reedit"]
+        lines.append(
+            f"re-edit after null-text inversion (seeds {v['seeds'][0]:,}–{v['seeds'][1]:,}):"
+        )
+        for k, e in v.items():
+            if not isinstance(e, dict):
+                continue
+            parts = [f"changed {_ci(e['attribute_changed'], pct=True)}"]
+            if "background_psnr_db" in e:
+                parts.append(f"background {_ci(e['background_psnr_db'], ' dB')}")
+            if "other_attributes_kept" in e:
+                parts.append(f"other attributes kept {_ci(e['other_attributes_kept'])}")
+            if "background_bit_exact_guarantee_held" in e:
+                held = "held" if e["background_bit_exact_guarantee_held"] else "BROKEN"
+                parts.append(f"background guarantee {held}")
+            lines.append(f"  {k:<24} " + ", ".join(parts))
     return "\n".join(lines)
 
 
@@ -474,6 +707,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="builtin:demo")
     p.add_argument("--n", type=int, default=20, help="scenes per section")
     p.add_argument(
+        "--seeds",
+        default="development",
+        help="first seed: a number, or calibration / development / final "
+        f"({CALIBRATION} / {DEVELOPMENT} / {FINAL}; default development, from "
+        f"{EDIT_SEED:,}). Refused if it overlaps a recorded training range.",
+    )
+    p.add_argument(
         "--sections",
         nargs="*",
         default=None,
@@ -482,14 +722,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--probe", default=None)
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args(argv)
-    from engine.models import load_model
+    from engine.models import DEMO_MODEL_DIR, load_model
 
+    from .probe import PROBE_DIR
+
+    if a.seeds in NAMED:
+        start = EDIT_SEED if a.seeds == "development" else NAMED[a.seeds].start
+    else:
+        try:
+            start = int(a.seeds.replace(",", "").replace("_", ""))
+        except ValueError:
+            p.error(f"--seeds takes a number or one of {', '.join(NAMED)}, not {a.seeds!r}")
+    model_dir = DEMO_MODEL_DIR if a.model == "builtin:demo" else None
+    if model_dir is None and Path(a.model).is_dir():
+        model_dir = Path(a.model)
+    probe_dir = Path(a.probe) if a.probe else PROBE_DIR
+    try:
+        check_disjoint(SeedRange(start, start + SPAN), model_dir, probe_dir)
+    except SeedRangeError as e:
+        print(f"evaluate_edits: {e}", file=sys.stderr)
+        return 2
     results = edit_metrics(
         load_model(a.model, device="cpu"),
         load_probe(a.probe),
         a.n,
         log=lambda m: print(m, file=sys.stderr),
         sections=a.sections,
+        start=start,
     )
     print(format_edits(results))
     if a.json:

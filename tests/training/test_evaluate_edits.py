@@ -29,6 +29,50 @@ def test_iou_and_masked_psnr():
     other[a] = 255
     assert ev.psnr(img, other, ~a) == float("inf")
     assert ev.psnr(img, other) == pytest.approx(10 * np.log10(2))
+    with pytest.raises(ValueError, match="undefined"):
+        ev.iou(np.zeros((4, 4), bool), np.zeros((4, 4), bool))  # not a perfect 1.0
+
+
+def test_intervals_match_known_answers():
+    r = ev.rate_ci([True] * 8 + [False] * 2)  # Wilson interval for 8 of 10
+    assert r["rate"] == 0.8 and r["k"] == 8
+    assert r["ci95"] == pytest.approx([0.490, 0.943], abs=1e-3)
+    assert ev.rate_ci([False] * 40)["ci95"][1] == pytest.approx(0.0876, abs=1e-3)
+    m = ev.mean_ci([1.0, 2.0, 3.0, 4.0])
+    assert m["mean"] == 2.5 and m["worst"] == 1.0 and m["median"] == 2.5
+    assert m["ci95"] == pytest.approx([2.5 - 1.96 * 1.2910 / 2, 2.5 + 1.96 * 1.2910 / 2], 1e-3)
+
+
+def test_evaluation_seeds_must_avoid_the_recorded_training_ranges(tmp_path):
+    from engine.models import DEMO_MODEL_DIR
+    from engine.training.probe import PROBE_DIR
+    from engine.training.seed_ranges import SeedRange, SeedRangeError, check_disjoint
+
+    check_disjoint(SeedRange(ev.EDIT_SEED, ev.EDIT_SEED + ev.SPAN), DEMO_MODEL_DIR, PROBE_DIR)
+    with pytest.raises(SeedRangeError, match="99,999"):
+        check_disjoint(SeedRange(50_000, 60_000), DEMO_MODEL_DIR, PROBE_DIR)
+    with pytest.raises(SeedRangeError, match="probe.json"):  # the probe saw 0–19,999
+        check_disjoint(SeedRange(10_000, 11_000), None, PROBE_DIR)
+    with pytest.raises(SeedRangeError, match="records no training seeds"):
+        check_disjoint(SeedRange(ev.EDIT_SEED, ev.EDIT_SEED + 1), tmp_path, PROBE_DIR)
+    # and the command refuses before loading anything
+    assert ev.main(["--seeds", "1000", "--n", "1"]) == 2
+
+
+def test_localised_new_object_test_passes_true_edits_and_not_smudges():
+    """The controls of the inpainting figure on a few calibration scenes: the probe's
+    localised test must see the new kind in true edits and never in the old object
+    blurred in place, nor in the untouched original."""
+    from engine.training.probe import load_probe
+
+    probe = load_probe()
+    cases = ev.find_cases(ev.object_kind_case, 12, 650_000)
+    truth = ev.new_object_tests(probe, cases, [c.after.image for c in cases])
+    assert np.mean(truth["localised"]) >= 0.75
+    for sigma in (2, 5, 8):
+        smudges = [ev.blurred_control(c.before.image, c.mask, sigma) for c in cases]
+        assert not any(ev.new_object_tests(probe, cases, smudges)["localised"])
+    assert not any(ev.new_object_tests(probe, cases, [c.before.image for c in cases])["localised"])
 
 
 EXPECTED_CHANGES = {  # attributes each kind of edit may change
@@ -72,13 +116,17 @@ def test_edit_metrics_run_on_tiny():
         steps=3,
         repaint_steps=6,
     )
-    inv = r["inversion"]
-    assert set(ev.INVERSION_METHODS) <= set(inv) and np.isfinite(inv["vae_ceiling_db"])
-    assert 0 <= r["diffedit"]["mean_iou"] <= 1 and r["diffedit"]["n"] == 2
+    inv = r["inversion"]["all"]
+    assert set(ev.INVERSION_METHODS) <= set(inv) and np.isfinite(inv["vae_ceiling_db"]["mean"])
+    assert inv["n"] == 2
+    assert r["inversion"]["seeds"] == [ev.EDIT_SEED + 300_000, ev.EDIT_SEED + 300_001]
+    assert 0 <= r["diffedit"]["iou"]["mean"] <= 1 and r["diffedit"]["n"] == 2
     for k in ("repaint", "naive"):
-        assert r["repaint"][k]["outside_bit_exact"] == 1.0  # even with random weights
-    assert 0 < r["repaint"]["seam_ratio_vae_floor"] < float("inf")
-    assert 0 <= r["repaint"]["probe_on_true_edit"] <= 1
-    assert r["reedit"]["house_wall/masked"]["background_psnr_db"] == float("inf")
+        # a guarantee of the method, checked even with random weights
+        assert r["repaint"][k]["outside_bit_exact_guarantee_held"] is True
+    assert 0 < r["repaint"]["seam_ratio_vae_floor"]["mean"] < float("inf")
+    assert r["repaint"]["controls"]["original"]["new_object"]["k"] == 0
+    assert r["reedit"]["house_wall/masked"]["background_bit_exact_guarantee_held"] is True
     assert "time_of_day/prompt" in r["reedit"]
-    assert "DiffEdit mask IoU" in ev.format_edits(r)
+    text = ev.format_edits(r)
+    assert "DiffEdit mask IoU (seeds 1,400," in text and "control blurred_old_object" in text

@@ -1,0 +1,81 @@
+"""Which demo-world scenes each purpose may use, and the check that keeps them apart.
+
+A scene is its seed (``world.render_seed``), so "held out" means "a seed range nothing was
+trained on and nothing was tuned on". Training caches record their seeds in the model card
+(a ``Training scene seeds:`` line) and in the probe's ``probe.json`` (``training_seeds``);
+every evaluation refuses a range that overlaps them. Beyond that, evaluations keep three
+ranges apart, by convention and by the record in the README:
+
+- calibration: look as often as you like while choosing defaults;
+- development: held-out figures during development (looked at many times: optimistic);
+- final: looked at once, when a figure is reported. A range that has been looked at and
+  then changed anything becomes a development range; the next report moves to a new one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class SeedRange:
+    start: int
+    stop: int  # exclusive
+
+    def __contains__(self, seed: int) -> bool:
+        return self.start <= seed < self.stop
+
+    def overlaps(self, other: SeedRange) -> bool:
+        return self.start < other.stop and other.start < self.stop
+
+    def __str__(self) -> str:
+        return f"{self.start:,}–{self.stop - 1:,}"
+
+
+CALIBRATION = SeedRange(500_000, 1_000_000)
+# 1,000,000+ held the probe's and the demo model's held-out figures and every edit figure
+# up to issue 21; 2,000,000+ was re-measured by a reviewer (issue 20): both are looked at
+DEVELOPMENT = SeedRange(1_000_000, 3_000_000)
+# looked at once, for the figures in the README of issue 21; the next report starts at 4,000,000
+FINAL = SeedRange(3_000_000, 4_000_000)
+NAMED = {"calibration": CALIBRATION, "development": DEVELOPMENT, "final": FINAL}
+
+CARD_LINE = re.compile(r"Training scene seeds:\s*([\d,]+)\s*[–-]\s*([\d,]+)")
+
+
+class SeedRangeError(ValueError):
+    """An evaluation range overlaps what a model or the probe was trained on."""
+
+
+def training_ranges(model_dir: Path | None, probe_dir: Path | None) -> list[tuple[SeedRange, str]]:
+    """The training seed ranges recorded beside a model (its MODEL_CARD.md) and the probe."""
+    out = []
+    card = model_dir / "MODEL_CARD.md" if model_dir else None
+    if card and card.is_file():
+        for lo, hi in CARD_LINE.findall(card.read_text(encoding="utf-8")):
+            out.append((SeedRange(int(lo.replace(",", "")), int(hi.replace(",", "")) + 1), card))
+    info = probe_dir / "probe.json" if probe_dir else None
+    if info and info.is_file():
+        for lo, hi in json.loads(info.read_text()).get("training_seeds", []):
+            out.append((SeedRange(lo, hi + 1), info))
+    return out
+
+
+def check_disjoint(used: SeedRange, model_dir: Path | None, probe_dir: Path | None) -> None:
+    """Refuse an evaluation whose scenes overlap a recorded training range; a model with no
+    record is refused too (nothing would show that its figures are held out)."""
+    ranges = training_ranges(model_dir, probe_dir)
+    if model_dir is not None and not any(Path(src).name == "MODEL_CARD.md" for _, src in ranges):
+        raise SeedRangeError(
+            f"{model_dir} records no training seeds (a 'Training scene seeds: A–B' line in its "
+            "MODEL_CARD.md), so no held-out range can be checked against it."
+        )
+    for r, src in ranges:
+        if used.overlaps(r):
+            raise SeedRangeError(
+                f"evaluation seeds {used} overlap the training seeds {r} recorded in {src}; "
+                "pick a start outside every training range."
+            )
