@@ -3,6 +3,7 @@ using Guided Diffusion Models"), Algorithm 1."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +37,11 @@ class NullTextSettings:
     early_stop_slope: float = 2e-5  # threshold early_stop + i · slope
     init: str = "negative"
     stop_before_step: bool = False
+    # per-image check: when the reconstruction's latent error ends above ``recheck`` × the
+    # last step's threshold (the paper's setting ends at or under it), or the caller's
+    # ``acceptable`` test of what the user will see rejects it, the image gets the paper's
+    # setting instead. None: no check (the paper)
+    recheck: float | None = None
 
     def threshold(self, i: int) -> float:
         return self.early_stop + i * self.early_stop_slope
@@ -49,8 +55,14 @@ class NullTextSettings:
 REFERENCE = NullTextSettings()
 # ours: start from the source prompt's embedding, at most 3 evaluations / 2 Adam steps, no
 # step once the loss is under the threshold; the warm start from the previous step's
-# optimised embedding is shared with the paper. To be calibrated on the demo model.
-FAST = NullTextSettings(inner_steps=3, init="prompt", stop_before_step=True)
+# optimised embedding is shared with the paper. The recheck gives the images where that
+# budget falls behind the paper's treatment (see ``recheck``)
+FAST = NullTextSettings(inner_steps=3, init="prompt", stop_before_step=True, recheck=2.0)
+# the invert job's test of a fast reconstruction: at most this far (dB of pixel PSNR) below
+# the VAE round trip, the best any inversion can do; the paper's setting ended 0.04–0.25 dB
+# below it on 6 calibration scenes (seeds 620,000+) where ours ended 0.23–0.49 dB below
+# (0.03–0.49 on 21: one scene over this line)
+RECHECK_DB = 0.4
 
 
 def null_text_optimise(
@@ -61,6 +73,7 @@ def null_text_optimise(
     uncond: torch.Tensor,
     guidance: float,
     settings: NullTextSettings = FAST,
+    acceptable: Callable[[torch.Tensor], bool] | None = None,
 ) -> Algorithm[tuple[list[torch.Tensor], list[list[float]], torch.Tensor]]:
     """Optimise one unconditional embedding ∅_t per step so that the guided DDIM step from
     the current reconstruction z̄_t lands on the pivot z*_{t−1} of a (guidance 1) DDIM
@@ -68,18 +81,63 @@ def null_text_optimise(
 
         min_∅ ‖ z*_{t−1} − z_{t−1}(z̄_t, ∅, C) ‖²,  then  z̄_{t−1} = z_{t−1}(z̄_t, ∅_t, C).
 
-    The embedding and Adam's state are fp32 whatever the model's dtype; the loss is scaled
-    for the backward pass through a half-precision UNet (Adam is invariant to the scale).
+    The last step's loss is the error of the reconstruction itself (its pivot is the clean
+    latent). With ``settings.recheck``, a chain that ends too far from it, or whose
+    reconstruction ``acceptable`` rejects, is optimised again from the start with the paper's
+    setting, whose result is returned (see ``NullTextSettings``).
     Yields after every model call. Returns (∅ per step, losses per step — one per
     iteration plus the final one —, reconstruction latents z̄_0).
     """
+    emb = (cond if settings.init == "prompt" else uncond).detach().float().clone()
+    n = len(timesteps)
+    nulls, losses, xs = yield from _optimise_chain(
+        denoiser, trajectory, timesteps, cond, guidance, settings, emb, trajectory[0]
+    )
+    if settings.recheck is not None:
+        ok = losses[-1][-1] <= settings.recheck * settings.threshold(n - 1)
+        if ok and acceptable is not None:
+            ok = acceptable(xs[-1])
+        if not ok:
+            # the reconstruction the user would see is worse than the paper's setting leaves
+            # it: give this image the paper's treatment
+            emb = uncond.detach().float().clone()
+            nulls, losses, xs = yield from _optimise_chain(
+                denoiser,
+                trajectory,
+                timesteps,
+                cond,
+                guidance,
+                REFERENCE,
+                emb,
+                trajectory[0],
+                label="null-text (second pass)",
+            )
+    return nulls, losses, xs[-1]
+
+
+def _optimise_chain(
+    denoiser: Denoiser,
+    trajectory: list[torch.Tensor],
+    timesteps: list[int],
+    cond: torch.Tensor,
+    guidance: float,
+    settings: NullTextSettings,
+    emb: torch.Tensor,
+    x: torch.Tensor,
+    label: str = "null-text",
+) -> Algorithm[tuple[list[torch.Tensor], list[list[float]], list[torch.Tensor]]]:
+    """Alg. 1 over the whole chain from ``x`` = z̄_T (``emb`` the first warm start). Returns
+    the embeddings and losses per step and the states z̄ (one more than steps: the last is
+    the reconstruction).
+
+    The embedding and Adam's state are fp32 whatever the model's dtype; the loss is scaled
+    for the backward pass through a half-precision UNet (Adam is invariant to the scale)."""
     sched = denoiser.schedule
     n = len(timesteps)
     loss_scale = 1.0 if denoiser.dtype == torch.float32 else 1024.0
-    emb = (cond if settings.init == "prompt" else uncond).detach().float().clone()
-    x = trajectory[0]
     nulls: list[torch.Tensor] = []
     losses: list[list[float]] = []
+    xs = [x]
 
     def guided_from(out_c, out_u, t, t_prev):
         out = out_u + guidance * (out_c - out_u)  # Ho & Salimans 2022, eq. 6
@@ -144,5 +202,6 @@ def null_text_optimise(
         losses.append(step_losses)
         nulls.append(emb.to(denoiser.dtype))
         x = x_next.detach()
-        yield Progress(i + 1, n, t, x0=x0, label="null-text")
-    return nulls, losses, x
+        xs.append(x)
+        yield Progress(i + 1, n, t, x0=x0, label=label)
+    return nulls, losses, xs

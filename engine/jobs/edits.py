@@ -244,6 +244,7 @@ def run_invert(ctx: JobContext, req: EditRequest):
         o.choice("inversion"),
         req.negative_prompt,
         o.number("fixed_point"),
+        acceptable=_close_to_vae_round_trip(ctx, prep),
     )
     check_finite(inv.trajectory[0], "inverted noise", ctx)
     hw = prep.original.shape[:2]
@@ -261,6 +262,24 @@ def run_invert(ctx: JobContext, req: EditRequest):
         except OSError as e:
             raise FileError(f"Could not write the inversion to {save}: {e.strerror or e}.") from e
     return JobResult(image, {**_size_params(hw), **inv.summary()}, {"inversion": inv})
+
+
+def _close_to_vae_round_trip(ctx: JobContext, prep: Prepared):
+    """Fast null-text's per-image test on what the user will see: the decoded reconstruction
+    at most ``null_text.RECHECK_DB`` below the VAE round trip of the working image."""
+    from ..algorithms.null_text import RECHECK_DB
+
+    def mse(a: np.ndarray) -> float:
+        return float(np.mean((a.astype(np.float64) - prep.working.astype(np.float64)) ** 2))
+
+    def acceptable(reconstruction) -> bool:
+        floor = mse(ctx.bundle.decode(prep.latents))
+        gap_db = 10 * np.log10(
+            max(mse(ctx.bundle.decode(reconstruction)), 1e-12) / max(floor, 1e-12)
+        )
+        return gap_db <= RECHECK_DB
+
+    return acceptable
 
 
 def load_inversion(path: str | os.PathLike) -> Inversion:

@@ -10,7 +10,7 @@ import torch
 from engine.algorithms.common import run_to_end
 from engine.algorithms.diffedit import diffedit, diffedit_mask
 from engine.algorithms.inversion import ddim_decode, ddim_invert, invert, regenerate
-from engine.algorithms.null_text import NullTextSettings
+from engine.algorithms.null_text import REFERENCE, NullTextSettings
 from engine.algorithms.repaint import repaint, repaint_calls, repaint_schedule
 from engine.denoiser import Conditioning
 
@@ -162,6 +162,32 @@ def test_null_text_loss_decreases_on_the_analytic_model():
     inv0 = run_to_end(invert(d, x0, "a house", 5, 7.5, "null_text", settings=plain))
     err = (inv.reconstruction - x0).pow(2).mean()
     assert err < 0.3 * (inv0.reconstruction - x0).pow(2).mean()
+
+
+def test_fast_null_text_rechecks_a_reconstruction_that_fell_behind():
+    # a budget too small to optimise at all leaves the guided reconstruction far off; the
+    # recheck sees it in the last step's loss and redoes the chain with the paper's budget
+    region = torch.zeros(SHAPE)
+    region[..., 1:5, 2:9] = 1
+    d, x0 = make(region=region)
+    starved = NullTextSettings(inner_steps=1, stop_before_step=True)
+    checked = NullTextSettings(inner_steps=1, stop_before_step=True, recheck=2.0)
+
+    def run(settings):
+        gen, labels = invert(d, x0, "a house", 10, 7.5, "null_text", settings=settings), []
+        try:
+            while True:
+                labels.append(next(gen).label)
+        except StopIteration as stop:
+            return (stop.value.reconstruction - x0).pow(2).mean(), labels
+
+    err_starved, labels = run(starved)
+    err_checked, labels_checked = run(checked)
+    err_ref, _ = run(REFERENCE)
+    assert not any("second pass" in x for x in labels)
+    assert any("second pass" in x for x in labels_checked)
+    assert err_checked < 0.05 * err_starved
+    assert err_checked <= 1.01 * err_ref
 
 
 # ---- RePaint -----------------------------------------------------------------------------
