@@ -157,6 +157,7 @@ class Engine:
         self._running: int | None = None
         self._final: OrderedDict[int, Event] = OrderedDict()
         self._final_bytes = 0
+        self._ended: set[int] = set()  # jobs whose final event was emitted
         self._stop = False
         if listener:
             self.add_listener(listener)
@@ -326,17 +327,20 @@ class Engine:
     def _emit(self, event: Event) -> None:
         final = isinstance(event, FINAL)
         with self._cv:  # queued under the lock: every listener sees one order
-            if final and event.job_id in self._final:
-                return  # exactly one final event per job
-            handed = [(d.busy(), d.put(event)) for d in self._listeners]
             if final:
-                self._keep_final(event)
-                self._cv.notify_all()
+                if event.job_id in self._ended:
+                    return  # exactly one final event per job
+                self._ended.add(event.job_id)
+            handed = [(d.busy(), d.put(event)) for d in self._listeners]
         # wait a little for listeners that keep up; one still on an earlier event is skipped
         deadline = time.monotonic() + LISTENER_GRACE
         for was_busy, done in handed:
             if not was_busy:
                 done.wait(max(0.0, deadline - time.monotonic()))
+        if final:  # after the listeners, so wait() returns once they have seen it
+            with self._cv:
+                self._keep_final(event)
+                self._cv.notify_all()
 
     def _keep_final(self, event: Event) -> None:
         """Record a final event for ``wait``; beyond FINAL_BYTES the oldest results keep
