@@ -229,6 +229,8 @@ BAD_ARGV = [
     (["repaint", "-i", "in.png", "--mask", "m.png", "-O", "jump_length=1e400"], "jump_length"),
     (["repaint", "-i", "in.png", "--mask", "m.png", "-O", "sampler=euler"], "sampler"),
     (["sdedit", "-i", "in.png", "-O", "feather=1e9"], "feather"),
+    (["generate", "--steps", "1" + "0" * 400], "Steps"),
+    (["repaint", "-i", "in.png", "--mask", "m.png", "-O", "jump_length=1" + "0" * 400], "jump"),
     (["invert", "-i", "in.png", "-O", "reconstruct=maybe"], "true or false"),
     (["sdedit", "-i", "missing.png"], "missing.png does not exist"),
     (["sdedit", "-i", "junk.png"], "junk.png is not an image"),

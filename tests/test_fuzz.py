@@ -125,6 +125,7 @@ def test_random_bytes_are_refused_with_a_sentence(tmp_path, data):
 
 NUMBERS = st.one_of(
     st.integers(-(2**80), 2**80),
+    st.just(10**400),  # too large for a float
     st.floats(allow_nan=True, allow_infinity=True),
     st.booleans(),
     st.none(),
@@ -296,6 +297,8 @@ VALUES = st.one_of(
             "inversion=inv.pt",
             "threshold=nan",
             "sampler=none",
+            "1" + "0" * 400,
+            "n_samples=1" + "0" * 400,
         ]
     ),
     st.text(max_size=10),

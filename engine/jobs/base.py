@@ -67,12 +67,20 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 24 else text[:20] + "…"
+
+
 def _check_number(name: str, value: Any, lo: float, hi: float, integer: bool = False) -> None:
     kind = "a whole number" if integer else "a number"
     if not _is_number(value) or (integer and not isinstance(value, numbers.Integral)):
-        raise InputError(f"{name} must be {kind}, got {value!r}.")
-    if not math.isfinite(value) or not lo <= value <= hi:
-        raise InputError(f"{name} must be between {lo:g} and {hi:g}, got {value!r}.")
+        raise InputError(f"{name} must be {kind}, got {_show(value)}.")
+    # ints are compared exactly (math.isfinite overflows on a 400-digit int)
+    finite = isinstance(value, numbers.Integral) or math.isfinite(value)
+    if not finite or not lo <= value <= hi:
+        bounds = f"{lo} and {hi}" if integer else f"{lo:g} and {hi:g}"
+        raise InputError(f"{name} must be between {bounds}, got {_show(value)}.")
 
 
 def max_steps(schedule=None) -> int:
@@ -172,7 +180,7 @@ class Options:
 
     def number(self, key: str):
         spec, value = self.specs[key], self.get(key)
-        if spec.kind is int and _is_number(value) and float(value).is_integer():
+        if spec.kind is int and isinstance(value, float) and value.is_integer():
             value = int(value)  # 5.0 from JSON or a PNG is 5
         name = f"The option {key!r} of {self.method}"
         _check_number(name, value, spec.lo, spec.hi, integer=spec.kind is int)
