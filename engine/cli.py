@@ -191,21 +191,19 @@ def run_method(method: str, a: argparse.Namespace) -> int:
             print(f"error: {_one_line(result.message)}", file=sys.stderr)
             return 2 if result.kind in INPUT_KINDS else 1
         assert isinstance(result, Finished)
-        written = []
-        try:
-            if result.image is not None:
-                save_png(result.image, plan["image"], result.parameters)
-                written.append(plan["image"])
-            extra_mask = result.extras.get("mask")
-            if extra_mask is not None and "mask" in plan:
-                _save_mask(extra_mask, plan["mask"])
-                written.append(plan["mask"])
-        except OSError as e:
-            where = e.filename or plan["image"]
-            raise FileError(f"Could not write {where}: {e.strerror or e}.") from None
-        for path in [*written, plan.get("inversion")]:
-            if path is not None:
-                print(f"wrote {path}", file=sys.stderr)
+        writes = []
+        if result.image is not None:
+            writes.append((plan["image"], lambda p: save_png(result.image, p, result.parameters)))
+        if result.extras.get("mask") is not None and "mask" in plan:
+            writes.append((plan["mask"], lambda p: _save_mask(result.extras["mask"], p)))
+        for path, write in writes:
+            try:
+                write(path)
+            except OSError as e:
+                raise FileError(f"Could not write {path}: {e.strerror or e}.") from None
+            print(f"wrote {path}", file=sys.stderr)
+        if "inversion" in plan:
+            print(f"wrote {plan['inversion']}", file=sys.stderr)
         return 0
     finally:
         engine.shutdown()

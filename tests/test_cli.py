@@ -342,3 +342,33 @@ def test_outputs_follow_the_umask(tmp_path, capsys, monkeypatch):
 def test_python_dash_m_engine_still_exits_with_the_code(tmp_path):
     r = run_cli("generate", "--steps", "0", "--model", "builtin:tiny", cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Steps" in r.stderr
+
+
+def test_invert_saves_an_inversion_that_reedit_reads_back(tmp_path, capsys, monkeypatch):
+    import stat
+
+    from engine.jobs.edits import load_inversion
+
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save("photo.png")
+    tiny = ["--model", "builtin:tiny", "--device", "cpu", "--steps", "2"]
+    code, err = cli_main(
+        capsys, "invert", *tiny, "-i", "photo.png", "-p", "a house",
+        "-O", "inversion=ddim", "-O", "save=inv.pt",
+    )  # fmt: skip
+    assert code == 0, err
+    assert load_inversion("inv.pt").steps == 2
+    assert stat.S_IMODE((tmp_path / "inv.pt").stat().st_mode) == 0o666 & ~_umask()
+    code, err = cli_main(
+        capsys, "reedit", *tiny, "-p", "a boat", "-O", "inversion=inv.pt", "-o", "re.png"
+    )
+    assert code == 0, err
+    assert read_png_parameters(tmp_path / "re.png")["prompt"] == "a boat"
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert leftovers == []  # no temporary files left behind
+
+
+def _umask():
+    old = os.umask(0)
+    os.umask(old)
+    return old
