@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 Listener = Callable[[Event], None]
 FINAL = (Finished, Failed, Cancelled, ModelLoaded)
 LISTENER_GRACE = 1.0  # s the engine waits for a listener to take an event
-FINAL_BYTES = 256 * 2**20  # images kept in final events for ``wait``
+FINAL_BYTES = 64 * 2**20  # images kept in final events for ``wait`` (the newest always)
 
 
 class _JobCancelled(Exception):
