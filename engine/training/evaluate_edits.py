@@ -235,7 +235,8 @@ def rate_ci(hits) -> dict:
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return {"n": n, "k": k, "rate": p, "ci95": [float(centre - half), float(centre + half)]}
+    lo, hi = max(0.0, float(centre - half)), min(1.0, float(centre + half))
+    return {"n": n, "k": k, "rate": p, "ci95": [lo, hi]}
 
 
 def blurred_control(image: np.ndarray, mask: np.ndarray, sigma: float = 3.0) -> np.ndarray:
@@ -452,6 +453,30 @@ def diffedit_metrics(run: Runner, cases: list[EditCase], steps=50) -> dict:
     }
 
 
+# how hard the old object is blurred in the smudge controls (px): from a soft copy of it to a
+# featureless blob
+CONTROL_SIGMAS = (2, 5, 8)
+
+
+def new_object_controls(probe, cases: list[EditCase]) -> dict:
+    """The new-object test on images whose answer is known: the true edit (yes), the old
+    object blurred in place (no: a smudge), the untouched original (no). No model runs."""
+    controls = {"true_edit": [c.after.image for c in cases]}
+    for sigma in CONTROL_SIGMAS:
+        controls[f"blurred_old_object_{sigma}px"] = [
+            blurred_control(c.before.image, c.mask, sigma) for c in cases
+        ]
+    controls["original"] = [c.before.image for c in cases]
+    out = {}
+    for name, images in controls.items():
+        seen = new_object_tests(probe, cases, images)
+        out[name] = {
+            "new_object": rate_ci(seen["localised"]),
+            "new_object_anywhere": rate_ci(seen["anywhere"]),
+        }
+    return out
+
+
 def repaint_metrics(run: Runner, cases: list[EditCase], probe, steps=25) -> dict:
     """RePaint (GUI defaults) and naive inpainting on the same masks and seeds, and the
     controls that show what the new-object test can and cannot tell: the true edit (its
@@ -487,18 +512,7 @@ def repaint_metrics(run: Runner, cases: list[EditCase], probe, steps=25) -> dict
             "seam_ratio": mean_ci(seams),
         }
         run.log(f"  repaint {label}: {out[label]}")
-    controls = {
-        "true_edit": [c.after.image for c in cases],
-        "blurred_old_object": [blurred_control(c.before.image, c.mask) for c in cases],
-        "original": [c.before.image for c in cases],
-    }
-    out["controls"] = {}
-    for name, images in controls.items():
-        seen = new_object_tests(probe, cases, images)
-        out["controls"][name] = {
-            "new_object": rate_ci(seen["localised"]),
-            "new_object_anywhere": rate_ci(seen["anywhere"]),
-        }
+    out["controls"] = new_object_controls(probe, cases)
     out["seam_ratio_original"] = mean_ci([seam_ratio(c.before.image, c.mask) for c in cases])
     # what a latent-space method can reach at best: the true edit through the VAE, pasted with
     # the jobs' feather
@@ -673,7 +687,7 @@ def format_edits(r: dict) -> str:
             )
         for k, e in v["controls"].items():
             lines.append(
-                f"  control {k:<20} new object {_ci(e['new_object'], pct=True)}, "
+                f"  control {k:<26} new object {_ci(e['new_object'], pct=True)}, "
                 f"anywhere-in-image {e['new_object_anywhere']['rate']:.0%}"
             )
         lines.append(

@@ -129,4 +129,4 @@ def test_edit_metrics_run_on_tiny():
     assert r["reedit"]["house_wall/masked"]["background_bit_exact_guarantee_held"] is True
     assert "time_of_day/prompt" in r["reedit"]
     text = ev.format_edits(r)
-    assert "DiffEdit mask IoU (seeds 1,400," in text and "control blurred_old_object" in text
+    assert "DiffEdit mask IoU (seeds 1,400," in text and "control blurred_old_object_8px" in text
