@@ -52,7 +52,7 @@ from .types import (
 log = logging.getLogger(__name__)
 Listener = Callable[[Event], None]
 FINAL = (Finished, Failed, Cancelled, ModelLoaded)
-LISTENER_GRACE = 1.0  # s the engine waits for a listener to take an event
+LISTENER_GRACE = 5.0  # s the engine waits for a listener to take an event (once per stall)
 FINAL_BYTES = 64 * 2**20  # images kept in final events for ``wait`` (the newest always)
 
 

@@ -59,9 +59,10 @@ def _settle(rec, ids, timeout=30):
 def test_every_job_gets_exactly_one_final_event_including_shutdown():
     eng, rec = Engine(), Recorder()
     eng.add_listener(rec)
-    gate = threading.Event()
+    gate, started = threading.Event(), threading.Event()
 
     def slow(ctx, req):  # holds the engine thread until the gate opens, then checks cancel
+        started.set()
         while not gate.wait(0.01):
             ctx.check_cancel()
         yield from ()
@@ -77,12 +78,12 @@ def test_every_job_gets_exactly_one_final_event_including_shutdown():
         JOB_RUNNERS["generate"], real = slow, JOB_RUNNERS["generate"]
         try:
             ids["running"] = eng.submit(EditRequest("generate"))
+            assert started.wait(30)  # the rest stay queued behind it
             ids["queued"] = eng.submit(EditRequest("generate"))
             ids["cancelled"] = eng.submit(EditRequest("generate"))
             eng.cancel(ids["cancelled"])
             ids["superseded"] = eng.submit(EditRequest("sdedit", image=image()))
             ids["superseding"] = eng.submit(EditRequest("sdedit", image=image()), supersede=True)
-            time.sleep(0.2)
             eng.shutdown(timeout=10)  # the running job is cancelled, the queued ones too
         finally:
             JOB_RUNNERS["generate"] = real
