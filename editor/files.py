@@ -10,9 +10,7 @@ temporary file, then rename it.
 from __future__ import annotations
 
 import os
-import re
-import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +18,15 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 
 from engine import metadata
-from engine.images import (  # noqa: F401 (one loader for the CLI and the editor)
+from engine.images import (  # noqa: F401 (one loader and one atomic write for CLI and editor)
     MAX_PIXELS,
+    TEMP_SUFFIX,
     FileError,
+    atomic_write,
+    clean_stale_temporaries,
     load_image,
     load_image_bytes,
+    pid_alive,
     to_rgb,
 )
 
@@ -68,84 +70,7 @@ def read_parameters(path: str | os.PathLike) -> dict[str, str] | None:
         return None
 
 
-# ---- atomic writes --------------------------------------------------------------------------
-
-
-# A temporary is named ".<target>.<pid>-<random>.de-partial": a save killed half-way leaves
-# one behind, and the pid tells a stale one (its editor is gone) from one being written.
-TEMP_SUFFIX = ".de-partial"
-_TEMP_NAME = re.compile(r"^\..*\.(\d+)-[0-9a-f]{12}" + re.escape(TEMP_SUFFIX) + "$")
-_writing: set[str] = set()  # temporaries this process is writing now (any thread)
-
-
-def pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    except (OverflowError, ValueError):
-        return False  # not a pid at all
-    return True
-
-
-def clean_stale_temporaries(folder: str | os.PathLike) -> int:
-    """Delete the temporaries of our own naming in ``folder`` that no live save is writing
-    (left by a killed or crashed editor). Returns how many were deleted."""
-    removed = 0
-    try:
-        candidates = list(Path(folder).glob(f".*{TEMP_SUFFIX}"))
-    except OSError:
-        return 0
-    for tmp in candidates:
-        m = _TEMP_NAME.match(tmp.name)
-        if m is None:
-            continue
-        pid = int(m.group(1))
-        if pid == os.getpid() and str(tmp) in _writing:
-            continue
-        if pid != os.getpid() and pid_alive(pid):
-            continue
-        try:
-            tmp.unlink()
-            removed += 1
-        except OSError:
-            pass
-    return removed
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> Path:
-    """Call ``write(file)`` on a temporary file beside ``path``, then rename it into place.
-
-    The temporary is created with mode 0o666, so the kernel applies the umask (mkstemp's
-    0o600 would make every saved file private); a replaced file keeps its own mode. Stale
-    temporaries of killed saves in the same folder are deleted first."""
-    path = Path(path)
-    clean_stale_temporaries(path.parent)
-    try:
-        keep_mode: int | None = path.stat().st_mode & 0o7777
-    except OSError:
-        keep_mode = None
-    tmp = path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    _writing.add(str(tmp))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        if keep_mode is not None:
-            os.chmod(tmp, keep_mode)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    finally:
-        _writing.discard(str(tmp))
-    return path
+# ---- atomic writes: engine.images' (one for the CLI and the editor) ------------------------
 
 
 def save_png(image: np.ndarray, path: str | os.PathLike, params: Mapping[str, Any] | None) -> Path:

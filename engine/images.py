@@ -8,7 +8,8 @@ with one sentence naming the file.
 
 Writing: ``atomic_write`` writes a temporary file beside the target and renames it into
 place, so a crash never leaves half a file; the result's permissions follow the umask (or the
-replaced file's). ``check_output`` refuses, before any work is done, an output that would
+replaced file's); temporaries left by a killed writer are deleted at the next write to that
+folder. ``check_output`` refuses, before any work is done, an output that would
 replace an input or that cannot be written.
 """
 
@@ -16,8 +17,9 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tempfile
-import threading
+import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -30,12 +32,15 @@ from .errors import FileError
 __all__ = [
     "MAX_PIXELS",
     "FileError",
+    "TEMP_SUFFIX",
     "atomic_write",
     "check_output",
+    "clean_stale_temporaries",
     "load_image",
     "load_image_bytes",
     "load_mask",
     "load_strokes",
+    "pid_alive",
     "to_rgb",
 ]
 
@@ -159,43 +164,80 @@ def load_strokes(path: str | os.PathLike, size: tuple[int, int] | None = None) -
 
 # ---- writing --------------------------------------------------------------------------------
 
-_umask_lock = threading.Lock()
+# A temporary is named ".<target>.<pid>-<random>.de-partial": a save killed half-way leaves
+# one behind, and the pid tells a stale one (its writer is gone) from one being written.
+TEMP_SUFFIX = ".de-partial"
+_TEMP_NAME = re.compile(r"^\..*\.(\d+)-[0-9a-f]{12}" + re.escape(TEMP_SUFFIX) + "$")
+_writing: set[str] = set()  # temporaries this process is writing now (any thread)
 
 
-def _umask() -> int:
-    try:  # Linux reports it without changing it
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    with _umask_lock:
-        mask = os.umask(0o022)
-        os.umask(mask)
-    return mask
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    except (OverflowError, ValueError):
+        return False  # not a pid at all
+    return True
+
+
+def clean_stale_temporaries(folder: str | os.PathLike) -> int:
+    """Delete the temporaries of our own naming in ``folder`` that no live save is writing
+    (left by a killed or crashed editor). Returns how many were deleted."""
+    removed = 0
+    try:
+        candidates = list(Path(folder).glob(f".*{TEMP_SUFFIX}"))
+    except OSError:
+        return 0
+    for tmp in candidates:
+        m = _TEMP_NAME.match(tmp.name)
+        if m is None:
+            continue
+        pid = int(m.group(1))
+        if pid == os.getpid() and str(tmp) in _writing:
+            continue
+        if pid != os.getpid() and pid_alive(pid):
+            continue
+        try:
+            tmp.unlink()
+            removed += 1
+        except OSError:
+            pass
+    return removed
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> Path:
     """Call ``write(file)`` on a temporary file beside ``path``, then rename it into place.
 
-    ``mkstemp`` creates files readable by the owner only; the result gets the replaced
-    file's permissions, or those the umask gives a new file."""
+    The temporary is created with mode 0o666, so the kernel applies the umask (mkstemp's
+    0o600 would make every saved file private); a replaced file keeps its own mode. Stale
+    temporaries of killed saves in the same folder are deleted first."""
     path = Path(path)
+    clean_stale_temporaries(path.parent)
     try:
-        mode = path.stat().st_mode & 0o7777
+        keep_mode: int | None = path.stat().st_mode & 0o7777
     except OSError:
-        mode = 0o666 & ~_umask()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        keep_mode = None
+    tmp = path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    _writing.add(str(tmp))
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, mode)
+        if keep_mode is not None:
+            os.chmod(tmp, keep_mode)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    finally:
+        _writing.discard(str(tmp))
     return path
 
 
