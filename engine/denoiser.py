@@ -135,6 +135,19 @@ class Denoiser:
         out = self.bundle.unet(x.to(self.dtype), tt, encoder_hidden_states=emb.to(self.dtype))
         return out.sample.to(x.dtype)
 
+    def outputs(self, x: torch.Tensor, t: int, emb: torch.Tensor) -> torch.Tensor:
+        """``model_output``, counted as one model call: what every caller outside this class
+        uses, so that ``unet_calls`` is this object's to keep."""
+        out = self.model_output(x, t, emb)
+        self.unet_calls += 1
+        return out
+
+    @staticmethod
+    def guide(out_u: torch.Tensor, out_c: torch.Tensor, guidance: float) -> torch.Tensor:
+        """Classifier-free guidance (Ho & Salimans 2022, eq. 6) on network outputs; for
+        v-prediction this equals mixing ε, because ε is affine in v at fixed x_t and t."""
+        return out_u + guidance * (out_c - out_u)
+
     def predict(
         self,
         x: torch.Tensor,
@@ -151,15 +164,11 @@ class Denoiser:
             cond, uncond = cond.cond, cond.uncond if uncond is None else uncond
         n = x.shape[0]
         if guidance == 1.0 or uncond is None:
-            out = self.model_output(x, t, cond)
+            out = self.outputs(x, t, cond)
         else:
             e_c = cond.expand(n, -1, -1) if cond.shape[0] != n else cond
             e_u = uncond.expand(n, -1, -1) if uncond.shape[0] != n else uncond
-            both = self.model_output(torch.cat([x, x]), t, torch.cat([e_u, e_c]))
-            out_u, out_c = both.chunk(2)
-            # guidance mixes network outputs; for v-prediction this is equivalent to mixing ε
-            # because ε is affine in v at fixed x_t and t
-            out = out_u + guidance * (out_c - out_u)
-        self.unet_calls += 1
+            out_u, out_c = self.outputs(torch.cat([x, x]), t, torch.cat([e_u, e_c])).chunk(2)
+            out = self.guide(out_u, out_c, guidance)
         eps, x0 = self.schedule.eps_x0(out, x, t)
         return Prediction(eps, x0)

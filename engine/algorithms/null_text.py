@@ -140,14 +140,11 @@ def _optimise_chain(
     xs = [x]
 
     def guided_from(out_c, out_u, t, t_prev):
-        out = out_u + guidance * (out_c - out_u)  # Ho & Salimans 2022, eq. 6
-        eps, x0 = sched.eps_x0(out, x, t)
+        eps, x0 = sched.eps_x0(denoiser.guide(out_u, out_c, guidance), x, t)
         return sched.ddim_step(x0, eps, t, t_prev), x0
 
     def guided_step(out_c, e, t, t_prev):
-        out_u = denoiser.model_output(x, t, e)
-        denoiser.unet_calls = getattr(denoiser, "unet_calls", 0) + 1
-        return guided_from(out_c, out_u, t, t_prev)
+        return guided_from(out_c, denoiser.outputs(x, t, e), t, t_prev)
 
     for i, (t, t_prev) in enumerate(zip(timesteps, prev_timesteps(timesteps))):
         target = trajectory[i + 1].float()
@@ -160,7 +157,7 @@ def _optimise_chain(
         # prompt), the step costs one batch-2 call instead of two calls
         with torch.no_grad():
             if settings.stop_before_step:
-                both = denoiser.model_output(torch.cat([x, x]), t, torch.cat([cond, emb.to(cond)]))
+                both = denoiser.outputs(torch.cat([x, x]), t, torch.cat([cond, emb.to(cond)]))
                 out_c, out_u = both.chunk(2)
                 x_prev, x0 = guided_from(out_c, out_u, t, t_prev)
                 value = float(F.mse_loss(x_prev.float(), target))
@@ -168,8 +165,7 @@ def _optimise_chain(
                     step_losses.append(value)
                     current = (x_prev, x0)
             else:
-                out_c = denoiser.model_output(x, t, cond)
-        denoiser.unet_calls = getattr(denoiser, "unet_calls", 0) + 1
+                out_c = denoiser.outputs(x, t, cond)
         param = emb.clone().requires_grad_(True)  # warm start from ∅_{t+1} (Alg. 1)
         opt = torch.optim.Adam([param], lr=settings.learning_rate(i))
         for j in range(settings.inner_steps if current is None else 0):

@@ -153,6 +153,9 @@ def test_null_text_loss_decreases_on_the_analytic_model():
     settings = NullTextSettings(inner_steps=5, early_stop=0.0, early_stop_slope=0.0, lr=0.05)
     inv = run_to_end(invert(d, x0, "a house", 5, 7.5, "null_text", settings=settings))
     assert all(len(step) == 6 for step in inv.losses)
+    # the denoiser counts every model call itself: 5 for the inversion, then per step the
+    # conditional branch, 5 iterations and the step with the final embedding
+    assert d.unet_calls == 5 + 5 * (1 + 5 + 1)
     # the first step starts far from its pivot and descends steadily; later steps start near
     # the floor the scalar embedding can reach, where Adam at this rate jitters around it
     first = inv.losses[0]
