@@ -30,7 +30,7 @@ from types import MappingProxyType
 import numpy as np
 import torch
 
-from .algorithms.common import Progress
+from .algorithms.common import Progress, drive
 from .denoiser import Denoiser
 from .errors import EngineError, OutOfMemoryError
 from .jobs import JOB_RUNNERS, JobContext, JobResult
@@ -423,17 +423,11 @@ class Engine:
 
         ctx = JobContext(self.bundle, self.denoiser, check_cancel=check_cancel)
         self._emit(Started(job_id, req.method, req.steps))
-        gen = runner(ctx, req)
-        while True:
-            if job_id in self._cancelled:
-                gen.close()
-                raise _JobCancelled
-            try:
-                progress: Progress = next(gen)
-            except StopIteration as stop:
-                result: JobResult = stop.value
-                break
-            self._emit(self._step_event(job_id, ctx, progress))
+        result: JobResult = drive(
+            runner(ctx, req),
+            lambda progress: self._emit(self._step_event(job_id, ctx, progress)),
+            check_cancel,
+        )
         params = {**req.parameters(), **result.parameters, "model": self.bundle.name}
         self._emit(Finished(job_id, result.image, params, result.extras))
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -30,13 +30,32 @@ class Progress:
 Algorithm = Generator[Progress, None, R]
 
 
+def drive(
+    gen: Generator[Progress, None, R],
+    on_progress: Callable[[Progress], None] | None = None,
+    check_cancel: Callable[[], None] | None = None,
+) -> R:
+    """The one driver of an algorithm or a job (engine thread, CLI, evaluation, tests): calls
+    ``check_cancel`` before every step (it cancels by raising), ``on_progress`` after every
+    yield, and returns the generator's value. The generator is closed however this ends, so
+    its ``finally`` clauses (and gradient modes) unwind before the caller goes on."""
+    try:
+        while True:
+            if check_cancel is not None:
+                check_cancel()
+            try:
+                p = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            if on_progress is not None:
+                on_progress(p)
+    finally:
+        gen.close()
+
+
 def run_to_end(gen: Generator[Progress, None, R]) -> R:
     """Drive an algorithm without watching its progress; return its result."""
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return drive(gen)
 
 
 def randn(shape, generator: torch.Generator, device, dtype=torch.float32) -> torch.Tensor:
