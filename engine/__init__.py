@@ -4,6 +4,7 @@ Qt-free by contract (tests/test_import_contract.py): the editor talks to it thro
 ``Engine``, frozen ``EditRequest``s and the events in ``engine.types``.
 """
 
+from . import offline  # noqa: F401  (first: the hub reads its offline switches at import)
 from .engine import Engine
 from .errors import EngineError, InputError, ModelLoadError, OutOfMemoryError
 from .models import DEFAULT_MODEL, ModelBundle, load_model

@@ -1,4 +1,4 @@
-"""Load and save Stable Diffusion models from disk, fully offline.
+"""Load Stable Diffusion models from disk, fully offline (``engine.model_writer`` saves them).
 
 Two on-disk forms are understood:
 
@@ -13,8 +13,8 @@ A single file carries no configs. They come from, first match wins:
 
 1. the ``config_dir`` argument: a folder in the diffusers layout (configs only; its weights, if
    any, are ignored);
-2. a sidecar folder ``<name>.config/`` next to ``<name>.safetensors`` (``save_single_file``
-   writes one, so a saved file reloads without arguments);
+2. a sidecar folder ``<name>.config/`` next to ``<name>.safetensors``
+   (``model_writer.save_single_file`` writes one, so a saved file reloads without arguments);
 3. the family recognised from the weights (``detect_family``), with the configs that ship in
    ``engine/configs/<family>/``: ``sd15`` (SD 1.x), ``sd2`` (SD 2.x base: 512 px, epsilon) and
    ``sd2-v`` (SD 2.x: 768 px, v-prediction).
@@ -38,25 +38,22 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach for the network
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+import torch
 
-import torch  # noqa: E402
+from .errors import ModelLoadError, OutOfMemoryError
 
-from .errors import ModelLoadError, OutOfMemoryError  # noqa: E402
-from .models import CLIP_TOKENIZER_DIR  # noqa: E402
-from .sd_layout import (  # noqa: E402
-    CLIP_PREFIX,
-    CONTEXT_KEY,
-    OPEN_CLIP_PREFIX,
-    UNET_PREFIX,
-    VAE_PREFIX,
-    as_parts,
-    clip_keys,
-    to_original_state_dict,
-)
-
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+# The CLIP tokenizer shipped with the app: used when a model brings none of its own.
+CLIP_TOKENIZER_DIR = ASSETS / "tokenizer" / "clip"
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+
+# Single-file prefixes (the original Stable Diffusion layout).
+UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
+CLIP_PREFIX = "cond_stage_model.transformer."
+OPEN_CLIP_PREFIX = "cond_stage_model.model."
+# The first cross-attention's key projection: its input width is the text context dimension.
+CONTEXT_KEY = UNET_PREFIX + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
 
 FAMILIES = {
     "sd15": "Stable Diffusion 1.x (512 px, epsilon)",
@@ -254,52 +251,6 @@ def detect_family(
         f"{name} conditions on {context_dim}-wide text features, which matches no supported "
         f"family. Supported: {SUPPORTED}."
     )
-
-
-# ---- public API: saving ---------------------------------------------------------------------
-
-
-def save_diffusers_folder(model: Any, path: str | os.PathLike) -> Path:
-    """Write a ModelBundle or parts dict as a diffusers folder (safetensors weights)."""
-    from safetensors.torch import save_file
-
-    parts = as_parts(model)
-    path = Path(path)
-    _write_configs(parts, path)
-    save_file(
-        _cpu(parts["unet"].state_dict()),
-        path / "unet" / "diffusion_pytorch_model.safetensors",
-        metadata={"format": "pt"},
-    )
-    save_file(
-        _cpu(parts["vae"].state_dict()),
-        path / "vae" / "diffusion_pytorch_model.safetensors",
-        metadata={"format": "pt"},
-    )
-    # "text_model." prefixed keys are what every transformers version reads.
-    text_sd = {"text_model." + k: v for k, v in clip_keys(parts["text_encoder"]).items()}
-    save_file(_cpu(text_sd), path / "text_encoder" / "model.safetensors", metadata={"format": "pt"})
-    return path
-
-
-def save_single_file(model: Any, path: str | os.PathLike, *, sidecar: bool = True) -> Path:
-    """Write a ModelBundle or parts dict as one ``.safetensors`` in the original SD layout.
-
-    With ``sidecar`` (default) the configs and tokenizer go to ``<name>.config/`` beside it, so
-    models of any size (the tiny test model included) reload without further arguments.
-    Text encoders with ``gelu`` activation are written in the OpenCLIP layout (SD 2.x),
-    others in the OpenAI CLIP layout (SD 1.x)."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    if path.suffix.lower() != ".safetensors":
-        raise ModelLoadError(f"Save single-file models as .safetensors, not {path.suffix!r}.")
-    parts = as_parts(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(_cpu(to_original_state_dict(parts)), path, metadata={"format": "pt"})
-    if sidecar:
-        _write_configs(parts, sidecar_dir(path))
-    return path
 
 
 # ---- reading ------------------------------------------------------------------------------
@@ -628,48 +579,3 @@ def _convert_text_encoder(checkpoint: dict[str, torch.Tensor], config: dict[str,
         text_model = _instantiate("text_encoder", config)  # only its config is read
         return convert_open_clip_checkpoint(text_model, checkpoint, prefix=OPEN_CLIP_PREFIX)
     return convert_ldm_clip_checkpoint(checkpoint)
-
-
-# ---- saving helpers -----------------------------------------------------------------------
-
-
-def _cpu(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def _write_configs(parts: dict[str, Any], folder: Path) -> None:
-    """Everything of a diffusers folder except the weights: model_index, component configs,
-    tokenizer files, scheduler config."""
-    from diffusers import __version__ as diffusers_version
-
-    unet, vae, text_encoder = parts["unet"], parts["vae"], parts["text_encoder"]
-    _write_json(
-        folder / "model_index.json",
-        {
-            "_class_name": "StableDiffusionPipeline",
-            "_diffusers_version": diffusers_version,
-            "feature_extractor": [None, None],
-            "requires_safety_checker": False,
-            "safety_checker": [None, None],
-            "scheduler": [
-                "diffusers",
-                parts["scheduler_config"].get("_class_name", "DDIMScheduler"),
-            ],
-            "text_encoder": ["transformers", type(text_encoder).__name__],
-            "tokenizer": ["transformers", "CLIPTokenizer"],
-            "unet": ["diffusers", type(unet).__name__],
-            "vae": ["diffusers", type(vae).__name__],
-        },
-    )
-    _write_json(folder / "unet" / "config.json", json.loads(unet.to_json_string()))
-    vae_config = json.loads(vae.to_json_string())
-    vae_config["scaling_factor"] = float(parts["vae_scale"])
-    _write_json(folder / "vae" / "config.json", vae_config)
-    _write_json(folder / "text_encoder" / "config.json", text_encoder.config.to_dict())
-    parts["tokenizer"].save_pretrained(str(folder / "tokenizer"))
-    _write_json(folder / "scheduler" / "scheduler_config.json", dict(parts["scheduler_config"]))

@@ -1,4 +1,7 @@
-"""Stable Diffusion's original single-file key layout, and the mapping from diffusers to it.
+"""Write Stable Diffusion models to disk: diffusers folders, original-layout single files, and
+the ``model_index.json`` that the demo-model export (``engine.training.export``) writes too.
+
+Reading lives in ``engine.loaders``; only tests and the export write models.
 
 diffusers ships the forward conversion (original → diffusers, ``convert_ldm_*_checkpoint``);
 saving a single file needs the reverse, which lives here as small pure functions over key
@@ -9,21 +12,74 @@ names: UNet ``model.diffusion_model.*``, VAE ``first_stage_model.*``, text encod
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from .errors import ModelLoadError
+from .loaders import (
+    CLIP_PREFIX,
+    OPEN_CLIP_PREFIX,
+    UNET_PREFIX,
+    VAE_PREFIX,
+    sidecar_dir,
+)
+
+# What a ModelBundle or a parts dict must provide to be written.
 PART_KEYS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler_config", "vae_scale")
 
-# Single-file prefixes (the original Stable Diffusion layout).
-UNET_PREFIX = "model.diffusion_model."
-VAE_PREFIX = "first_stage_model."
-CLIP_PREFIX = "cond_stage_model.transformer."
-OPEN_CLIP_PREFIX = "cond_stage_model.model."
-# The first cross-attention's key projection: its input width is the text context dimension.
-CONTEXT_KEY = UNET_PREFIX + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
+# ---- saving ---------------------------------------------------------------------
+
+
+def save_diffusers_folder(model: Any, path: str | os.PathLike) -> Path:
+    """Write a ModelBundle or parts dict as a diffusers folder (safetensors weights)."""
+    from safetensors.torch import save_file
+
+    parts = as_parts(model)
+    path = Path(path)
+    _write_configs(parts, path)
+    save_file(
+        _cpu(parts["unet"].state_dict()),
+        path / "unet" / "diffusion_pytorch_model.safetensors",
+        metadata={"format": "pt"},
+    )
+    save_file(
+        _cpu(parts["vae"].state_dict()),
+        path / "vae" / "diffusion_pytorch_model.safetensors",
+        metadata={"format": "pt"},
+    )
+    # "text_model." prefixed keys are what every transformers version reads.
+    text_sd = {"text_model." + k: v for k, v in clip_keys(parts["text_encoder"]).items()}
+    save_file(_cpu(text_sd), path / "text_encoder" / "model.safetensors", metadata={"format": "pt"})
+    return path
+
+
+def save_single_file(model: Any, path: str | os.PathLike, *, sidecar: bool = True) -> Path:
+    """Write a ModelBundle or parts dict as one ``.safetensors`` in the original SD layout.
+
+    With ``sidecar`` (default) the configs and tokenizer go to ``<name>.config/`` beside it, so
+    models of any size (the tiny test model included) reload without further arguments.
+    Text encoders with ``gelu`` activation are written in the OpenCLIP layout (SD 2.x),
+    others in the OpenAI CLIP layout (SD 1.x)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        raise ModelLoadError(f"Save single-file models as .safetensors, not {path.suffix!r}.")
+    parts = as_parts(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(_cpu(to_original_state_dict(parts)), path, metadata={"format": "pt"})
+    if sidecar:
+        _write_configs(parts, sidecar_dir(path))
+    return path
+
+
+# ---- the original single-file layout ----------------------------------------------------
 
 
 def as_parts(model: Any) -> dict[str, Any]:
@@ -212,3 +268,51 @@ def _vae_key_to_original(key: str, n_up: int) -> str:
     ):
         return key
     raise ValueError(f"cannot map VAE weight {key} to the original layout")
+
+
+# ---- saving helpers -----------------------------------------------------------------------
+
+
+def _cpu(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def write_model_index(folder: Path, unet, vae, text_encoder, scheduler: str) -> None:
+    """The pipeline's ``model_index.json``, stamped with the installed diffusers version."""
+    from diffusers import __version__ as diffusers_version
+
+    _write_json(
+        Path(folder) / "model_index.json",
+        {
+            "_class_name": "StableDiffusionPipeline",
+            "_diffusers_version": diffusers_version,
+            "feature_extractor": [None, None],
+            "requires_safety_checker": False,
+            "safety_checker": [None, None],
+            "scheduler": ["diffusers", scheduler],
+            "text_encoder": ["transformers", type(text_encoder).__name__],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "unet": ["diffusers", type(unet).__name__],
+            "vae": ["diffusers", type(vae).__name__],
+        },
+    )
+
+
+def _write_configs(parts: dict[str, Any], folder: Path) -> None:
+    """Everything of a diffusers folder except the weights: model_index, component configs,
+    tokenizer files, scheduler config."""
+    unet, vae, text_encoder = parts["unet"], parts["vae"], parts["text_encoder"]
+    scheduler = parts["scheduler_config"].get("_class_name", "DDIMScheduler")
+    write_model_index(folder, unet, vae, text_encoder, scheduler)
+    _write_json(folder / "unet" / "config.json", json.loads(unet.to_json_string()))
+    vae_config = json.loads(vae.to_json_string())
+    vae_config["scaling_factor"] = float(parts["vae_scale"])
+    _write_json(folder / "vae" / "config.json", vae_config)
+    _write_json(folder / "text_encoder" / "config.json", text_encoder.config.to_dict())
+    parts["tokenizer"].save_pretrained(str(folder / "tokenizer"))
+    _write_json(folder / "scheduler" / "scheduler_config.json", dict(parts["scheduler_config"]))

@@ -5,30 +5,24 @@
 - ``builtin:demo``  the project's trained demo model under ``assets/models/demo``;
 - a diffusers folder in the Stable Diffusion layout, or a single ``.safetensors``/``.ckpt``
   checkpoint in the original SD layout (see ``engine.loaders``).
-Nothing here downloads: the hub's offline switches are set before diffusers is imported.
+Nothing here downloads: ``engine.offline`` sets the hub's offline switches first.
 """
 
 from __future__ import annotations
 
 import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-
-from collections.abc import Callable  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from .errors import ModelLoadError, NonFiniteError  # noqa: E402
-from .schedule import Schedule  # noqa: E402
+from .errors import ModelLoadError, NonFiniteError
+from .loaders import ASSETS, CLIP_TOKENIZER_DIR, load_diffusers_folder, load_path
+from .schedule import Schedule
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-CLIP_TOKENIZER_DIR = ASSETS / "tokenizer" / "clip"
 DEMO_MODEL_DIR = ASSETS / "models" / "demo"
 
 # SD 1.5's scheduler config in the form diffusers writes it; our tiny and demo models use
@@ -238,8 +232,6 @@ def demo_model_available() -> bool:
 
 
 def _load_demo(device, dtype):
-    from .loaders import load_diffusers_folder
-
     if not demo_model_available():
         raise ModelLoadError(
             f"The demo model is missing from {DEMO_MODEL_DIR}. Reinstall the app, or train it "
@@ -273,8 +265,6 @@ def load_model(
                 f"Unknown built-in model {spec!r}; choose one of {sorted(BUILTINS)}."
             )
         return BUILTINS[spec](device, dtype)
-    from .loaders import load_path
-
     path = Path(spec).expanduser()
     parts = load_path(path, config_dir=config_dir, prediction_type=prediction_type)
     return _finish(path.name, parts, device, dtype)

@@ -44,3 +44,24 @@ def test_importing_every_engine_module_loads_no_qt():
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ENGINE.parent, timeout=300
     )
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _engine_imports(path: Path):
+    """Engine modules that a module imports, at the top or inside a function."""
+    package = ".".join(path.relative_to(ENGINE.parent).with_suffix("").parts[:-1])
+    if path.name == "__init__.py":
+        package = ".".join(path.relative_to(ENGINE.parent).parts[:-1])
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package.split(".")[: len(package.split(".")) - node.level + 1]
+            yield ".".join(base + ([node.module] if node.module else []))
+
+
+def test_loading_and_model_modules_import_in_one_direction():
+    """models → loaders ← model_writer: the reader needs neither the bundle nor the writer."""
+    graph = {
+        ".".join(p.relative_to(ENGINE.parent).with_suffix("").parts): set(_engine_imports(p))
+        for p in ENGINE.glob("*.py")
+    }
+    assert "engine.loaders" in graph["engine.models"]
+    assert not graph["engine.loaders"] & {"engine.models", "engine.model_writer"}

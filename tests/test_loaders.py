@@ -13,17 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from engine import loaders, sd_layout
+from engine import loaders, model_writer
 from engine.errors import ModelLoadError
-from engine.loaders import (
-    CONTEXT_KEY,
-    detect_family,
-    load_diffusers_folder,
-    load_path,
-    save_diffusers_folder,
-    save_single_file,
-    to_original_state_dict,
-)
+from engine.loaders import CONTEXT_KEY, detect_family, load_diffusers_folder, load_path
+from engine.model_writer import save_diffusers_folder, save_single_file, to_original_state_dict
 from engine.models import load_model, tiny_components
 
 PROMPT = "a red house under a blue sky"
@@ -89,7 +82,7 @@ def test_diffusers_folder_round_trip_is_identical(tiny, saved):
 def test_single_file_round_trip_with_config_dir_is_identical(tiny, saved):
     # The folder serves only as configs here: its weights are not read.
     parts = load_path(saved["bare"], config_dir=saved["folder"])
-    assert set(parts) == set(sd_layout.PART_KEYS)
+    assert set(parts) == set(model_writer.PART_KEYS)
     _assert_identical(tiny, parts)
 
 
@@ -100,7 +93,7 @@ def test_single_file_with_sidecar_loads_through_load_model(tiny, saved):
 
 def test_single_file_uses_the_original_sd_key_layout(saved):
     keys = set(load_file(saved["file"]))
-    prefixes = (sd_layout.UNET_PREFIX, sd_layout.VAE_PREFIX, sd_layout.CLIP_PREFIX)
+    prefixes = (loaders.UNET_PREFIX, loaders.VAE_PREFIX, loaders.CLIP_PREFIX)
     assert all(k.startswith(prefixes) for k in keys)
     for key in (
         "model.diffusion_model.time_embed.0.weight",
@@ -178,7 +171,7 @@ def test_sd2_style_single_file_uses_open_clip_layout_and_round_trips(tmp_path):
     keys = set(load_file(path))
     assert "cond_stage_model.model.transformer.resblocks.1.attn.in_proj_weight" in keys
     assert "cond_stage_model.model.positional_embedding" in keys
-    assert not any(k.startswith(sd_layout.CLIP_PREFIX) for k in keys)
+    assert not any(k.startswith(loaders.CLIP_PREFIX) for k in keys)
     loaded = load_path(path)
     assert loaded["scheduler_config"]["prediction_type"] == "v_prediction"
     _assert_identical(parts, loaded)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ..model_writer import write_model_index
 from . import architecture as arch
 from .train import load_vae
 
@@ -42,19 +43,7 @@ def export(run: Path, out: Path) -> Path:
     load_as_float32(tmp / "text_encoder" / "config.json")
     CLIPTokenizer.from_pretrained(str(run / "tokenizer")).save_pretrained(tmp / "tokenizer")
     DDIMScheduler.from_config(arch.scheduler_config()).save_pretrained(tmp / "scheduler")
-    index = {
-        "_class_name": "StableDiffusionPipeline",
-        "_diffusers_version": "0.42.1",
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "scheduler": ["diffusers", "DDIMScheduler"],
-        "safety_checker": [None, None],
-        "feature_extractor": [None, None],
-        "requires_safety_checker": False,
-    }
-    (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    write_model_index(tmp, unet, vae, text, "DDIMScheduler")
     card = out / "MODEL_CARD.md"
     if card.exists():
         shutil.copy(card, tmp / "MODEL_CARD.md")  # the card is written by hand from the logs

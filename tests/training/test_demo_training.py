@@ -1,5 +1,7 @@
 """The demo model's tokenizer and training pipeline (tiny sizes: plumbing, not quality)."""
 
+import json
+
 import numpy as np
 import pytest
 from transformers import CLIPTokenizer
@@ -55,7 +57,11 @@ def test_pipeline_trains_exports_and_loads_through_the_loader(tmp_path):
     )
     assert (run / "vae.ckpt").exists() and (run / "unet.ckpt").exists()
     assert main(["export", "--run", str(run), "--out", str(out)]) == 0
-    assert (out / "model_index.json").exists()
+    import diffusers
+
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["_diffusers_version"] == diffusers.__version__  # the shared writer's stamp
+    assert index["scheduler"] == ["diffusers", "DDIMScheduler"]
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     assert size < 40 * 2**20
     b = load_model(str(out), device="cpu")
@@ -70,7 +76,6 @@ def test_pipeline_trains_exports_and_loads_through_the_loader(tmp_path):
 
     assert torch.load(run / "unet.ckpt")["step"] == 3
     # --init continues a fresh run from an exported model: its weights and latent scale
-    import json
     import shutil
 
     from safetensors.torch import load_file
