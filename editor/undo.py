@@ -28,7 +28,6 @@ class UndoStack(QObject):
     """``commands[:index]`` are done; ``commands[index:]`` can be redone."""
 
     cleanChanged = Signal(bool)  # noqa: N815 — the names QUndoStack uses
-    indexChanged = Signal(int)  # noqa: N815
 
     def __init__(self, parent=None, max_bytes=DEFAULT_MAX_BYTES, max_count=DEFAULT_MAX_COUNT):
         super().__init__(parent)
@@ -110,6 +109,5 @@ class UndoStack(QObject):
             self._clean = self._clean - 1 if self._clean > 0 else -1
 
     def _changed(self, was_clean: bool) -> None:
-        self.indexChanged.emit(self._index)
         if self.isClean() != was_clean:
             self.cleanChanged.emit(self.isClean())

@@ -158,3 +158,12 @@ def composite(original: np.ndarray, edited: np.ndarray, mask: np.ndarray | None)
     keep = mask <= 0
     out[keep] = original[keep]
     return out
+
+
+def psnr(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = None) -> float:
+    """PSNR in dB between uint8 images, optionally over the pixels ``where`` is True."""
+    d = a.astype(np.float64) - b.astype(np.float64)
+    if where is not None:
+        d = d[where]
+    mse = float(np.mean(d**2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)

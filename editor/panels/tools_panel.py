@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -24,8 +24,6 @@ from ..document import Document
 
 
 class ToolsPanel(QWidget):
-    colour_changed = Signal(tuple)
-
     def __init__(self, doc: Document, canvas: Canvas, parent=None):
         super().__init__(parent)
         self.doc, self.canvas = doc, canvas
@@ -116,7 +114,6 @@ class ToolsPanel(QWidget):
     def set_colour(self, rgb: tuple) -> None:
         self.canvas.brush.colour = tuple(int(c) for c in rgb)
         self.colour.setStyleSheet(f"background-color: rgb{tuple(self.canvas.brush.colour)};")
-        self.colour_changed.emit(self.canvas.brush.colour)
 
     def _choose_colour(self) -> None:
         c = QColorDialog.getColor(QColor(*self.canvas.brush.colour), self, "Stroke colour")

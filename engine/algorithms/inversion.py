@@ -175,21 +175,6 @@ def ddim_decode(
     return x
 
 
-def negative_prompt_inversion(
-    denoiser: Denoiser,
-    x0: torch.Tensor,
-    cond: torch.Tensor,
-    timesteps: list[int],
-    fixed_point: int = 0,
-) -> Algorithm[tuple[list[torch.Tensor], list[torch.Tensor]]]:
-    """Negative-prompt inversion (Miyake et al. 2023, eq. 9): DDIM-invert with the source
-    prompt, then use the source prompt's embedding as the unconditional one at every step,
-    so that guidance ε(∅=C) + w (ε(C) − ε(∅=C)) = ε(C) reproduces the inversion for any w.
-    Returns (trajectory, null embeddings per step); costs only the inversion's model calls."""
-    traj = yield from ddim_invert(denoiser, x0, cond, timesteps, fixed_point=fixed_point)
-    return traj, [cond] * len(timesteps)
-
-
 def direct_regenerate(
     denoiser: Denoiser,
     inv: Inversion,
@@ -284,7 +269,9 @@ def invert(
 
     - "ddim": plain DDIM inversion (guidance 1); re-editing uses ordinary CFG with the
       negative prompt, so reconstructions at guidance > 1 drift (the baseline).
-    - "negative_prompt": Miyake et al. 2023, instant (see ``negative_prompt_inversion``).
+    - "negative_prompt": Miyake et al. 2023 (eq. 9), instant: DDIM inversion with the source
+      prompt, whose embedding then serves as the unconditional one at every step, so guidance
+      ε(∅=C) + w (ε(C) − ε(∅=C)) = ε(C) reproduces the inversion for any w.
     - "null_text": null-text inversion with our faster setting (``null_text.FAST``).
     - "null_text_reference": with the paper's setting (``null_text.REFERENCE``).
     - "direct": plain DDIM inversion; re-editing runs Ju et al. 2023's source branch

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..imageops import psnr
 from .probe import (
     HELDOUT_SEED,
     AttributeProbe,
@@ -114,12 +115,6 @@ class EvalContext:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB between two uint8 images (peak 255)."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 @torch.no_grad()

@@ -47,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..imageops import psnr
 from .probe import HELDOUT_SEED, load_probe
 from .seed_ranges import (
     CALIBRATION,
@@ -192,15 +193,6 @@ def find_cases(
 
 
 # --------------------------------------------------------------------------- measures
-
-
-def psnr(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = None) -> float:
-    """PSNR in dB between uint8 images, optionally over the pixels ``where`` is True."""
-    d = a.astype(np.float64) - b.astype(np.float64)
-    if where is not None:
-        d = d[where]
-    mse = float(np.mean(d**2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
