@@ -1,7 +1,7 @@
 """The main window: canvas, docks, menus and shortcuts, models, shutdown.
 
-Jobs and results are in ``jobs.JobActions``, files in ``fileops.FileActions`` (mixins), so
-each part reads in one sitting.
+The running job and results are ``jobs.JobController``'s (the window owns one and forwards
+its actions), files are ``fileops.FileActions``' (a mixin), so each part reads in one sitting.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from .bridge import EngineBridge
 from .canvas import Canvas
 from .document import Document
 from .fileops import FileActions
-from .jobs import JobActions
+from .jobs import JobController
 from .panels.history import HistoryPanel
 from .panels.prompt import PromptPanel
 from .panels.tools_panel import ToolsPanel
@@ -39,7 +39,7 @@ from .panels.tools_panel import ToolsPanel
 FALLBACK_MODEL = "builtin:tiny"
 
 
-class MainWindow(JobActions, FileActions, QMainWindow):
+class MainWindow(FileActions, QMainWindow):
     def __init__(
         self,
         engine: Engine | None = None,
@@ -55,13 +55,8 @@ class MainWindow(JobActions, FileActions, QMainWindow):
         self.engine = engine or Engine()
         self.bridge = EngineBridge(self.engine, self)
         self.model_spec = model
-        self.job: tuple[str, str] | None = None  # (ui method, engine method) of the running job
         self._closed = False
         self.model_note = ""
-        self._t_job = 0.0
-        self._inverted_key = ""  # image_key of the image the running "invert" job inverts
-        self._job_mask = None  # the running job's mask: its preview shows only there
-        self._preview_alpha = None
 
         self.canvas = Canvas(self.doc)
         self.banner = QLabel()
@@ -91,13 +86,13 @@ class MainWindow(JobActions, FileActions, QMainWindow):
         self._dock("Results", self.history_panel, Qt.DockWidgetArea.BottomDockWidgetArea)
 
         self.model_label = QLabel("no model")
-        self.busy = QProgressBar()
-        self.busy.setRange(0, 0)
-        self.busy.setFixedWidth(90)
-        self.busy.hide()
+        self.loading_bar = QProgressBar()  # while a model loads
+        self.loading_bar.setRange(0, 0)
+        self.loading_bar.setFixedWidth(90)
+        self.loading_bar.hide()
         self.pos_label = QLabel("")
         self.zoom_label = QLabel("")
-        for w in (self.pos_label, self.zoom_label, self.busy, self.model_label):
+        for w in (self.pos_label, self.zoom_label, self.loading_bar, self.model_label):
             self.statusBar().addPermanentWidget(w)
         self._build_actions()
         self._wire()
@@ -106,9 +101,10 @@ class MainWindow(JobActions, FileActions, QMainWindow):
         if self.autosaver.problem:
             self.show_error(self.autosaver.problem)
         self.select_tool(tools.COLOUR)
-        if self.engine.model_info is not None:
+        info = self.bridge.model_info
+        if info is not None:
             self._on_model_loaded(None)
-        if model and (self.engine.model_info is None or self.engine.model_info.name != model):
+        if model and (info is None or info.name != model):
             self.load_model(model)
 
     def _dock(self, title, widget, area) -> QDockWidget:
@@ -199,12 +195,8 @@ class MainWindow(JobActions, FileActions, QMainWindow):
 
     def _wire(self) -> None:
         b = self.bridge
-        b.started.connect(lambda ev: self.prompt_panel.set_busy(True, f"{ev.kind}…"))
-        b.step.connect(self._on_step)
-        b.finished.connect(self._on_finished)
-        b.failed.connect(self._on_failed)
+        self.jobs = JobController(self)
         b.load_failed.connect(self._on_load_failed)
-        b.cancelled.connect(self._on_cancelled)
         b.model_loaded.connect(self._on_model_loaded)
         p = self.prompt_panel
         p.run_requested.connect(self.run_method)
@@ -248,6 +240,23 @@ class MainWindow(JobActions, FileActions, QMainWindow):
             self.canvas.set_layer_visible("preview", not self.history_panel.compare.isChecked())
         super().keyReleaseEvent(event)
 
+    # ---- jobs: the controller's ------------------------------------------------------------
+
+    def run_method(self, method: str, stage: int = -1) -> int | None:
+        return self.jobs.run(method, stage)
+
+    def cancel_job(self) -> None:
+        self.jobs.cancel()
+
+    def drop_job(self) -> None:
+        self.jobs.drop()
+
+    def apply_result(self, entry) -> None:
+        self.jobs.apply_result(entry)
+
+    def rerun(self, entry) -> None:
+        self.jobs.rerun(entry)
+
     # ---- status & errors ------------------------------------------------------------------
 
     def status(self, text: str, ms: int = 6000) -> None:
@@ -262,7 +271,7 @@ class MainWindow(JobActions, FileActions, QMainWindow):
 
     def load_model(self, spec: str) -> None:
         self.model_spec = spec
-        self.busy.show()
+        self.loading_bar.show()
         self.model_label.setText(f"loading {spec}…")
         self.bridge.load_model(spec)
 
@@ -279,8 +288,8 @@ class MainWindow(JobActions, FileActions, QMainWindow):
             self.load_model(path)
 
     def _on_model_loaded(self, ev) -> None:
-        self.busy.hide()
-        info = ev.info if ev is not None else self.engine.model_info
+        self.loading_bar.hide()
+        info = ev.info if ev is not None else self.bridge.model_info
         if info is None:
             self.model_label.setText("no model")
             return
@@ -289,11 +298,11 @@ class MainWindow(JobActions, FileActions, QMainWindow):
         self.prompt_panel.set_available(self.engine.methods())
 
     def _on_load_failed(self, ev) -> None:
-        self.busy.hide()
+        self.loading_bar.hide()
         if self.model_spec == DEFAULT_MODEL:
             self.model_note = " (demo model not found)"
             self.status(f"The demo model is not available; using {FALLBACK_MODEL}. {ev.message}")
-            info = self.engine.model_info
+            info = self.bridge.model_info
             if info is None or info.name != FALLBACK_MODEL:
                 self.load_model(FALLBACK_MODEL)
             else:

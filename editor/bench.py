@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     win = MainWindow(engine, model=None, autosave_ms=10**9)
     win.resize(1400, 900)
     win.show()
-    while engine.model_info is None:
+    while win.bridge.model_info is None:
         app.processEvents()
         time.sleep(0.01)
     app.processEvents()

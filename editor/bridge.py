@@ -39,6 +39,9 @@ class EngineBridge(QObject):
         self.engine = engine
         self.job_id: int | None = None  # the current edit job
         self.load_id: int | None = None  # the current model load
+        # the loaded model as the last ModelLoaded said (the GUI never reads the engine's
+        # own state, which the engine thread may be changing)
+        self.model_info = engine.model_info
         self._event.connect(self._dispatch, Qt.ConnectionType.QueuedConnection)
         engine.add_listener(self._listener)
 
@@ -85,6 +88,8 @@ class EngineBridge(QObject):
 
     @Slot(object)
     def _dispatch(self, ev: Event) -> None:
+        if isinstance(ev, ModelLoaded):  # whoever asked for the load
+            self.model_info = ev.info
         if ev.job_id == self.load_id:
             if isinstance(ev, ModelLoaded):
                 self.load_id = None

@@ -1,13 +1,16 @@
-"""The job state machine of the main window: run, step, finish, fail, cancel; results.
+"""The editor's one job controller: run, step, finish, fail, cancel; results.
 
-``run_method`` snapshots the document into a frozen request and submits it through the
-bridge; bridge signals (already on the GUI thread, stale jobs dropped) drive the progress
-bar, the preview layer and the history. The GUI never waits on the engine.
+``JobController.run`` snapshots the document into a frozen request and submits it through
+the bridge; bridge signals (already on the GUI thread, stale jobs dropped) drive the progress
+bar, the preview layer and the history. The controller alone knows the running job
+(``RunningJob``); the window owns one and forwards its menu actions to it. The GUI never
+waits on the engine.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -27,106 +30,144 @@ from .methods import (
 MASKED = ("sdedit", "repaint", "diffedit", "reedit")  # results change only inside the mask
 
 
-class JobActions:
-    """Mixin for MainWindow (expects ``doc``, ``bridge``, ``engine``, ``canvas``, panels)."""
+@dataclass
+class RunningJob:
+    """What the controller knows of the job it submitted."""
+
+    ui_method: str  # the panel's method
+    method: str  # the engine's (a stage of a multi-step panel method)
+    job_id: int | None = None
+    mask: np.ndarray | None = None  # only the masked area changes: its preview shows there
+    source_key: str = ""  # image_key of the picture the job was made from
+    started: float = field(default_factory=time.monotonic)
+    state: str = "waiting"  # waiting → running (first step) → gone when it ends
+
+
+class JobController:
+    """Owns the running job (by composition: the window holds one). Talks to the window's
+    document, bridge, canvas and panels; never to the engine directly."""
+
+    def __init__(self, win):
+        self.win = win
+        self.current: RunningJob | None = None
+        self._preview_alpha: np.ndarray | None = None
+        b = win.bridge
+        b.started.connect(self._on_started)
+        b.step.connect(self._on_step)
+        b.finished.connect(self._on_finished)
+        b.failed.connect(self._on_failed)
+        b.cancelled.connect(self._on_cancelled)
+
+    @property
+    def busy(self) -> bool:
+        return self.win.bridge.busy
 
     # ---- jobs -----------------------------------------------------------------------------
 
-    def run_method(self, method: str, stage: int = -1) -> int | None:
-        if self.bridge.busy or self.bridge.load_id is not None:
-            self.status("Busy: wait for the current job or cancel it (Esc).")
+    def run(self, method: str, stage: int = -1) -> int | None:
+        win, doc = self.win, self.win.doc
+        if win.bridge.busy or win.bridge.load_id is not None:
+            win.status("Busy: wait for the current job or cancel it (Esc).")
             return None
-        if self.engine.model_info is None:
-            self.show_error("No model is loaded; choose one in the Model menu.")
+        if win.bridge.model_info is None:
+            win.show_error("No model is loaded; choose one in the Model menu.")
             return None
-        if not self.doc.settings.get("seed_locked"):
-            self.doc.update_settings(seed=random_seed())
+        if not doc.settings.get("seed_locked"):
+            doc.update_settings(seed=random_seed())
         try:
-            request = build_request(self.doc, method, stage)
+            request = build_request(doc, method, stage)
         except NeedsInput as e:
-            self.show_error(str(e))
+            win.show_error(str(e))
             return None
-        self.banner_host.hide()
-        self.job = (method, request.method)
-        if request.method == "invert":
-            self._inverted_key = image_key(request.image)
+        win.banner_host.hide()
         masked = request.method in MASKED and request.mask is not None
-        self._job_mask, self._preview_alpha = (request.mask if masked else None), None
-        self.history_panel.select(None)
-        self.canvas.set_layer_visible("preview", True)
-        self.prompt_panel.set_busy(True, f"{request.method}: waiting…")
-        self._t_job = time.monotonic()
-        return self.bridge.submit(request)
+        job = RunningJob(method, request.method, mask=request.mask if masked else None)
+        if request.method == "invert":
+            job.source_key = image_key(request.image)
+        self.current, self._preview_alpha = job, None
+        win.history_panel.select(None)
+        win.canvas.set_layer_visible("preview", True)
+        win.prompt_panel.set_busy(True, f"{request.method}: waiting…")
+        job.job_id = win.bridge.submit(request)
+        return job.job_id
 
-    def cancel_job(self) -> None:
-        if self.bridge.busy:
-            self.bridge.cancel()
-            self.status("Cancelling…")
+    def cancel(self) -> None:
+        if self.win.bridge.busy:
+            self.win.bridge.cancel()
+            self.win.status("Cancelling…")
 
-    def drop_job(self) -> None:
+    def drop(self) -> None:
         """A new document replaces the one the running job was made for: cancel it and
         ignore whatever it still sends."""
-        if self.bridge.busy:
-            self.bridge.forget()
+        if self.win.bridge.busy:
+            self.win.bridge.forget()
             self._on_cancelled(None)
 
+    def _end(self, text: str) -> RunningJob | None:
+        job, self.current = self.current, None
+        self.win.prompt_panel.set_busy(False, text)
+        self.win.canvas.show_preview(None)
+        return job
+
+    def _on_started(self, ev) -> None:
+        self.win.prompt_panel.set_busy(True, f"{ev.kind}…")
+
     def _on_step(self, ev) -> None:
-        self.prompt_panel.show_step(ev.i, ev.n, ev.label)
+        if self.current is not None:
+            self.current.state = "running"
+        self.win.prompt_panel.show_step(ev.i, ev.n, ev.label)
         if ev.preview is not None:
-            self.canvas.show_preview(self._masked_preview(ev.preview))
+            self.win.canvas.show_preview(self._masked_preview(ev.preview))
 
     def _masked_preview(self, preview: np.ndarray) -> np.ndarray:
         """With a mask, only the masked area will change: show x̂₀ only there (RGBA)."""
-        if self._job_mask is None or preview.ndim != 3 or preview.shape[2] != 3:
+        mask = self.current.mask if self.current is not None else None
+        if mask is None or preview.ndim != 3 or preview.shape[2] != 3:
             return preview
         hw = preview.shape[:2]
         if self._preview_alpha is None or self._preview_alpha.shape != hw:
-            self._preview_alpha = imageops.resize(self._job_mask, hw)
+            self._preview_alpha = imageops.resize(mask, hw)
         return np.dstack([preview, self._preview_alpha])
 
     def _on_finished(self, ev) -> None:
-        kind = self.job[1] if self.job else ev.parameters.get("method")
-        self.job = None
-        secs = time.monotonic() - self._t_job
-        self.prompt_panel.set_busy(False, f"done in {secs:.1f} s")
-        self.canvas.show_preview(None)
+        win, doc = self.win, self.win.doc
+        started = self.current.started if self.current else time.monotonic()
+        job = self._end(f"done in {time.monotonic() - started:.1f} s")
+        kind = job.method if job else ev.parameters.get("method")
         if kind == "diffedit_mask":
             mask = ev.extras.get("mask")
-            if mask is not None and mask.shape == self.doc.mask.shape:
-                self.doc.set_mask(mask, "DiffEdit mask")
-                self.canvas.set_layer_visible("mask", True)
-                self.status("DiffEdit mask is in the mask layer: touch it up, then Run.")
+            if mask is not None and mask.shape == doc.mask.shape:
+                doc.set_mask(mask, "DiffEdit mask")
+                win.canvas.set_layer_visible("mask", True)
+                win.status("DiffEdit mask is in the mask layer: touch it up, then Run.")
             return
         if kind == "invert":
-            self.doc.inversion = ev.extras.get("inversion")
-            self.doc.inversion_source = self._inverted_key
-            self.status("Inverted: change the prompt and Run to re-edit.")
-        if ev.image is None or ev.image.shape != self.doc.image.shape:
+            doc.inversion = ev.extras.get("inversion")
+            doc.inversion_source = job.source_key if job else ""
+            win.status("Inverted: change the prompt and Run to re-edit.")
+        if ev.image is None or ev.image.shape != doc.image.shape:
             return  # the document changed size while the job ran
-        entry = self.doc.add_result(ev.image, project.plain(dict(ev.parameters)))
-        self.history_panel.select(entry)
+        entry = doc.add_result(ev.image, project.plain(dict(ev.parameters)))
+        win.history_panel.select(entry)
 
     def _on_failed(self, ev) -> None:
-        self.job = None
-        self.prompt_panel.set_busy(False, "failed")
-        self.canvas.show_preview(None)
-        self.show_error(ev.message)
+        self._end("failed")
+        self.win.show_error(ev.message)
 
     def _on_cancelled(self, ev) -> None:
-        self.job = None
-        self.prompt_panel.set_busy(False, "cancelled")
-        self.canvas.show_preview(None)
-        self.status("Cancelled; nothing was changed.")
+        self._end("cancelled")
+        self.win.status("Cancelled; nothing was changed.")
 
     # ---- results --------------------------------------------------------------------------
 
     def apply_result(self, entry) -> None:
-        if entry.image.shape != self.doc.image.shape:
-            self.show_error("This result was made for an image of another size.")
+        win = self.win
+        if entry.image.shape != win.doc.image.shape:
+            win.show_error("This result was made for an image of another size.")
             return
-        self.doc.apply_result(entry)  # the image now carries the entry's parameters
-        self.history_panel.select(None)
-        self.status(f"Applied {entry.title} (Ctrl+Z to undo)")
+        win.doc.apply_result(entry)  # the image now carries the entry's parameters
+        win.history_panel.select(None)
+        win.status(f"Applied {entry.title} (Ctrl+Z to undo)")
 
     def rerun(self, entry) -> None:
         p = entry.parameters
@@ -134,10 +175,10 @@ class JobActions:
         try:  # a result's parameters may come from a project file: checked like settings
             changes = {k: check_setting(k, p[k]) for k in keys if k in p}
         except SettingsError as e:
-            self.show_error(f"This result's settings cannot be re-run: {e}")
+            self.win.show_error(f"This result's settings cannot be re-run: {e}")
             return
         ui = next((k for k, m in METHODS.items() if p.get("method") in m.engine), None)
         if ui:
             changes["method"] = ui
-        self.doc.update_settings(**changes, seed_locked=True)
-        self.run_method(ui or self.prompt_panel.current_method())
+        self.win.doc.update_settings(**changes, seed_locked=True)
+        self.run(ui or self.win.prompt_panel.current_method())

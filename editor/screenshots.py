@@ -39,7 +39,7 @@ def photo(side: int = 512) -> np.ndarray:
     """A demo-world landscape, upscaled to ``side`` pixels."""
     from PIL import Image
 
-    from engine.training.world import render_seed
+    from engine.world.scene import render_seed
 
     small = render_seed(3).image
     return np.asarray(Image.fromarray(small).resize((side, side), Image.Resampling.BICUBIC))
@@ -58,7 +58,7 @@ class Shooter:
         self.win = MainWindow(self.engine, model=None, autosave_ms=10**9)
         self.win.resize(*SIZE)
         self.win.show()
-        self.wait(lambda: self.engine.model_info is not None, 300)
+        self.wait(lambda: self.win.bridge.model_info is not None, 300)
         self.win._on_model_loaded(None)
         self.win.doc.set_image(photo())
         self.settle()

@@ -99,5 +99,5 @@ elif phase == "recover_and_quit":
     QTimer.singleShot(0, lambda: QTimer.singleShot(0, then))
 
 elif phase == "quit_at_once":  # closed while the model is still loading
-    report("loading", loaded=win.engine.model_info is not None)
+    report("loading", loaded=win.bridge.model_info is not None)
     QTimer.singleShot(0, win.close)

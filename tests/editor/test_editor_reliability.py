@@ -15,6 +15,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QMessageBox, QPushButton
 
 from editor import document, files, project
+from editor.jobs import RunningJob
 
 Btn = QMessageBox.StandardButton
 CTRL = Qt.KeyboardModifier.ControlModifier
@@ -476,7 +477,7 @@ def test_a_result_of_the_previous_picture_never_lands_on_the_next(window, tmp_pa
     """A job finishing just as another picture of the same size is opened."""
     from engine import Finished
 
-    window.job = ("sdedit", "sdedit")
+    window.jobs.current = RunningJob("sdedit", "sdedit")
     window.bridge.job_id = 10_000  # as if submitted for the current picture
     window.prompt_panel.set_busy(True)
     Image.fromarray(_image(6, window.doc.size)).save(tmp_path / "next.png")

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from PySide6.QtCore import Qt
 
+from editor.jobs import RunningJob
 from engine import EditRequest, Finished
 
 
@@ -103,7 +104,7 @@ def test_engine_failure_is_a_readable_message_and_work_survives(window, qtbot):
     win = window
     win.doc.strokes[10:20, 10:20] = 255
     before = win.doc.strokes.copy()
-    win.job = ("sdedit", "sdedit")
+    win.jobs.current = RunningJob("sdedit", "sdedit")
     with qtbot.waitSignal(win.bridge.failed, timeout=30_000):
         win.bridge.submit(EditRequest("sdedit", image=win.doc.image, steps=2, strength=3.0))
     assert win.banner_host.isVisible()
@@ -137,7 +138,7 @@ def test_diffedit_mask_lands_in_the_mask_layer_undoably(window, qtbot):
     h, w = win.doc.size
     mask = np.zeros((h, w), np.uint8)
     mask[30:90, 40:150] = 255
-    win.job = ("diffedit", "diffedit_mask")
+    win.jobs.current = RunningJob("diffedit", "diffedit_mask")
     win.bridge.job_id = 10_000  # as if submitted; deliver its Finished through the bridge
     win.bridge._dispatch(Finished(10_000, None, {"method": "diffedit_mask"}, {"mask": mask}))
     assert np.array_equal(win.doc.mask, mask)
@@ -161,7 +162,7 @@ def test_model_load_error_is_shown_and_model_kept(window, qtbot, tmp_path):
     with qtbot.waitSignal(win.bridge.load_failed, timeout=60_000):
         win.load_model(str(tmp_path / "no-such-model"))
     assert win.banner_host.isVisible() and win.banner.text()
-    assert win.engine.model_info.name == "builtin:tiny"
+    assert win.bridge.model_info.name == "builtin:tiny"
     assert "builtin:tiny" in win.model_label.text() and "cpu" in win.model_label.text()
 
 
@@ -180,3 +181,32 @@ def test_demo_model_fallback_note(make_window, qtbot, engine, monkeypatch, tmp_p
     assert "demo model not found" in win.model_label.text()
     win.doc.mark_saved()
     win.shutdown()
+
+
+def test_the_job_controller_owns_the_running_job(window, qtbot):
+    """One object knows the running job: its id, methods, mask and state, from the click on
+    Run to its final event; the window keeps no job state of its own."""
+    win = window
+    win.doc.mask[20:60, 30:90] = 255
+    states = []
+    win.bridge.step.connect(lambda ev: states.append(win.jobs.current.state))
+    win.doc.update_settings(method="sdedit", steps=3, strength=0.8, prompt="a red house")
+    with qtbot.waitSignal(win.bridge.finished, timeout=60_000):
+        qtbot.mouseClick(win.prompt_panel.run, Qt.MouseButton.LeftButton)
+        job = win.jobs.current
+        assert job is not None and job.job_id == win.bridge.job_id
+        assert (job.ui_method, job.method) == ("sdedit", "sdedit")
+        assert job.mask is not None and job.mask[30, 40] == 255 and job.mask[5, 5] == 0
+    assert states and set(states) == {"running"}
+    assert win.jobs.current is None and not win.jobs.busy
+    assert not hasattr(win, "job") and not hasattr(win, "_job_mask")
+
+
+def test_the_bridge_knows_the_model_from_its_loaded_event(window, qtbot):
+    """A load the window did not ask for (another caller of the shared engine) still updates
+    what the GUI shows; the GUI reads the bridge's copy, not the engine's state."""
+    win = window
+    win.bridge.model_info = None  # as if nothing were known yet
+    load_id = win.engine.load_model("builtin:tiny")
+    qtbot.waitUntil(lambda: win.bridge.model_info is not None, timeout=60_000)
+    assert win.bridge.model_info.name == "builtin:tiny" and win.bridge.load_id != load_id
