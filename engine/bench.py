@@ -16,6 +16,8 @@ import time
 import numpy as np
 import torch
 
+from .methods import COMMON
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="time our SDEdit loop vs diffusers' img2img pipeline")
@@ -27,11 +29,10 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None)
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--strength", type=float, default=0.6)
-    p.add_argument("--guidance", type=float, default=7.5)
+    for name in ("steps", "strength", "guidance"):
+        p.add_argument(f"--{name}", type=COMMON[name].kind, default=COMMON[name].default)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=COMMON["seed"].default)
 
 
 def _pick_model(spec):

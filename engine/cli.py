@@ -1,7 +1,9 @@
-"""Headless use: ``python -m engine generate|sdedit|… [options]`` and ``python -m engine bench``.
+"""Headless use: ``python -m engine generate|sdedit|… [options]``, ``python -m engine methods``
+and ``python -m engine bench``.
 
-Every method the engine registers gets a sub-command with the same common options;
-method-specific parameters go in ``--option key=value`` (repeatable).
+Every method declared in ``engine.methods`` gets a sub-command with the common options and one
+flag per method option (``--jump-length 5``), each with the declared default and bounds in its
+``--help``; ``--option key=value`` (repeatable) sets any option too.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 
 from .errors import EngineError, FileError, InputError
 from .metadata import save_png
+from .methods import COMMON, METHODS, OptionSpec, describe_all
 
 
 class UsageError(InputError):
@@ -41,7 +44,25 @@ def _parse_value(text: str):
         return text
 
 
-def add_common(p: argparse.ArgumentParser) -> None:
+def _help(spec: OptionSpec, default=True) -> str:
+    """A flag's help from its declaration: the sentence, what it accepts, its default."""
+    text = spec.help.replace("%", "%%")
+    if spec.choices:
+        text += f" One of: {', '.join(spec.choices)}."
+    elif spec.lo is not None and spec.hi - spec.lo < 1e6:
+        text += f" From {spec.lo:g} to {spec.hi:g}."
+    if default and spec.default not in (None, ""):
+        text += f" Default: {spec.default}."
+    return text
+
+
+def _common(p: argparse.ArgumentParser, name: str, *flags: str) -> None:
+    spec = COMMON[name]
+    flags = flags or (f"--{name}",)
+    p.add_argument(*flags, dest=name, type=spec.kind, default=spec.default, help=_help(spec))
+
+
+def add_common(p: argparse.ArgumentParser, method: str | None = None) -> None:
     p.add_argument(
         "--model",
         default=None,
@@ -59,10 +80,10 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", "-i", help="input image (PNG, JPEG, …)")
     p.add_argument("--strokes", help="RGBA stroke layer composited over the image")
     p.add_argument("--mask", help="greyscale mask, white = edit")
-    p.add_argument("--strength", type=float, default=0.6)
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--guidance", "--cfg", type=float, default=7.5)
-    p.add_argument("--seed", type=int, default=0)
+    _common(p, "strength")
+    _common(p, "steps")
+    _common(p, "guidance", "--guidance", "--cfg")
+    _common(p, "seed")
     p.add_argument("--width", type=int)
     p.add_argument("--height", type=int)
     p.add_argument(
@@ -74,12 +95,37 @@ def add_common(p: argparse.ArgumentParser) -> None:
         help="method-specific parameter, e.g. -O jump_length=5",
     )
     p.add_argument("--output", "-o", help="output PNG (default: METHOD.png, e.g. sdedit.png)")
+    if method is not None:
+        add_options(p, method)
 
 
-def parse_options(items: list[str]) -> dict:
-    """``-O KEY=VALUE`` items → a dict; names and values are checked by the engine's
-    request validation (``engine.jobs.base.validate``)."""
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_options(p: argparse.ArgumentParser, method: str) -> None:
+    """One flag per declared option. Values stay as typed (JSON numbers, true/false, text) so
+    the engine's validation gives the one error message for every bad value."""
+    group = p.add_argument_group(f"{method} options")
+    for name, spec in METHODS[method].options.items():
+        text = spec.kind in (str, None)
+        group.add_argument(
+            _flag(name),
+            dest=f"option_{name}",
+            type=str if text else _parse_value,
+            default=None,
+            metavar=name.upper(),
+            help=_help(spec),
+        )
+
+
+def parse_options(items: list[str], a: argparse.Namespace | None = None) -> dict:
+    """``-O KEY=VALUE`` items and the option flags set in ``a`` → a dict; names and values
+    are checked by the engine's request validation (``engine.jobs.base.validate``)."""
     options = {}
+    for key, value in (vars(a) if a is not None else {}).items():
+        if key.startswith("option_") and value is not None:
+            options[key[len("option_") :]] = value
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
@@ -90,9 +136,6 @@ def parse_options(items: list[str]) -> dict:
     return options
 
 
-NEEDS_IMAGE = ("sdedit", "repaint", "diffedit_mask", "diffedit", "invert")
-
-
 def build_request(method: str, a: argparse.Namespace):
     """Read every input through engine.images and validate the request, without a model."""
     from .images import load_image, load_mask, load_strokes
@@ -100,8 +143,8 @@ def build_request(method: str, a: argparse.Namespace):
     from .jobs.edits import load_inversion
     from .types import EditRequest
 
-    options = parse_options(a.option)
-    if method in NEEDS_IMAGE and not a.image:
+    options = parse_options(a.option, a)
+    if METHODS[method].image and not a.image:
         raise UsageError(f"{method} needs an input image: give it with --image FILE.")
     image = load_image(a.image) if a.image else None
     size = None if image is None else image.shape[:2]
@@ -132,7 +175,7 @@ def plan_outputs(method: str, a: argparse.Namespace) -> dict[str, Path]:
     from .images import check_output
 
     inputs = [a.image, a.mask, a.strokes]
-    options = parse_options(a.option)
+    options = parse_options(a.option, a)
     if method == "reedit" and isinstance(options.get("inversion"), str):
         inputs.append(options["inversion"])  # a re-edit's inversion file is an input too
     out = Path(a.output or f"{method}.png")
@@ -211,14 +254,30 @@ def run_method(method: str, a: argparse.Namespace) -> int:
 
 def make_parser() -> argparse.ArgumentParser:
     from . import bench
-    from .jobs import JOB_RUNNERS
 
     parser = _Parser(prog="python -m engine", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for method in sorted(JOB_RUNNERS):
-        add_common(sub.add_parser(method, help=f"run {method}"))
+    for method in sorted(METHODS):
+        spec = METHODS[method]
+        add_common(sub.add_parser(method, help=spec.help, description=spec.help), method)
+    listing = sub.add_parser("methods", help="list every method with its inputs and options")
+    listing.add_argument("--json", action="store_true", help="print JSON")
     bench.add_parser(sub)
     return parser
+
+
+def print_methods(as_json: bool) -> int:
+    described = describe_all()
+    if as_json:
+        print(json.dumps(described, indent=2, ensure_ascii=False))
+        return 0
+    for name, m in described["methods"].items():
+        needs = [f"{k}={v}" for k, v in m["inputs"].items() if v and v != "unused"]
+        print(f"{name}: {m['help']}")
+        print(f"  inputs: {', '.join(needs) or 'none'}")
+        for key, o in m["options"].items():
+            print(f"  {_flag(key)}: {o['help']} (default: {o['default']})")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         a = make_parser().parse_args(argv)
         if a.command == "bench":
             return bench.run(a)
+        if a.command == "methods":
+            return print_methods(a.json)
         return run_method(a.command, a)
     except SystemExit as e:  # --help and --version exit through argparse
         return e.code if isinstance(e.code, int) else 0

@@ -15,7 +15,25 @@ from typing import Any
 
 import numpy as np
 
-METHODS = ("generate", "sdedit", "repaint", "diffedit_mask", "diffedit", "invert", "reedit")
+
+def __getattr__(name: str):
+    """``METHODS``: the declared method names (``engine.methods``, which imports the
+    algorithms, so it is read on first use)."""
+    if name == "METHODS":
+        from .methods import NAMES
+
+        return NAMES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _Declared:
+    """A left-out common field: replaced by its declared default (None stays an error)."""
+
+    def __repr__(self) -> str:
+        return "DECLARED"
+
+
+DECLARED: Any = _Declared()
 
 
 def _frozen(arr: np.ndarray | None) -> np.ndarray | None:
@@ -33,6 +51,8 @@ class EditRequest:
 
     ``options`` holds method-specific parameters (e.g. RePaint's ``jump_length``).
     ``width``/``height`` are used by ``generate`` only; other methods take the image size.
+    ``steps``/``guidance``/``strength``/``seed`` left out take the defaults declared in
+    ``engine.methods.COMMON`` (read when the request is made, so there is one copy of them).
     """
 
     method: str
@@ -43,15 +63,20 @@ class EditRequest:
     mask: np.ndarray | None = None
     width: int | None = None
     height: int | None = None
-    steps: int = 25
-    guidance: float = 7.5
-    strength: float = 0.6
-    seed: int = 0
+    steps: int = DECLARED  # type: ignore[assignment]
+    guidance: float = DECLARED  # type: ignore[assignment]
+    strength: float = DECLARED  # type: ignore[assignment]
+    seed: int = DECLARED  # type: ignore[assignment]
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; expected one of {METHODS}")
+        from .methods import COMMON, NAMES  # engine.methods imports the algorithms
+
+        if self.method not in NAMES:
+            raise ValueError(f"unknown method {self.method!r}; expected one of {NAMES}")
+        for name, spec in COMMON.items():
+            if getattr(self, name) is DECLARED:
+                object.__setattr__(self, name, spec.default)
         for name in ("image", "strokes", "mask"):
             object.__setattr__(self, name, _frozen(getattr(self, name)))
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))

@@ -14,6 +14,7 @@ import torch
 from .. import imageops
 from ..denoiser import Denoiser
 from ..errors import InputError, NonFiniteError
+from ..methods import COMMON, METHODS, OptionSpec
 from ..models import ModelBundle
 from ..types import EditRequest
 
@@ -21,9 +22,12 @@ JOB_RUNNERS: dict[str, Callable] = {}
 
 
 def job(method: str):
-    """Register a runner for ``EditRequest.method``."""
+    """Attach the runner of ``EditRequest.method`` to its declaration in ``engine.methods``."""
+    if method not in METHODS:
+        raise ValueError(f"{method!r} has no declaration in engine.methods")
 
     def register(fn):
+        METHODS[method].runner = fn
         JOB_RUNNERS[method] = fn
         return fn
 
@@ -58,11 +62,6 @@ class Prepared:
     mask_latent: torch.Tensor | None  # 1x1xhxw float
 
 
-MAX_STEPS = 1000
-MAX_GUIDANCE = 50.0  # far beyond any useful value; larger ones only saturate to black
-SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
-
-
 def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
@@ -87,7 +86,7 @@ def max_steps(schedule=None) -> int:
     """The most sampling steps a schedule can space out (its training timesteps, less the
     offset its "leading" spacing adds)."""
     if schedule is None:
-        return MAX_STEPS
+        return int(COMMON["steps"].hi)
     return int(schedule.num_train_timesteps) - int(getattr(schedule, "steps_offset", 0) or 0)
 
 
@@ -96,10 +95,10 @@ def check_common(req: EditRequest, schedule=None) -> None:
     for name in ("prompt", "negative_prompt"):
         if not isinstance(getattr(req, name), str):
             raise InputError(f"The {name.replace('_', ' ')} must be text.")
-    _check_number("Steps", req.steps, 1, max_steps(schedule), integer=True)
-    _check_number("Strength", req.strength, 0.0, 1.0)
-    _check_number("Guidance", req.guidance, 0.0, MAX_GUIDANCE)
-    _check_number("The seed", req.seed, *SEED_RANGE, integer=True)
+    for name, spec in COMMON.items():
+        hi = max_steps(schedule) if name == "steps" else spec.hi
+        label = "The seed" if name == "seed" else spec.label
+        _check_number(label, getattr(req, name), spec.lo, hi, integer=spec.kind is int)
     for name in ("width", "height"):
         if getattr(req, name) is not None:
             _check_number(f"The {name}", getattr(req, name), 8, 8192, integer=True)
@@ -139,23 +138,8 @@ def check_finite(x: torch.Tensor | np.ndarray, what: str, ctx: JobContext | None
 # ---- method options -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Opt:
-    """One method option: its default and what it accepts."""
-
-    default: Any
-    kind: type | None = None  # int, float, bool, str; None: checked by its runner
-    lo: float | None = None
-    hi: float | None = None
-    choices: tuple = ()
-
-
-FEATHER = Opt(0.0, float, 0.0, 256.0)  # px; 0 = 1% of the image side. Capped: cost ~ radius
-MASK_GROW = Opt(0, int, 0, 64)
-ETA = Opt(0.0, float, 0.0, 1.0)
-
-# filled in by the job modules: method → {option: Opt}
-OPTIONS: dict[str, dict[str, Opt]] = {}
+# method → {option: OptionSpec}, as declared in engine.methods
+OPTIONS: dict[str, dict[str, OptionSpec]] = {name: m.options for name, m in METHODS.items()}
 
 
 class Options:
@@ -164,7 +148,7 @@ class Options:
 
     def __init__(self, method: str, options: Mapping[str, Any]):
         self.method = method
-        self.specs = OPTIONS.get(method, {})
+        self.specs = METHODS[method].options if method in METHODS else {}
         self.options = options
         unknown = sorted(str(k) for k in options if k not in self.specs)
         if unknown:

@@ -6,22 +6,9 @@ from .. import imageops
 from ..algorithms.generate import generate
 from ..algorithms.sdedit import sdedit
 from ..types import EditRequest
-from .base import (
-    ETA,
-    FEATHER,
-    OPTIONS,
-    JobContext,
-    JobResult,
-    Opt,
-    finish_image,
-    job,
-    prepare,
-    seeded,
-    start_job,
-)
+from .base import JobContext, JobResult, finish_image, job, prepare, seeded, start_job
 
-OPTIONS["generate"] = {"eta": ETA}
-OPTIONS["sdedit"] = {"eta": ETA, "mask_grow": Opt(1, int, 0, 64), "feather": FEATHER}
+# options and inputs: engine.methods
 
 
 @job("generate")

@@ -1,8 +1,8 @@
 """Jobs for RePaint, DiffEdit (mask and edit), inversion and re-editing.
 
-Options (``EditRequest.options``), their defaults and ranges are listed in ``OPTIONS``; every
-runner validates them all before any work and raises ``InputError`` with a sentence a person
-can act on.
+Options (``EditRequest.options``), their defaults and ranges are declared in
+``engine.methods``; every runner validates them all before any work and raises ``InputError``
+with a sentence a person can act on.
 """
 
 from __future__ import annotations
@@ -15,19 +15,13 @@ import torch
 
 from .. import imageops, images
 from ..algorithms.diffedit import diffedit, diffedit_mask
-from ..algorithms.inversion import METHODS as INVERSION_METHODS
 from ..algorithms.inversion import Inversion, invert, regenerate
-from ..algorithms.repaint import SAMPLERS, repaint, repaint_calls
+from ..algorithms.repaint import repaint, repaint_calls
 from ..errors import FileError, InputError
 from ..types import EditRequest
 from .base import (
-    ETA,
-    FEATHER,
-    MASK_GROW,
-    OPTIONS,
     JobContext,
     JobResult,
-    Opt,
     Options,
     Prepared,
     check_finite,
@@ -37,50 +31,6 @@ from .base import (
     seeded,
     start_job,
 )
-
-OPTIONS.update(
-    {
-        "repaint": {
-            "jump_length": Opt(5, int, 1, 1000),  # j: steps to jump back up
-            "jump_n_sample": Opt(3, int, 1, 100),  # r: times each stretch is sampled
-            # the paper's ancestral step; on 24 demo-world calibration scenes (seeds 530,000+
-            # and 540,000+) the new object appeared in 79 % with it and 67 % with DDIM (η = 0)
-            "sampler": Opt("ddpm", choices=SAMPLERS),
-            "eta": ETA,  # DDIM noise, "ddim" sampler only
-            # latent cells. Not grown: the soft border cells then stay partly known, so the
-            # decoded border matches the original. On 80 calibration scenes (seeds 530,000+)
-            # the new object appeared in 71 % (grow 1: 65 %; no resampling at grow 0: 52 %);
-            # on 40 of them the seam ratio fell 2.9 → 1.9 and grow 2 gave 45 %
-            "mask_grow": MASK_GROW,
-            "feather": FEATHER,
-        },
-        "diffedit_mask": {
-            "reference_prompt": Opt("", str),  # the paper's default: empty reference
-            "n_samples": Opt(10, int, 1, 256),
-            "threshold": Opt(0.5, float, 0.0, 1.0),
-            "mask_strength": Opt(0.5, float, 0.01, 1.0),
-            "batch_size": Opt(2, int, 1, 256),  # noises per model call (previews stream)
-        },
-        "invert": {
-            "inversion": Opt("null_text", choices=INVERSION_METHODS),
-            "fixed_point": Opt(0, int, 0, 20),  # extra fixed-point iterations per step
-            "reconstruct": Opt(False, bool),  # ddim / negative_prompt / direct: decode one
-            "save": Opt(None),  # a file path: also write the Inversion there
-        },
-        "reedit": {
-            "inversion": Opt(None),  # an Inversion (invert's Finished.extras) or a file
-            "depth": Opt(1.0, float, 0.01, 1.0),  # fraction of the inverted chain to redo
-            "mask_grow": Opt(1, int, 0, 64),
-            "feather": FEATHER,
-        },
-    }
-)
-# DiffEdit takes the mask options too, for when no mask is given
-OPTIONS["diffedit"] = {
-    **OPTIONS["diffedit_mask"],
-    "mask_grow": MASK_GROW,
-    "feather": FEATHER,
-}
 
 
 def _size_params(prep_or_hw) -> dict[str, str]:

@@ -1,0 +1,304 @@
+"""One description of every method: its inputs and its options, declared once.
+
+The engine validates requests from these declarations (``engine.jobs.base``), the CLI builds
+each sub-command's flags and ``--help`` from them, the editor builds each method's form from
+them and PNG metadata is read back through them. ``python -m engine methods --json`` prints
+them. A runner attaches itself with ``engine.jobs.job(name)``; a new method is one
+``MethodSpec`` here plus its runner module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .algorithms.inversion import METHODS as INVERSION_METHODS
+from .algorithms.repaint import SAMPLERS
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One request field or method option: its type, default and what it accepts."""
+
+    kind: type | None  # int, float, bool, str; None: an object its runner checks
+    default: Any
+    help: str  # one line in plain words
+    lo: float | None = None
+    hi: float | None = None
+    choices: tuple = ()
+    label: str = ""  # how people see it (forms, error messages); default: from the name
+    step: float = 1  # the editor's spin-box increment
+    calibrated: str = ""  # the figure that chose the default, where one did
+    form: bool = True  # offered in the editor's form
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-ready description (``methods --json``)."""
+        out = {
+            "type": self.kind.__name__ if self.kind else "object",
+            "default": self.default,
+            "help": self.help,
+        }
+        if self.lo is not None:
+            out["min"], out["max"] = self.lo, self.hi
+        if self.choices:
+            out["choices"] = list(self.choices)
+        if self.calibrated:
+            out["calibrated"] = self.calibrated
+        return out
+
+
+def label_of(name: str, spec: OptionSpec) -> str:
+    return spec.label or name.replace("_", " ").capitalize()
+
+
+# The request fields every method shares. Steps are capped again by the loaded schedule.
+COMMON: dict[str, OptionSpec] = {
+    "steps": OptionSpec(
+        int, 25, "Denoising steps; more is slower and finer.", 1, 1000, label="Steps"
+    ),
+    "guidance": OptionSpec(
+        float,
+        7.5,
+        "Classifier-free guidance: how strongly to follow the prompt.",
+        0.0,
+        50.0,  # far beyond any useful value; larger ones only saturate to black
+        label="Guidance",
+        step=0.5,
+    ),
+    "strength": OptionSpec(
+        float,
+        0.6,
+        "How far to noise the input before denoising: 0 keeps it, 1 ignores it.",
+        0.0,
+        1.0,
+        label="Strength",
+        step=0.05,
+    ),
+    # what torch.Generator.manual_seed accepts
+    "seed": OptionSpec(
+        int, 0, "Same seed and settings give the same image.", -(2**63), 2**64 - 1, label="Seed"
+    ),
+}
+
+ETA = OptionSpec(float, 0.0, "DDIM stochasticity (0 = deterministic).", 0.0, 1.0, step=0.1)
+FEATHER = OptionSpec(
+    float,
+    0.0,
+    "Soft edge in pixels when pasting back (0 = automatic, 1 % of the image side).",
+    0.0,
+    256.0,  # capped: the cost grows with the radius
+    label="Feather px",
+)
+MASK_GROW = OptionSpec(
+    int, 0, "Grow the mask by this many latent cells.", 0, 64, label="Mask grow", form=False
+)
+DIFFEDIT_MASK = {
+    "reference_prompt": OptionSpec(
+        str,
+        "",
+        "What the image shows now (may be empty: the paper's default).",
+        label="Reference",
+    ),
+    "n_samples": OptionSpec(
+        int, 10, "Noise samples averaged for the mask.", 1, 256, label="Mask samples"
+    ),
+    "threshold": OptionSpec(float, 0.5, "Mask binarisation threshold.", 0.0, 1.0, step=0.05),
+    "mask_strength": OptionSpec(
+        float, 0.5, "How far the image is noised to estimate the mask.", 0.01, 1.0, form=False
+    ),
+    "batch_size": OptionSpec(
+        int, 2, "Noises per model call (previews stream between calls).", 1, 256, form=False
+    ),
+}
+
+
+@dataclass
+class MethodSpec:
+    """One engine method: what it needs, what it reads, its options and its runner."""
+
+    name: str
+    help: str
+    options: dict[str, OptionSpec] = field(default_factory=dict)
+    common: tuple[str, ...] = ("steps", "guidance", "strength", "seed")  # fields it reads
+    image: bool = True  # needs an input image
+    mask: str = "optional"  # "required", "optional" or "unused"
+    strokes: bool = False  # composites a stroke layer over the image
+    reference_prompt: bool = False
+    inversion: str = ""  # "makes" or "needs" an inversion
+    stochastic: bool = True  # the seed changes the result
+    runner: Callable | None = None  # set by engine.jobs.job(name)
+
+    def inputs(self) -> dict[str, Any]:
+        return {
+            "image": self.image,
+            "mask": self.mask,
+            "strokes": self.strokes,
+            "reference_prompt": self.reference_prompt,
+            "inversion": self.inversion or None,
+        }
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "help": self.help,
+            "inputs": self.inputs(),
+            "stochastic": self.stochastic,
+            "common": {k: COMMON[k].describe() for k in self.common},
+            "options": {k: o.describe() for k, o in self.options.items()},
+        }
+
+
+METHODS: dict[str, MethodSpec] = {
+    m.name: m
+    for m in (
+        MethodSpec(
+            "generate",
+            "Text to image at the given size.",
+            {"eta": ETA},
+            common=("steps", "guidance", "seed"),
+            image=False,
+            mask="unused",
+        ),
+        MethodSpec(
+            "sdedit",
+            "Noise the image (with its colour strokes) to the chosen strength, then denoise "
+            "with the prompt (Meng et al. 2021); with a mask only the masked area changes.",
+            {
+                "mask_grow": dataclasses.replace(MASK_GROW, default=1, form=True),
+                "feather": FEATHER,
+                "eta": ETA,
+            },
+            strokes=True,
+        ),
+        MethodSpec(
+            "repaint",
+            "Regenerate the masked area; the rest is re-noised from the original every step "
+            "so both harmonise (Lugmayr et al. 2022).",
+            {
+                "jump_length": OptionSpec(
+                    int, 5, "Steps to go back up the chain per jump (j).", 1, 1000
+                ),
+                "jump_n_sample": OptionSpec(
+                    int, 3, "How often each jump is repeated (r).", 1, 100, label="Resamples"
+                ),
+                "sampler": OptionSpec(
+                    str,
+                    "ddpm",
+                    "Reverse step used between jumps.",
+                    choices=SAMPLERS,
+                    calibrated="on 24 demo-world calibration scenes (seeds 530,000+ and "
+                    "540,000+) the new object appeared in 79 % with ddpm and 67 % with ddim",
+                ),
+                "eta": dataclasses.replace(
+                    ETA, help="DDIM noise (the ddim sampler only).", form=False
+                ),
+                # Not grown: the soft border cells then stay partly known, so the decoded
+                # border matches the original.
+                "mask_grow": dataclasses.replace(
+                    MASK_GROW,
+                    calibrated="on 80 calibration scenes (seeds 530,000+) the new object "
+                    "appeared in 71 % at grow 0 (grow 1: 65 %; no resampling: 52 %); on 40 of "
+                    "them the seam ratio fell 2.9 → 1.9 and grow 2 gave 45 %",
+                ),
+                "feather": dataclasses.replace(FEATHER, form=False),
+            },
+            common=("steps", "guidance", "seed"),
+            mask="required",
+            strokes=True,
+        ),
+        MethodSpec(
+            "diffedit_mask",
+            "DiffEdit's first step: a mask from where the query and reference prompts "
+            "disagree (Couairon et al. 2022).",
+            DIFFEDIT_MASK,
+            common=("steps", "seed"),
+            mask="unused",
+            strokes=True,
+            reference_prompt=True,
+        ),
+        MethodSpec(
+            "diffedit",
+            "DiffEdit: the mask (computed first when none is given), then the edit inside it "
+            "to the chosen strength.",
+            # the mask options too, for when no mask is given
+            {
+                **DIFFEDIT_MASK,
+                "mask_grow": MASK_GROW,
+                "feather": dataclasses.replace(FEATHER, form=False),
+            },
+            strokes=True,
+            reference_prompt=True,
+        ),
+        MethodSpec(
+            "invert",
+            "Invert the image under the prompt, for re-editing (Mokady et al. 2022).",
+            {
+                "inversion": OptionSpec(
+                    str, "null_text", "How the photo is inverted.", choices=INVERSION_METHODS
+                ),
+                "fixed_point": OptionSpec(
+                    int, 0, "Extra fixed-point iterations per step.", 0, 20, form=False
+                ),
+                "reconstruct": OptionSpec(
+                    bool,
+                    False,
+                    "Also decode a reconstruction (ddim, negative_prompt, direct).",
+                    form=False,
+                ),
+                "save": OptionSpec(
+                    None, None, "A file path: also write the inversion there.", form=False
+                ),
+            },
+            common=("steps", "guidance"),
+            mask="unused",
+            inversion="makes",
+            stochastic=False,
+        ),
+        MethodSpec(
+            "reedit",
+            "Regenerate an inverted image with a changed prompt, reusing its inversion.",
+            {
+                "inversion": OptionSpec(
+                    None,
+                    None,
+                    "An inversion (invert's result) or an inversion file.",
+                    form=False,
+                ),
+                "depth": OptionSpec(
+                    float,
+                    1.0,
+                    "How much of the inverted chain to regenerate: 1 can change anything (time "
+                    "of day, new objects); about 0.4 keeps shapes and changes colours.",
+                    0.01,
+                    1.0,
+                    step=0.05,
+                ),
+                "mask_grow": dataclasses.replace(MASK_GROW, default=1),
+                "feather": dataclasses.replace(FEATHER, form=False),
+            },
+            common=(),
+            image=False,  # the inversion keeps its source image
+            inversion="needs",
+            stochastic=False,
+        ),
+    )
+}
+
+NAMES = tuple(METHODS)
+
+
+def spec(method: str) -> MethodSpec:
+    return METHODS[method]
+
+
+def common_default(name: str) -> Any:
+    return COMMON[name].default
+
+
+def describe_all() -> dict[str, Any]:
+    """Every method with its inputs and options (``python -m engine methods --json``)."""
+    return {
+        "common": {k: o.describe() for k, o in COMMON.items()},
+        "methods": {name: m.describe() for name, m in METHODS.items()},
+    }
