@@ -1,1 +1,2 @@
-"""Training side of the demo model: the procedural demo world and its datasets."""
+"""Training the demo model (tokenizer, VAE, UNet, export) and the attribute probe on the demo
+world (``engine.world``); ``python -m engine.training`` runs it end to end."""

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .world import ATTRIBUTE_SPEC, render_seed
+from ..world.scene import ATTRIBUTE_SPEC, render_seed
 
 
 def _render_chunk(args) -> tuple[int, list[str], list[list[str]], float]:

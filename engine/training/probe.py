@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .world import ATTRIBUTE_CLASSES, ATTRIBUTE_NAMES, ATTRIBUTE_SPEC, render_seed
+from ..world.scene import ATTRIBUTE_CLASSES, ATTRIBUTE_NAMES, ATTRIBUTE_SPEC, render_seed
 
 PROBE_DIR = Path(__file__).resolve().parent.parent.parent / "assets" / "probe"
 WEIGHTS_NAME = "probe.safetensors"

@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..build_tokenizer import bytes_to_unicode, write_clip_tokenizer
-from .captions import WORLD_PUNCTUATION, WORLD_VOCABULARY
+from ..world.captions import WORLD_PUNCTUATION, WORLD_VOCABULARY
 
 
 def _symbols(word: str) -> tuple[str, ...]:

@@ -21,9 +21,9 @@ import torch.nn.functional as F
 
 from ..models import pick_device
 from ..schedule import Schedule
+from ..world.raster import FIRST_OBJECT_LABEL
 from . import architecture as arch
 from .dataset import WorldCache
-from .world_render import FIRST_OBJECT_LABEL
 
 
 class StopFlag:

@@ -6,8 +6,8 @@ import pytest
 from engine.algorithms.common import run_to_end
 from engine.jobs import JOB_RUNNERS, JobContext
 from engine.models import load_model
-from engine.training.world import render_seed
 from engine.types import EditRequest
+from engine.world.scene import render_seed
 
 # a calibration scene (below the held-out ranges) on which the old correction
 # x_tgt + (z* − x_src) drifted to a 0.8 latent-unit error by the last step
@@ -50,7 +50,7 @@ def test_ddim_inversion_at_guidance_1_reaches_the_vae_round_trip(demo):
     ε̂ evaluated at the target timestep this calibration scene came back 0.04 dB below the VAE
     round trip; evaluated at the current timestep (the old way), 0.69 dB below."""
     from engine.algorithms.inversion import ddim_decode, ddim_invert
-    from engine.training.evaluate_edits import psnr
+    from engine.evaluation.evaluate_edits import psnr
 
     bundle, d = demo
     scene = render_seed(610_003)
@@ -68,7 +68,7 @@ def test_fast_null_text_gives_a_lagging_image_the_papers_treatment(demo):
     """Calibration scene 620,018: our fast setting's reconstruction ended 0.49 dB below the
     VAE round trip (the paper's setting: 0.25 dB). The invert job checks what the user will
     see and redoes such an image with the paper's setting."""
-    from engine.training.evaluate_edits import Runner, psnr
+    from engine.evaluation.evaluate_edits import Runner, psnr
 
     bundle, _ = demo
     scene = render_seed(620_018)

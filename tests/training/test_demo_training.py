@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from transformers import CLIPTokenizer
 
-from engine.training.captions import WORLD_VOCABULARY
 from engine.training.tokenizer import build_world_tokenizer, learn_merges
+from engine.world.captions import WORLD_VOCABULARY
 
 
 @pytest.fixture(scope="module")

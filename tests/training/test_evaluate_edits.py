@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from engine.training import evaluate_edits as ev
-from engine.training.world import ATTRIBUTE_NAMES
+from engine.evaluation import evaluate_edits as ev
+from engine.world.scene import ATTRIBUTE_NAMES
 
 
 def test_seam_ratio_sees_a_pasted_patch_and_not_a_smooth_image():
@@ -44,9 +44,9 @@ def test_intervals_match_known_answers():
 
 
 def test_evaluation_seeds_must_avoid_the_recorded_training_ranges(tmp_path):
+    from engine.evaluation.seed_ranges import SeedRange, SeedRangeError, check_disjoint
     from engine.models import DEMO_MODEL_DIR
     from engine.training.probe import PROBE_DIR
-    from engine.training.seed_ranges import SeedRange, SeedRangeError, check_disjoint
 
     check_disjoint(SeedRange(ev.EDIT_SEED, ev.EDIT_SEED + ev.SPAN), DEMO_MODEL_DIR, PROBE_DIR)
     with pytest.raises(SeedRangeError, match="99,999"):

@@ -16,7 +16,7 @@ from engine.training.probe import (
     render_heldout,
     save_probe,
 )
-from engine.training.world import ATTRIBUTE_CLASSES, ATTRIBUTE_NAMES
+from engine.world.scene import ATTRIBUTE_CLASSES, ATTRIBUTE_NAMES
 
 # Fresh scenes for the test: held out from training (seeds < 10^6) and from the report's
 # 2,000-scene held-out set (seeds 10^6 .. 10^6 + 1999).
@@ -90,7 +90,7 @@ def test_frechet_matches_closed_forms():
 
 
 def test_samples_do_not_depend_on_the_batch(tiny, tiny_denoiser):
-    from engine.training.evaluate import sample_images
+    from engine.evaluation.evaluate import sample_images
 
     prompts, seeds = ["a boat on a lake", "a house at night", "snowy mountains"], [3, 4, 5]
     one = sample_images(tiny, tiny_denoiser, prompts, seeds, 2, 7.5, size=64, batch=1)
@@ -100,7 +100,7 @@ def test_samples_do_not_depend_on_the_batch(tiny, tiny_denoiser):
 
 
 def test_evaluate_runs_end_to_end_on_tiny(tmp_path, capsys):
-    from engine.training.evaluate import main
+    from engine.evaluation.evaluate import main
 
     out = tmp_path / "eval.json"
     rc = main(

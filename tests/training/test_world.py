@@ -8,9 +8,9 @@ import hashlib
 import numpy as np
 import pytest
 
-from engine.training import world_render as wr
-from engine.training.captions import WORLD_VOCABULARY, caption, caption_words
-from engine.training.world import (
+from engine.world import raster as wr
+from engine.world.captions import WORLD_VOCABULARY, caption, caption_words
+from engine.world.scene import (
     ATTRIBUTE_SPEC,
     OBJECT_KINDS,
     REGION_NAMES,

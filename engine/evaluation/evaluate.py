@@ -1,6 +1,6 @@
 """Measure a model on the demo world: the figures of issue 3's acceptance targets.
 
-    python -m engine.training.evaluate [--model builtin:demo] [--n 200] [--json PATH]
+    python -m engine.evaluation.evaluate [--model builtin:demo] [--n 200] [--json PATH]
 
 On held-out seeds (``--seeds``, by default from ``probe.HELDOUT_SEED``; never in a training
 cache, checked against the model card):
@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from ..imageops import psnr
-from .probe import (
+from ..training.probe import (
     HELDOUT_SEED,
     AttributeProbe,
     attribute_accuracy,
@@ -49,7 +49,7 @@ from .probe import (
     load_probe,
     render_heldout,
 )
-from .world import ATTRIBUTE_NAMES
+from ..world.scene import ATTRIBUTE_NAMES
 
 # offsets from the evaluation's first seed (``--seeds``, default ``HELDOUT_SEED``)
 SCENES_A = 100_000  # captions for samples; their real renders
@@ -259,7 +259,7 @@ def timing_metrics(ctx: EvalContext) -> dict:
 
 
 def edit_metrics(ctx: EvalContext) -> dict:
-    """Issue 4's edit figures (``--edits``): see :mod:`engine.training.evaluate_edits`."""
+    """Issue 4's edit figures (``--edits``): see :mod:`engine.evaluation.evaluate_edits`."""
     from .evaluate_edits import edit_metrics as measure
 
     c = ctx.config
@@ -351,7 +351,7 @@ def format_table(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m engine.training.evaluate", description=__doc__.split("\n")[0]
+        prog="python -m engine.evaluation.evaluate", description=__doc__.split("\n")[0]
     )
     p.add_argument("--model", default="builtin:demo")
     p.add_argument("--n", type=int, default=200, help="samples, and real renders per set")
@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     from engine.models import DEMO_MODEL_DIR
 
-    from .probe import PROBE_DIR
+    from ..training.probe import PROBE_DIR
     from .seed_ranges import SeedRange, SeedRangeError, check_disjoint
 
     model_dir = DEMO_MODEL_DIR if a.model == "builtin:demo" else None

@@ -67,7 +67,7 @@ TEMPLATE_WORDS = ("above", "with", "and", "in", "the", "sky", "walls", "roof", "
 
 
 def _all_phrases():
-    from .world import ROOF_COLOURS, WALL_COLOURS
+    from .scene import ROOF_COLOURS, WALL_COLOURS
 
     yield from NUMBER_WORDS.values()
     yield from ONE_WORDS

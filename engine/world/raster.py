@@ -9,7 +9,7 @@ drawn label), so the per-name masks at output resolution are exact, disjoint and
 image. Coordinates are normalised: x in [0, 1] left to right, y in [0, 1] top to bottom.
 
 The geometry helpers here (``ridge_profile``, ``object_extent``) are shared with the sampler
-in ``world.py`` so that placement and rendering agree.
+in ``scene.py`` so that placement and rendering agree.
 """
 
 from __future__ import annotations

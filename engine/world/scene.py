@@ -1,7 +1,7 @@
 """The demo world: seeded scene graphs of small landscapes, rendered with exact ground truth.
 
 ``sample_scene(seed)`` draws a :class:`Scene` (a frozen dataclass scene graph);
-``render(scene, size)`` rasterises it (see ``world_render``) and returns a
+``render(scene, size)`` rasterises it (see ``raster``) and returns a
 :class:`RenderResult` with the uint8 RGB image, exact boolean masks per region and object
 instance, a caption (``captions.py``) and the attributes as a dict and as a vector laid out by
 ``ATTRIBUTE_SPEC``. Everything is a pure function of the seed (and size).
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import world_render as wr
+from . import raster as wr
 
 TIMES = ("day", "sunset", "night")
 GROUNDS = ("grass", "sand", "snow", "water")

@@ -1,8 +1,8 @@
 """Edit quality on the demo world, measured where the truth is known.
 
-    python -m engine.training.evaluate_edits [--model builtin:demo] [--n 20] [--json PATH]
+    python -m engine.evaluation.evaluate_edits [--model builtin:demo] [--n 20] [--json PATH]
         [--seeds calibration|development|final|N] [--sections inversion diffedit repaint reedit]
-    python -m engine.training.evaluate --edits      (the same, after the demo-model figures)
+    python -m engine.evaluation.evaluate --edits      (the same, after the demo-model figures)
 
 Every edit runs through the same job runners as the app (``engine.jobs``) on scenes from one
 seed range (``--seeds``; see ``seed_ranges`` for the calibration / development / final
@@ -48,17 +48,8 @@ from pathlib import Path
 import numpy as np
 
 from ..imageops import psnr
-from .probe import HELDOUT_SEED, load_probe
-from .seed_ranges import (
-    CALIBRATION,
-    DEVELOPMENT,
-    FINAL,
-    NAMED,
-    SeedRange,
-    SeedRangeError,
-    check_disjoint,
-)
-from .world import (
+from ..training.probe import HELDOUT_SEED, load_probe
+from ..world.scene import (
     ATTRIBUTE_NAMES,
     LAND_KINDS,
     WALL_COLOURS,
@@ -67,6 +58,15 @@ from .world import (
     redescribe,
     render,
     render_seed,
+)
+from .seed_ranges import (
+    CALIBRATION,
+    DEVELOPMENT,
+    FINAL,
+    NAMED,
+    SeedRange,
+    SeedRangeError,
+    check_disjoint,
 )
 
 EDIT_SEED = HELDOUT_SEED + 400_000
@@ -708,7 +708,7 @@ def format_edits(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m engine.training.evaluate_edits", description=__doc__.split("\n")[0]
+        prog="python -m engine.evaluation.evaluate_edits", description=__doc__.split("\n")[0]
     )
     p.add_argument("--model", default="builtin:demo")
     p.add_argument("--n", type=int, default=20, help="scenes per section")
@@ -730,7 +730,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     from engine.models import DEMO_MODEL_DIR, load_model
 
-    from .probe import PROBE_DIR
+    from ..training.probe import PROBE_DIR
 
     if a.seeds in NAMED:
         start = EDIT_SEED if a.seeds == "development" else NAMED[a.seeds].start
