@@ -14,6 +14,7 @@ in ``scene.py`` so that placement and rendering agree.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 
 import numpy as np
@@ -433,7 +434,11 @@ def _side_shade(X, x0, x1, sun_x, strength=0.25):
 
 
 def draw_object(cv: Canvas, scene, obj, label: int) -> int:
-    """Draw one object with owner ``label``; return how many subpixels it owns afterwards."""
+    """Draw one object with owner ``label``; return how many subpixels it owns afterwards.
+
+    The shadow, window and shading are common; the shape is its kind's drawer's (each takes
+    the keywords it reads: the window ``X``/``Y``, noise ``nz``, sun-side shading ``side``,
+    ``light``, extent ``w``/``h``/``x0``/``x1``/``ytop``/``ybot`` and ``put``)."""
     unit = depth_unit(obj.y, scene.horizon)
     w, h = object_extent(obj.kind, unit)
     light = OBJECT_LIGHT[scene.time_of_day]
@@ -454,158 +459,191 @@ def draw_object(cv: Canvas, scene, obj, label: int) -> int:
     rs, cs, X, Y = win
     nz = cv.noise[rs, cs]
     side = _side_shade(X, x0, x1, sun_x)
-    k = obj.kind
 
-    def put(d, colour):
+    def put(d, colour):  # paint a shape (signed distance d) as this object
         cv.paint(rs, cs, _smooth_cov(d, S), colour, label)
 
-    if k == "pine_tree":
-        tw = 0.12 * w
-        put(
-            _poly_sdf(
-                X,
-                Y,
-                [
-                    (obj.x - tw / 2, ybot - 0.25 * h),
-                    (obj.x + tw / 2, ybot - 0.25 * h),
-                    (obj.x + tw / 2, ybot),
-                    (obj.x - tw / 2, ybot),
-                ],
-            ),
-            (TRUNK * light * (side * 0.9 + 0.05 * nz)[None]),
-        )
-        green = PINE_GREEN * (1 + 0.15 * rng.uniform(-1, 1))
-        for j, (top, bot, wf) in enumerate(
-            ((0.0, 0.45, 0.55), (0.2, 0.68, 0.78), (0.4, 0.85, 1.0))
-        ):
-            yt, yb = ytop + top * h, ytop + bot * h
-            d = _poly_sdf(X, Y, [(obj.x, yt), (obj.x + wf * w / 2, yb), (obj.x - wf * w / 2, yb)])
-            shade = side * (0.9 + 0.1 * j) + 0.12 * nz
-            put(d, green * light * shade[None])
-    elif k == "round_tree":
-        tw = 0.13 * w
-        put(
-            _poly_sdf(
-                X,
-                Y,
-                [
-                    (obj.x - tw / 2, ybot - 0.45 * h),
-                    (obj.x + tw / 2, ybot - 0.45 * h),
-                    (obj.x + tw * 0.7, ybot),
-                    (obj.x - tw * 0.7, ybot),
-                ],
-            ),
-            TRUNK * light * side[None],
-        )
-        cx = obj.x + np.array([0.0, -0.22, 0.22, 0.0]) * w + rng.uniform(-0.04, 0.04, 4) * w
-        cy = ytop + np.array([0.3, 0.45, 0.45, 0.55]) * h
-        rr = np.array([0.3, 0.26, 0.26, 0.27]) * w * rng.uniform(0.92, 1.05, 4)
-        d = None
-        for i in range(4):
-            di = np.sqrt((X - cx[i]) ** 2 + (Y - cy[i]) ** 2) - rr[i]
-            d = di if d is None else np.minimum(d, di)
-        d = d + 0.012 * w * nz
-        up = np.clip((Y - ytop) / (0.75 * h), 0, 1)
-        shade = side * (1.12 - 0.3 * up) + 0.12 * nz
-        green = LEAF_GREEN * (1 + 0.12 * rng.uniform(-1, 1))
-        put(d, green * light * shade[None])
-    elif k == "house":
-        over = 0.03 * w  # roof overhang, kept inside the object's extent
-        bx0, bx1 = x0 + over, x1 - over
-        fw, dw = 0.5 * (bx1 - bx0), 0.5 * (bx1 - bx0)  # gable front width, side depth
-        wall_h, roof_h = 0.55 * h, 0.45 * h
-        fx0 = bx0 if not obj.flip else bx1 - fw
-        fx1 = fx0 + fw
-        sx0, sx1 = (fx1, bx1) if not obj.flip else (bx0, fx0)
-        ywt = ybot - wall_h
-        apex = ((fx0 + fx1) / 2, ybot - wall_h - roof_h)
-        wall = _c(WALL_RGB[obj.wall]) * light
-        roof = _c(ROOF_RGB[obj.roof]) * light
-        tex = (1.0 + 0.06 * nz)[None]
-        # Side wall (a little darker), gable front (wall + gable triangle), roof plane.
-        put(_poly_sdf(X, Y, [(sx0, ywt), (sx1, ywt), (sx1, ybot), (sx0, ybot)]), wall * 0.8 * tex)
-        front = _poly_sdf(X, Y, [(fx0, ywt), (fx1, ywt), (fx1, ybot), (fx0, ybot)])
-        front = np.minimum(  # union of the wall rectangle and the gable triangle
-            front, _poly_sdf(X, Y, [(fx0, ywt + 0.5 / S), apex, (fx1, ywt + 0.5 / S)])
-        )
-        put(front, wall * tex)
-        far_x = sx1 if not obj.flip else sx0
-        ax2 = apex[0] + (far_x - (fx1 if not obj.flip else fx0))
-        near_eave = (
-            (fx1 + over * 0.3, ywt + over) if not obj.flip else (fx0 - over * 0.3, ywt + over)
-        )
-        far_eave = (far_x + (over if not obj.flip else -over), ywt + over)  # within [x0, x1]
-        roof_pts = [apex, (ax2, apex[1]), far_eave, near_eave]
-        rshade = (1.0 + 0.08 * nz - 0.12 * np.clip((Y - apex[1]) / roof_h, 0, 1))[None]
-        put(_poly_sdf(X, Y, roof_pts), roof * rshade)
-        # Door and a window on the gable front, a window on the side.
-        dx = (fx0 + fx1) / 2
-        dwid, dht = 0.22 * fw, 0.5 * wall_h
-        put(
-            _poly_sdf(
-                X,
-                Y,
-                [
-                    (dx - dwid / 2, ybot - dht),
-                    (dx + dwid / 2, ybot - dht),
-                    (dx + dwid / 2, ybot),
-                    (dx - dwid / 2, ybot),
-                ],
-            ),
-            _c([0.3, 0.18, 0.1]) * light,
-        )
-        lit = scene.time_of_day == "night"
-        win_col = _c([1.0, 0.85, 0.4] if lit else [0.2, 0.26, 0.34])
-        if not lit:
-            win_col = win_col * light
-        wx = (sx0 + sx1) / 2
-        ws = 0.24 * min(dw, wall_h)
-        wy = ybot - 0.6 * wall_h
-        put(
-            _poly_sdf(
-                X,
-                Y,
-                [
-                    (wx - ws, wy - ws * 0.8),
-                    (wx + ws, wy - ws * 0.8),
-                    (wx + ws, wy + ws * 0.8),
-                    (wx - ws, wy + ws * 0.8),
-                ],
-            ),
-            win_col,
-        )
-    elif k == "rock":
-        e = np.sqrt(((X - obj.x) / (w / 2)) ** 2 + ((Y - ybot) / h) ** 2)
-        d = (e - 1.0) * min(w / 2, h) + 0.06 * h * nz
-        d = np.maximum(d, Y - ybot)
-        up = np.clip((ybot - Y) / h, 0, 1)
-        shade = side * (0.75 + 0.35 * up) + 0.15 * nz
-        put(d, ROCK_GREY * light * shade[None])
-    elif k == "boat":
-        hull_h = 0.22 * h
-        yh = ybot - hull_h
-        hull = [(x0, yh), (x1, yh), (x1 - 0.18 * w, ybot), (x0 + 0.15 * w, ybot)]
-        mx = obj.x - 0.05 * w if not obj.flip else obj.x + 0.05 * w
-        mw = max(0.035 * w, 0.6 / S)
-        put(
-            _poly_sdf(X, Y, [(mx - mw, ytop), (mx + mw, ytop), (mx + mw, yh), (mx - mw, yh)]),
-            TRUNK * light,
-        )
-        sd = 1 if not obj.flip else -1
-        sail = [
-            (mx + sd * mw, ytop + 0.03 * h),
-            (mx + sd * mw, yh - 0.06 * h),
-            (mx + sd * 0.42 * w, yh - 0.06 * h),
-        ]
-        put(_poly_sdf(X, Y, sail), SAIL * light * (side + 0.04 * nz)[None])
-        sail2 = [
-            (mx - sd * mw, ytop + 0.2 * h),
-            (mx - sd * mw, yh - 0.06 * h),
-            (mx - sd * 0.3 * w, yh - 0.06 * h),
-        ]
-        put(_poly_sdf(X, Y, sail2), SAIL * light * 0.88 * (side + 0.04 * nz)[None])
-        put(_poly_sdf(X, Y, hull), HULL * light * (side + 0.08 * nz)[None])
+    OBJECT_DRAWERS[obj.kind](
+        scene=scene,
+        obj=obj,
+        rng=rng,
+        X=X,
+        Y=Y,
+        nz=nz,
+        side=side,
+        light=light,
+        w=w,
+        h=h,
+        x0=x0,
+        x1=x1,
+        ytop=ytop,
+        ybot=ybot,
+        S=S,
+        put=put,
+    )
     return int(np.count_nonzero(cv.owner[rs, cs] == label))
+
+
+def _draw_pine_tree(*, obj, rng, X, Y, nz, side, light, w, h, ytop, ybot, put, **_) -> None:
+    tw = 0.12 * w
+    put(
+        _poly_sdf(
+            X,
+            Y,
+            [
+                (obj.x - tw / 2, ybot - 0.25 * h),
+                (obj.x + tw / 2, ybot - 0.25 * h),
+                (obj.x + tw / 2, ybot),
+                (obj.x - tw / 2, ybot),
+            ],
+        ),
+        (TRUNK * light * (side * 0.9 + 0.05 * nz)[None]),
+    )
+    green = PINE_GREEN * (1 + 0.15 * rng.uniform(-1, 1))
+    for j, (top, bot, wf) in enumerate(((0.0, 0.45, 0.55), (0.2, 0.68, 0.78), (0.4, 0.85, 1.0))):
+        yt, yb = ytop + top * h, ytop + bot * h
+        d = _poly_sdf(X, Y, [(obj.x, yt), (obj.x + wf * w / 2, yb), (obj.x - wf * w / 2, yb)])
+        shade = side * (0.9 + 0.1 * j) + 0.12 * nz
+        put(d, green * light * shade[None])
+
+
+def _draw_round_tree(*, obj, rng, X, Y, nz, side, light, w, h, ytop, ybot, put, **_) -> None:
+    tw = 0.13 * w
+    put(
+        _poly_sdf(
+            X,
+            Y,
+            [
+                (obj.x - tw / 2, ybot - 0.45 * h),
+                (obj.x + tw / 2, ybot - 0.45 * h),
+                (obj.x + tw * 0.7, ybot),
+                (obj.x - tw * 0.7, ybot),
+            ],
+        ),
+        TRUNK * light * side[None],
+    )
+    cx = obj.x + np.array([0.0, -0.22, 0.22, 0.0]) * w + rng.uniform(-0.04, 0.04, 4) * w
+    cy = ytop + np.array([0.3, 0.45, 0.45, 0.55]) * h
+    rr = np.array([0.3, 0.26, 0.26, 0.27]) * w * rng.uniform(0.92, 1.05, 4)
+    d = None
+    for i in range(4):
+        di = np.sqrt((X - cx[i]) ** 2 + (Y - cy[i]) ** 2) - rr[i]
+        d = di if d is None else np.minimum(d, di)
+    d = d + 0.012 * w * nz
+    up = np.clip((Y - ytop) / (0.75 * h), 0, 1)
+    shade = side * (1.12 - 0.3 * up) + 0.12 * nz
+    green = LEAF_GREEN * (1 + 0.12 * rng.uniform(-1, 1))
+    put(d, green * light * shade[None])
+
+
+def _draw_house(*, scene, obj, X, Y, nz, light, w, h, x0, x1, ybot, S, put, **_) -> None:
+    over = 0.03 * w  # roof overhang, kept inside the object's extent
+    bx0, bx1 = x0 + over, x1 - over
+    fw, dw = 0.5 * (bx1 - bx0), 0.5 * (bx1 - bx0)  # gable front width, side depth
+    wall_h, roof_h = 0.55 * h, 0.45 * h
+    fx0 = bx0 if not obj.flip else bx1 - fw
+    fx1 = fx0 + fw
+    sx0, sx1 = (fx1, bx1) if not obj.flip else (bx0, fx0)
+    ywt = ybot - wall_h
+    apex = ((fx0 + fx1) / 2, ybot - wall_h - roof_h)
+    wall = _c(WALL_RGB[obj.wall]) * light
+    roof = _c(ROOF_RGB[obj.roof]) * light
+    tex = (1.0 + 0.06 * nz)[None]
+    # Side wall (a little darker), gable front (wall + gable triangle), roof plane.
+    put(_poly_sdf(X, Y, [(sx0, ywt), (sx1, ywt), (sx1, ybot), (sx0, ybot)]), wall * 0.8 * tex)
+    front = _poly_sdf(X, Y, [(fx0, ywt), (fx1, ywt), (fx1, ybot), (fx0, ybot)])
+    front = np.minimum(  # union of the wall rectangle and the gable triangle
+        front, _poly_sdf(X, Y, [(fx0, ywt + 0.5 / S), apex, (fx1, ywt + 0.5 / S)])
+    )
+    put(front, wall * tex)
+    far_x = sx1 if not obj.flip else sx0
+    ax2 = apex[0] + (far_x - (fx1 if not obj.flip else fx0))
+    near_eave = (fx1 + over * 0.3, ywt + over) if not obj.flip else (fx0 - over * 0.3, ywt + over)
+    far_eave = (far_x + (over if not obj.flip else -over), ywt + over)  # within [x0, x1]
+    roof_pts = [apex, (ax2, apex[1]), far_eave, near_eave]
+    rshade = (1.0 + 0.08 * nz - 0.12 * np.clip((Y - apex[1]) / roof_h, 0, 1))[None]
+    put(_poly_sdf(X, Y, roof_pts), roof * rshade)
+    # Door and a window on the gable front, a window on the side.
+    dx = (fx0 + fx1) / 2
+    dwid, dht = 0.22 * fw, 0.5 * wall_h
+    put(
+        _poly_sdf(
+            X,
+            Y,
+            [
+                (dx - dwid / 2, ybot - dht),
+                (dx + dwid / 2, ybot - dht),
+                (dx + dwid / 2, ybot),
+                (dx - dwid / 2, ybot),
+            ],
+        ),
+        _c([0.3, 0.18, 0.1]) * light,
+    )
+    lit = scene.time_of_day == "night"
+    win_col = _c([1.0, 0.85, 0.4] if lit else [0.2, 0.26, 0.34])
+    if not lit:
+        win_col = win_col * light
+    wx = (sx0 + sx1) / 2
+    ws = 0.24 * min(dw, wall_h)
+    wy = ybot - 0.6 * wall_h
+    put(
+        _poly_sdf(
+            X,
+            Y,
+            [
+                (wx - ws, wy - ws * 0.8),
+                (wx + ws, wy - ws * 0.8),
+                (wx + ws, wy + ws * 0.8),
+                (wx - ws, wy + ws * 0.8),
+            ],
+        ),
+        win_col,
+    )
+
+
+def _draw_rock(*, obj, X, Y, nz, side, light, w, h, ybot, put, **_) -> None:
+    e = np.sqrt(((X - obj.x) / (w / 2)) ** 2 + ((Y - ybot) / h) ** 2)
+    d = (e - 1.0) * min(w / 2, h) + 0.06 * h * nz
+    d = np.maximum(d, Y - ybot)
+    up = np.clip((ybot - Y) / h, 0, 1)
+    shade = side * (0.75 + 0.35 * up) + 0.15 * nz
+    put(d, ROCK_GREY * light * shade[None])
+
+
+def _draw_boat(*, obj, X, Y, nz, side, light, w, h, x0, x1, ytop, ybot, S, put, **_) -> None:
+    hull_h = 0.22 * h
+    yh = ybot - hull_h
+    hull = [(x0, yh), (x1, yh), (x1 - 0.18 * w, ybot), (x0 + 0.15 * w, ybot)]
+    mx = obj.x - 0.05 * w if not obj.flip else obj.x + 0.05 * w
+    mw = max(0.035 * w, 0.6 / S)
+    put(
+        _poly_sdf(X, Y, [(mx - mw, ytop), (mx + mw, ytop), (mx + mw, yh), (mx - mw, yh)]),
+        TRUNK * light,
+    )
+    sd = 1 if not obj.flip else -1
+    sail = [
+        (mx + sd * mw, ytop + 0.03 * h),
+        (mx + sd * mw, yh - 0.06 * h),
+        (mx + sd * 0.42 * w, yh - 0.06 * h),
+    ]
+    put(_poly_sdf(X, Y, sail), SAIL * light * (side + 0.04 * nz)[None])
+    sail2 = [
+        (mx - sd * mw, ytop + 0.2 * h),
+        (mx - sd * mw, yh - 0.06 * h),
+        (mx - sd * 0.3 * w, yh - 0.06 * h),
+    ]
+    put(_poly_sdf(X, Y, sail2), SAIL * light * 0.88 * (side + 0.04 * nz)[None])
+    put(_poly_sdf(X, Y, hull), HULL * light * (side + 0.08 * nz)[None])
+
+
+# One small drawer per object kind (scene.OBJECT_KINDS).
+OBJECT_DRAWERS: dict[str, Callable[..., None]] = {
+    "pine_tree": _draw_pine_tree,
+    "round_tree": _draw_round_tree,
+    "house": _draw_house,
+    "rock": _draw_rock,
+    "boat": _draw_boat,
+}
 
 
 def rasterise(scene, size: int) -> tuple[np.ndarray, np.ndarray, dict[int, int]]:
