@@ -18,6 +18,7 @@ import numpy as np
 from PySide6.QtCore import QObject, QRect, Signal
 
 from engine import imageops
+from engine.methods import COMMON
 
 from .undo import UndoStack
 
@@ -27,17 +28,21 @@ UNDO_BYTES = 512 * 1024**2  # and all of them together at most this much
 HISTORY_LIMIT = 24  # results kept in memory
 HISTORY_BYTES = 384 * 1024**2  # and their images together at most this much (8 at 4096²)
 
-DEFAULT_SETTINGS: dict[str, Any] = {
-    "method": "sdedit",
-    "prompt": "",
-    "negative_prompt": "",
-    "steps": 25,
-    "guidance": 7.5,
-    "strength": 0.6,
-    "seed": 0,
-    "seed_locked": False,
-    "options": {},
-}
+
+def default_settings() -> dict[str, Any]:
+    """A new document's settings; the common request fields take the defaults declared in
+    ``engine.methods`` (read now, so there is one copy of them)."""
+    return {
+        "method": "sdedit",
+        "prompt": "",
+        "negative_prompt": "",
+        **{k: spec.default for k, spec in COMMON.items()},
+        "seed_locked": False,
+        "options": {},
+    }
+
+
+DEFAULT_SETTINGS: dict[str, Any] = default_settings()  # the keys, and defaults at import
 
 
 def _blank(shape) -> np.ndarray:
@@ -117,7 +122,7 @@ class Document(QObject):
         super().__init__(parent)
         self.undo_stack = UndoStack(self, max_bytes=UNDO_BYTES, max_count=UNDO_LIMIT)
         self.undo_stack.cleanChanged.connect(self._clean_changed)
-        self.settings: dict[str, Any] = {**DEFAULT_SETTINGS, "options": {}}
+        self.settings: dict[str, Any] = default_settings()
         self.history: list[HistoryEntry] = []
         self.inversion: Any = None  # opaque object from an "invert" job, for "reedit"
         self.inversion_source: str = ""  # image_key() of the image that was inverted

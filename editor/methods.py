@@ -7,19 +7,24 @@ settings: the common ones at the top level, method options under ``settings["opt
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from engine import EditRequest
+from engine.methods import COMMON, OptionSpec, label_of
+from engine.methods import METHODS as ENGINE_METHODS
 
-from .document import DEFAULT_SETTINGS, Document, image_key
+from .document import Document, default_settings, image_key
 
 
 @dataclass(frozen=True)
 class Param:
+    """One field of a method's form, read from its declaration in ``engine.methods``."""
+
     key: str
     label: str
     default: Any
@@ -29,76 +34,64 @@ class Param:
     step: float = 1
     choices: tuple[str, ...] = ()
     option: bool = True  # False: a top-level request field (steps, guidance, strength)
+    kind: type | None = None
+
+    @classmethod
+    def of(cls, key: str, spec: OptionSpec, option: bool = True) -> Param:
+        return cls(
+            key,
+            label_of(key, spec),
+            spec.default,
+            spec.help,
+            0 if spec.lo is None else spec.lo,
+            1 if spec.hi is None else spec.hi,
+            spec.step,
+            tuple(spec.choices),
+            option,
+            spec.kind,
+        )
+
+
+# The caption of the photo Invert & re-edit inverts: the invert stage's prompt, so the
+# panel's prompt stays the edit's.
+SOURCE_PROMPT = OptionSpec(str, "", "A caption of the photo as it is.", label="Source prompt")
+EXTRA: dict[str, dict[str, OptionSpec]] = {"reedit": {"source_prompt": SOURCE_PROMPT}}
 
 
 @dataclass(frozen=True)
 class Method:
+    """A method of the panel: one or more engine methods, its form built from their
+    declarations (the common fields they read, then their options offered in forms)."""
+
     key: str
     label: str
     engine: tuple[str, ...]  # engine methods this needs, in the order they run
     tooltip: str
-    params: tuple[Param, ...] = field(default_factory=tuple)
     prep_label: str = ""  # a button for the first stage, e.g. "Make mask"
 
+    @property
+    def params(self) -> tuple[Param, ...]:
+        specs = [ENGINE_METHODS[e] for e in self.engine]
+        common = [k for k in COMMON if k != "seed" and any(k in m.common for m in specs)]
+        out = {k: Param.of(k, COMMON[k], option=False) for k in common}
+        out.update({k: Param.of(k, o) for k, o in EXTRA.get(self.key, {}).items()})
+        for m in specs:
+            for k, o in m.options.items():
+                if o.form and k not in out:
+                    out[k] = Param.of(k, o)
+        return tuple(out.values())
 
-STEPS = Param(
-    "steps", "Steps", 25, "Denoising steps; more is slower and finer.", 1, 500, 1, option=False
-)
-GUIDANCE = Param(
-    "guidance",
-    "Guidance",
-    7.5,
-    "Classifier-free guidance: how strongly to follow the prompt.",
-    0,
-    30,
-    0.5,
-    option=False,
-)
-STRENGTH = Param(
-    "strength",
-    "Strength",
-    0.6,
-    "How far to noise the input before denoising: 0 keeps it, 1 ignores it.",
-    0,
-    1,
-    0.05,
-    option=False,
-)
 
 METHODS: dict[str, Method] = {
     m.key: m
     for m in (
-        Method(
-            "generate",
-            "Generate",
-            ("generate",),
-            "Text to image at the canvas size.",
-            (STEPS, GUIDANCE),
-        ),
+        Method("generate", "Generate", ("generate",), "Text to image at the canvas size."),
         Method(
             "sdedit",
             "SDEdit (strokes → image)",
             ("sdedit",),
             "Noise the image with your colour strokes to the chosen strength, then denoise "
             "with the prompt (Meng et al. 2021). With a mask, only the masked area changes.",
-            (
-                STEPS,
-                GUIDANCE,
-                STRENGTH,
-                Param(
-                    "mask_grow", "Mask grow", 1, "Grow the mask by this many latent cells.", 0, 8
-                ),
-                Param(
-                    "feather",
-                    "Feather px",
-                    0.0,
-                    "Soft edge when pasting back (0 = automatic).",
-                    0,
-                    64,
-                    1,
-                ),
-                Param("eta", "Eta", 0.0, "DDIM stochasticity (0 = deterministic).", 0, 1, 0.1),
-            ),
         ),
         Method(
             "repaint",
@@ -106,28 +99,6 @@ METHODS: dict[str, Method] = {
             ("repaint",),
             "Regenerate the masked area; the rest is re-noised from the original every step "
             "so both harmonise (Lugmayr et al. 2022).",
-            (
-                STEPS,
-                GUIDANCE,
-                Param(
-                    "jump_length",
-                    "Jump length",
-                    5,
-                    "Steps to go back up the chain per jump.",
-                    1,
-                    50,
-                ),
-                Param(
-                    "jump_n_sample", "Resamples", 3, "How often each jump is repeated (r).", 1, 20
-                ),
-                Param(
-                    "sampler",
-                    "Sampler",
-                    "ddpm",
-                    "Reverse step used between jumps.",
-                    choices=("ddim", "ddpm"),
-                ),
-            ),
         ),
         Method(
             "diffedit",
@@ -135,18 +106,6 @@ METHODS: dict[str, Method] = {
             ("diffedit_mask", "diffedit"),
             "Make a mask from where the query and reference prompts disagree, touch it up, "
             "then edit inside it (Couairon et al. 2022). The prompt is the query.",
-            (
-                STEPS,
-                GUIDANCE,
-                STRENGTH,
-                Param(
-                    "reference_prompt", "Reference", "", "What the image shows now (may be empty)."
-                ),
-                Param(
-                    "n_samples", "Mask samples", 4, "Noise samples averaged for the mask.", 1, 16
-                ),
-                Param("threshold", "Threshold", 0.5, "Mask binarisation threshold.", 0, 1, 0.05),
-            ),
             prep_label="Make mask",
         ),
         Method(
@@ -155,38 +114,13 @@ METHODS: dict[str, Method] = {
             ("invert", "reedit"),
             "Invert the photo once under the source prompt, then re-edit it with changed "
             "prompts reusing that inversion (Mokady et al. 2022).",
-            (
-                STEPS,
-                GUIDANCE,
-                Param("source_prompt", "Source prompt", "", "A caption of the photo as it is."),
-                Param(
-                    "inversion",
-                    "Inversion",
-                    "null_text",
-                    "How the photo is inverted.",
-                    choices=(
-                        "ddim",
-                        "null_text",
-                        "null_text_reference",
-                        "negative_prompt",
-                        "direct",
-                    ),
-                ),
-                Param(
-                    "depth",
-                    "Depth",
-                    1.0,
-                    "How much of the inverted chain to regenerate: 1 can change anything (time "
-                    "of day, new objects); about 0.4 keeps shapes and changes colours.",
-                    0.05,
-                    1.0,
-                    0.05,
-                ),
-            ),
             prep_label="Invert",
         ),
     )
 }
+
+# engine methods whose results change only inside the request's mask
+MASKED = tuple(name for name, m in ENGINE_METHODS.items() if m.mask != "unused")
 
 
 def value(doc: Document, method: str, p: Param) -> Any:
@@ -214,36 +148,34 @@ def build_request(doc: Document, method: str, stage: int = -1) -> EditRequest:
     m = METHODS[method]
     engine_method = m.engine[stage]
     s = doc.settings
-    opts = {p.key: value(doc, method, p) for p in m.params if p.option}
+    declared = ENGINE_METHODS[engine_method].options
+    params = m.params
+    opts = {p.key: value(doc, method, p) for p in params if p.option and p.key in declared}
     has_mask = bool(doc.mask.any())
     has_strokes = bool(doc.strokes[..., 3].any())
     common = {
         "prompt": s.get("prompt", ""),
         "negative_prompt": s.get("negative_prompt", ""),
-        "steps": int(s.get("steps", 25)),
-        "guidance": float(s.get("guidance", 7.5)),
-        "strength": float(s.get("strength", 0.6)),
-        "seed": int(s.get("seed", 0)),
+        **{k: spec.kind(s.get(k, spec.default)) for k, spec in COMMON.items()},
     }
     image = doc.image
     strokes = doc.strokes if has_strokes else None
     mask = doc.mask if has_mask else None
     h, w = doc.size
     if engine_method == "generate":
-        return EditRequest("generate", width=w, height=h, **common)
-    if engine_method in ("repaint", "diffedit") and mask is None:
+        return EditRequest("generate", width=w, height=h, options=opts, **common)
+    # the panel's DiffEdit edits inside a mask (made by its first stage, or painted)
+    needs_mask = ENGINE_METHODS[engine_method].mask == "required" or engine_method == "diffedit"
+    if mask is None and needs_mask:
         what = "Paint a mask" if engine_method == "repaint" else "Make or paint a mask"
         raise NeedsInput(f"{what} first: {m.label} edits only inside the mask.")
     if engine_method == "diffedit_mask":
-        opts = {k: opts[k] for k in ("reference_prompt", "n_samples", "threshold")}
         return EditRequest("diffedit_mask", image=image, strokes=strokes, options=opts, **common)
-    if engine_method == "diffedit":
+    if engine_method == "diffedit":  # with a mask, the mask options are not used
         opts = {"reference_prompt": opts["reference_prompt"]}
     if engine_method == "invert":
-        common["prompt"] = opts["source_prompt"]
-        return EditRequest(
-            "invert", image=image, options={"inversion": opts["inversion"]}, **common
-        )
+        common["prompt"] = value(doc, method, Param.of("source_prompt", SOURCE_PROMPT))
+        return EditRequest("invert", image=image, options=opts, **common)
     if engine_method == "reedit":
         if doc.inversion is None:
             raise NeedsInput("Invert the image first (the Invert button), then re-edit.")
@@ -251,7 +183,7 @@ def build_request(doc: Document, method: str, stage: int = -1) -> EditRequest:
             raise NeedsInput(
                 "The image changed since it was inverted: press Invert again, then re-edit."
             )
-        options = {"inversion": doc.inversion, "depth": float(opts["depth"])}
+        options = {**opts, "inversion": doc.inversion}
         return EditRequest("reedit", image=image, mask=mask, options=options, **common)
     return EditRequest(
         engine_method, image=image, strokes=strokes, mask=mask, options=opts, **common
@@ -264,8 +196,15 @@ def random_seed() -> int:
 
 # ---- settings from files: checked against the same bounds the panel offers ------------------
 
-SEED = Param("seed", "Seed", 0, "", 0, 2**31 - 1, option=False)
-_TOP = {p.key: p for p in (STEPS, GUIDANCE, STRENGTH, SEED)}
+
+def _top() -> dict[str, Param]:
+    """The common fields as the panel holds them; the seed box holds 0 … 2³¹ − 1 (a QSpinBox
+    is 32-bit), a narrower range than the engine accepts."""
+    out = {k: Param.of(k, spec, option=False) for k, spec in COMMON.items()}
+    out["seed"] = dataclasses.replace(out["seed"], lo=0, hi=2**31 - 1)
+    return out
+
+
 _TEXT = {"prompt": "Prompt", "negative_prompt": "Negative prompt"}
 
 
@@ -301,8 +240,9 @@ def _check_param(p: Param, v: Any, where: str) -> Any:
 
 def check_setting(key: str, v: Any) -> Any:
     """One top-level setting checked (and converted); ``SettingsError`` names the field."""
-    if key in _TOP:
-        return _check_param(_TOP[key], v, "")
+    top = _top()
+    if key in top:
+        return _check_param(top[key], v, "")
     if key in _TEXT:
         if not isinstance(v, str):
             raise SettingsError(f"{_TEXT[key]} is {v!r}; it must be text.")
@@ -340,8 +280,9 @@ def check_settings(raw: Any) -> dict[str, Any]:
     missing, unknown keys dropped); the first bad field raises ``SettingsError``."""
     if not isinstance(raw, dict):
         raise SettingsError(f"Settings are {_kind(raw)}, not a table.")
-    out = {**DEFAULT_SETTINGS, "options": {}}
-    for key in DEFAULT_SETTINGS:
+    defaults = default_settings()
+    out = {**defaults, "options": {}}
+    for key in defaults:
         if key in raw:
             out[key] = check_setting(key, raw[key])
     return out

@@ -80,6 +80,62 @@ def parse_parameters(text: str) -> dict[str, str]:
     return out
 
 
+def _cast(spec, text: str) -> Any:
+    if spec.kind is bool:
+        if text not in ("True", "False"):
+            raise ValueError(text)
+        return text == "True"
+    value = spec.kind(text)
+    if spec.choices and value not in spec.choices:
+        raise ValueError(text)
+    return value
+
+
+def _accepts(spec) -> str:
+    if spec.choices:
+        return "one of " + ", ".join(spec.choices)
+    if spec.kind is bool:
+        return "True or False"
+    if spec.kind in (int, float):
+        kind = "a whole number" if spec.kind is int else "a number"
+        return f"{kind} from {spec.lo:g} to {spec.hi:g}"
+    return "text"
+
+
+def request_fields(parsed: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
+    """Parsed A1111 fields → the request fields and method options they hold, each read
+    through its declaration in ``engine.methods`` (type, bounds, choices), and a sentence for
+    each value that does not fit its declaration (that value is left out)."""
+    from .methods import COMMON, METHODS
+
+    out: dict[str, Any] = {"prompt": parsed.get("prompt", "")}
+    if "Negative prompt" in parsed:
+        out["negative_prompt"] = parsed["Negative prompt"]
+    method = parsed.get("Method")
+    if method in METHODS:
+        out["method"] = method
+    declared = {LABELS.get(k, k.capitalize()): (k, s) for k, s in COMMON.items()}
+    options = METHODS[method].options if method in METHODS else {}
+    declared.update({k.replace("_", " ").capitalize(): (k, s) for k, s in options.items()})
+    problems, opts = [], {}
+    for label, (key, spec) in declared.items():
+        if label not in parsed or spec.kind is None:
+            continue
+        if key == "sampler" and parsed[label] == "DDIM":
+            continue  # the A1111 default every image gets, not RePaint's option
+        try:
+            value = _cast(spec, parsed[label])
+            if spec.lo is not None and not spec.lo <= value <= spec.hi:
+                raise ValueError(value)
+        except ValueError:
+            problems.append(f"{label} is {parsed[label]!r}; it must be {_accepts(spec)}.")
+            continue
+        (out if key in COMMON else opts)[key] = value
+    if opts:
+        out["options"] = opts
+    return out, problems
+
+
 def save_png(image: np.ndarray, path: str | os.PathLike, params: Mapping[str, Any]) -> Path:
     """Write a PNG with the parameters chunk, atomically (temp file, then rename)."""
     path = Path(path)

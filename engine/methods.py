@@ -155,7 +155,7 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec(
             "generate",
             "Text to image at the given size.",
-            {"eta": ETA},
+            {"eta": dataclasses.replace(ETA, form=False)},
             common=("steps", "guidance", "seed"),
             image=False,
             mask="unused",

@@ -184,10 +184,10 @@ class PromptPanel(QWidget):
             w.currentTextChanged.connect(
                 lambda t: self._set(lambda: set_value(self.doc, method, p, t))
             )
-        elif isinstance(p.default, str):
+        elif p.kind is str:
             w = QLineEdit(str(v))
             w.textChanged.connect(put)
-        elif isinstance(p.default, int):
+        elif p.kind is int:
             w = QSpinBox()
             w.setRange(int(p.lo), int(p.hi))
             w.setValue(int(v))

@@ -157,3 +157,79 @@ def test_invert_once_then_reedit_reuses_the_inversion(win, qtbot):
     qtbot.mouseClick(win.history_panel.apply, LEFT)
     win.run_method("reedit")
     assert "changed since it was inverted" in win.banner.text() and not win.bridge.busy
+
+
+# ---- the forms are built from engine.methods -------------------------------------------------
+
+
+def _declared(ui_method, key):
+    from editor.methods import EXTRA, METHODS
+    from engine.methods import COMMON
+    from engine.methods import METHODS as ENGINE
+
+    if key in COMMON:
+        return COMMON[key]
+    if key in EXTRA.get(ui_method, {}):
+        return EXTRA[ui_method][key]
+    return next(
+        ENGINE[e].options[key] for e in METHODS[ui_method].engine if key in ENGINE[e].options
+    )
+
+
+def _form(qtbot, doc, method):
+    from editor.panels.prompt import PromptPanel
+    from engine.methods import NAMES
+
+    panel = PromptPanel(doc, list(NAMES))
+    qtbot.addWidget(panel)
+    panel.method.setCurrentIndex(panel.method.findData(method))
+    return panel
+
+
+def test_every_form_shows_the_declared_defaults_and_bounds(qtbot):
+    from PySide6.QtWidgets import QDoubleSpinBox, QSpinBox
+
+    from editor.document import Document
+    from editor.methods import METHODS
+
+    doc = Document(np.zeros((64, 64, 3), np.uint8))
+    for key, m in METHODS.items():
+        panel = _form(qtbot, doc, key)
+        shown = {p.key for p in m.params}
+        assert {"steps", "guidance"} <= shown, key
+        for p in m.params:
+            spec, w = _declared(key, p.key), panel.findChild(QWidget, f"param_{p.key}")
+            if isinstance(w, QSpinBox | QDoubleSpinBox):
+                assert (w.value(), w.minimum(), w.maximum()) == (spec.default, spec.lo, spec.hi)
+            elif isinstance(w, QComboBox):
+                assert w.currentText() == spec.default
+                assert [w.itemText(i) for i in range(w.count())] == list(spec.choices)
+            else:
+                assert w.text() == spec.default
+    # the engine's calibrated value, not the editor's old 4
+    assert _form(qtbot, doc, "diffedit").findChild(QWidget, "param_n_samples").value() == 10
+
+
+def test_a_changed_declaration_is_followed_by_the_form_and_the_request(qtbot, monkeypatch):
+    import dataclasses
+
+    from editor.document import Document
+    from editor.methods import SettingsError, build_request, check_setting
+    from engine.methods import COMMON
+    from engine.methods import METHODS as ENGINE
+
+    repaint = ENGINE["repaint"].options
+    monkeypatch.setitem(
+        repaint, "jump_length", dataclasses.replace(repaint["jump_length"], default=7, hi=9)
+    )
+    monkeypatch.setitem(COMMON, "steps", dataclasses.replace(COMMON["steps"], default=13, hi=200))
+    doc = Document(np.zeros((64, 64, 3), np.uint8))
+    panel = _form(qtbot, doc, "repaint")
+    steps, jump = (panel.findChild(QWidget, f"param_{k}") for k in ("steps", "jump_length"))
+    assert (steps.value(), steps.maximum()) == (13, 200)
+    assert (jump.value(), jump.maximum()) == (7, 9)
+    doc.mask[:32] = 255
+    req = build_request(doc, "repaint")
+    assert req.steps == 13 and req.options["jump_length"] == 7
+    with pytest.raises(SettingsError, match="from 1 to 200"):
+        check_setting("steps", 201)  # a project file is checked against the same bounds

@@ -136,3 +136,46 @@ def test_a_bad_option_flag_is_one_line_and_exit_code_2(tmp_path, monkeypatch, ca
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and words in err, err
     assert not list(tmp_path.glob("repaint*.png"))
+
+
+def test_png_metadata_is_read_back_through_the_declarations(tmp_path):
+    import numpy as np
+
+    from engine.metadata import read_png_parameters, request_fields, save_png
+
+    req = EditRequest("repaint", prompt="a, b", steps=9, options={"jump_length": 4})
+    path = save_png(np.zeros((8, 8, 3), np.uint8), tmp_path / "r.png", req.parameters())
+    fields, problems = request_fields(read_png_parameters(path))
+    assert problems == []
+    assert fields == {
+        "prompt": "a, b",
+        "method": "repaint",
+        "steps": 9,
+        "guidance": 7.5,
+        "strength": 0.6,
+        "seed": 0,
+        "options": {"jump_length": 4},
+    }
+    # a value outside its declaration is left out, with a sentence
+    text = {
+        "prompt": "x",
+        "Method": "repaint",
+        "Steps": "5000",
+        "Jump length": "x",
+        "Sampler": "euler",
+    }
+    fields, problems = request_fields(text)
+    assert fields == {"prompt": "x", "method": "repaint"}
+    assert problems == [
+        "Steps is '5000'; it must be a whole number from 1 to 1000.",
+        "Jump length is 'x'; it must be a whole number from 1 to 1000.",
+        "Sampler is 'euler'; it must be one of ddim, ddpm.",
+    ]
+
+
+def test_metadata_reading_follows_a_changed_bound(monkeypatch):
+    from engine.metadata import request_fields
+
+    _patch_option(monkeypatch, "repaint", "jump_length", hi=3)
+    fields, problems = request_fields({"prompt": "", "Method": "repaint", "Jump length": "4"})
+    assert problems == ["Jump length is '4'; it must be a whole number from 1 to 3."]
