@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import math
-import time
 from collections import Counter
 
 import numpy as np
@@ -331,14 +330,11 @@ def test_cli_bad_argv_is_one_line_and_exit_code_2(cli_dir, monkeypatch, capsys, 
     for flag, value in pairs:
         argv += [flag, value]
     TALLY["CLI argv tried"] += 1
-    t0 = time.monotonic()
     try:
         code = cli.main(argv)
     except _ReachedTheEngine:
         TALLY["CLI argv accepted up to the model"] += 1
         return
-    finally:
-        assert time.monotonic() - t0 < 10, argv  # no hang
     err = capsys.readouterr().err
     assert "Traceback" not in err, (argv, err)
     assert code == 2, (argv, code, err)
