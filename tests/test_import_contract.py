@@ -1,4 +1,4 @@
-"""engine/ must never import Qt or the editor (DESIGN.md: one-way dependency)."""
+"""engine/ must never import Qt or the editor (engine/README.md: one-way dependency)."""
 
 import ast
 import subprocess
