@@ -31,7 +31,6 @@ class EngineBridge(QObject):
     load_failed = Signal(object)  # Failed (a model load)
     cancelled = Signal(object)  # Cancelled
     model_loaded = Signal(object)  # ModelLoaded
-    busy_changed = Signal(bool)
     _event = Signal(object)  # engine thread → GUI thread
 
     def __init__(self, engine: Engine, parent=None):
@@ -61,7 +60,6 @@ class EngineBridge(QObject):
         if self.job_id is not None:
             self.engine.cancel(self.job_id)
         self.job_id = self.engine.submit(request, supersede=True)
-        self.busy_changed.emit(True)
         return self.job_id
 
     def cancel(self) -> None:
@@ -74,7 +72,6 @@ class EngineBridge(QObject):
         if self.job_id is not None:
             self.engine.cancel(self.job_id)
             self.job_id = None
-            self.busy_changed.emit(False)
 
     def load_model(self, spec: str) -> int:
         self.load_id = self.engine.load_model(spec)
@@ -107,6 +104,5 @@ class EngineBridge(QObject):
             self.step.emit(ev)
         elif isinstance(ev, (Finished, Failed, Cancelled)):
             self.job_id = None
-            self.busy_changed.emit(False)
             signal = {Finished: self.finished, Failed: self.failed, Cancelled: self.cancelled}
             signal[type(ev)].emit(ev)
