@@ -77,12 +77,14 @@ def mask_to_float(mask: np.ndarray | None, hw: tuple[int, int]) -> np.ndarray | 
     return m / 255.0 if mask.dtype == np.uint8 else m.clip(0, 1)
 
 
-def latent_mask(mask: np.ndarray, latent_hw: tuple[int, int], grow: int = 0) -> np.ndarray:
-    """Area-downsample a float pixel mask to latent resolution, optionally grown by
-    ``grow`` latent cells (so generated content has room to blend)."""
+def latent_mask(mask: np.ndarray, latents: torch.Tensor, grow: int = 0) -> torch.Tensor:
+    """Area-downsample a float pixel mask to the resolution of ``latents``, optionally grown by
+    ``grow`` latent cells (so generated content has room to blend): 1x1xhxw float on their
+    device, as the algorithms take it."""
+    h, w = latents.shape[-2:]
     img = Image.fromarray(mask.astype(np.float32), mode="F")
-    small = np.asarray(img.resize((latent_hw[1], latent_hw[0]), Image.BOX)).copy()
-    return dilate(small, grow).clip(0, 1)
+    small = np.asarray(img.resize((w, h), Image.BOX)).copy()
+    return torch.from_numpy(dilate(small, grow).clip(0, 1))[None, None].to(latents.device)
 
 
 def dilate(mask: np.ndarray, radius: int) -> np.ndarray:

@@ -219,8 +219,7 @@ def prepare(ctx: JobContext, req: EditRequest, grow: int = 0) -> Prepared:
     mask_w = mask_l = None
     if mask is not None:
         mask_w = imageops.resize(mask, hw)
-        lat = imageops.latent_mask(mask_w, latents.shape[-2:], grow=grow)
-        mask_l = torch.from_numpy(lat)[None, None].to(latents.device)
+        mask_l = imageops.latent_mask(mask_w, latents, grow=grow)
     ctx.preview_size = hw
     return Prepared(image, working, latents, mask, mask_w, mask_l)
 

@@ -148,12 +148,11 @@ def run_diffedit(ctx: JobContext, req: EditRequest):
                 "try another prompt, a lower mask threshold, or paint a mask."
             )
         mask_w = imageops.resize(soft, prep.working.shape[:2])
-        lat = imageops.latent_mask(mask_w, prep.latents.shape[-2:], grow=grow)
         prep = dataclasses.replace(
             prep,
             mask=soft,
             mask_working=mask_w,
-            mask_latent=torch.from_numpy(lat)[None, None].to(prep.latents.device),
+            mask_latent=imageops.latent_mask(mask_w, prep.latents, grow=grow),
         )
     cond = d.condition(req.prompt, req.negative_prompt, req.guidance)
     reference = d.encode_text(o.text("reference_prompt"))
@@ -341,8 +340,7 @@ def run_reedit(ctx: JobContext, req: EditRequest):
         if not mask.any():
             raise InputError("The mask is empty: paint where the re-edit should change.")
         mask_w = imageops.resize(mask, inv.working_size or hw)
-        lat = imageops.latent_mask(mask_w, latents0.shape[-2:], grow=o.number("mask_grow"))
-        mask_l = torch.from_numpy(lat)[None, None].to(latents0.device)
+        mask_l = imageops.latent_mask(mask_w, latents0, grow=o.number("mask_grow"))
     prep = Prepared(image, image, latents0, mask, mask_w, mask_l)
     ctx.preview_size = tuple(inv.working_size or hw)
     cond = ctx.denoiser.encode_text(req.prompt or inv.prompt)
