@@ -378,7 +378,7 @@ class Engine:
     def _execute(self, job_id: int, request) -> None:
         try:
             if isinstance(request, LoadModelRequest):
-                self._emit(Started(job_id, "load", 0))
+                self._emit(Started(job_id, "load"))
                 self._load(request)
                 self._emit(ModelLoaded(job_id, self.model_info))
             else:
@@ -422,7 +422,7 @@ class Engine:
                 raise _JobCancelled
 
         ctx = JobContext(self.bundle, self.denoiser, check_cancel=check_cancel)
-        self._emit(Started(job_id, req.method, req.steps))
+        self._emit(Started(job_id, req.method))
         result: JobResult = drive(
             runner(ctx, req),
             lambda progress: self._emit(self._step_event(job_id, ctx, progress)),

@@ -126,8 +126,7 @@ class Event:
 
 @dataclass(frozen=True)
 class Started(Event):
-    kind: str
-    total_steps: int
+    kind: str  # the method's name, or "load"
 
 
 @dataclass(frozen=True)
