@@ -1,6 +1,6 @@
 """Requests and events: the only things that cross the engine boundary.
 
-Conventions (see DESIGN.md):
+Conventions (engine/README.md):
 - images are uint8 HxWx3 RGB numpy arrays; stroke layers uint8 HxWx4 RGBA;
 - masks are uint8 HxW (255 = edit here, 0 = keep) or float in [0, 1];
 - every event carries the job id it belongs to, so receivers can drop stale ones.
