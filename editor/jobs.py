@@ -19,6 +19,7 @@ from engine import imageops
 from . import project
 from .document import image_key
 from .methods import (
+    MASKED,
     METHODS,
     NeedsInput,
     SettingsError,
@@ -26,8 +27,6 @@ from .methods import (
     check_setting,
     random_seed,
 )
-
-MASKED = ("sdedit", "repaint", "diffedit", "reedit")  # results change only inside the mask
 
 
 @dataclass

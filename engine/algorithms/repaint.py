@@ -11,7 +11,7 @@ from .common import Algorithm, Progress, randn
 SAMPLERS = ("ddim", "ddpm")
 
 
-def repaint_schedule(n_steps: int, jump_length: int = 10, jump_n_sample: int = 10) -> list[int]:
+def repaint_schedule(n_steps: int, jump_length: int, jump_n_sample: int) -> list[int]:
     """The resampling time sequence of RePaint (§4.2, Fig. 3; the authors' ``get_schedule_jump``).
 
     Entries are *step indices* on an ``n_steps`` chain: ``n_steps - 1`` is the noisiest state,
@@ -39,7 +39,7 @@ def repaint_schedule(n_steps: int, jump_length: int = 10, jump_n_sample: int = 1
     return ts
 
 
-def repaint_calls(n_steps: int, jump_length: int = 10, jump_n_sample: int = 10) -> int:
+def repaint_calls(n_steps: int, jump_length: int, jump_n_sample: int) -> int:
     """Model calls RePaint makes: the number of reverse transitions in its schedule."""
     ts = repaint_schedule(n_steps, jump_length, jump_n_sample)
     return sum(1 for a, b in zip(ts, ts[1:]) if b < a)
@@ -53,8 +53,8 @@ def repaint(
     steps: int,
     guidance: float,
     generator: torch.Generator,
-    jump_length: int = 5,
-    jump_n_sample: int = 3,
+    jump_length: int,
+    jump_n_sample: int,
     sampler: str = "ddpm",
     eta: float = 0.0,
 ) -> Algorithm[torch.Tensor]:
@@ -64,8 +64,11 @@ def repaint(
     sub-chain of the model's schedule. ``sampler`` "ddpm" is the paper's ancestral step
     (eq. 7 via the posterior of Ho et al. 2020, eqs. 6–7); "ddim" uses the DDIM step
     (Song et al. 2021, eq. 12, with ``eta``) for the unknown region instead, as diffusers'
-    RePaintScheduler does by default. Yields after every model call with x̂₀ composited
-    from the known latents and the model's prediction; returns the final latents.
+    RePaintScheduler does by default. ``jump_length`` (j) and ``jump_n_sample`` (r) have no
+    default here: the paper's are 10 / 10 at 250 steps, the app's are declared once, with
+    the figures that chose them, in ``engine.methods``. Yields after every model call with
+    x̂₀ composited from the known latents and the model's prediction; returns the final
+    latents.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
