@@ -16,6 +16,7 @@ beyond it keep their event but drop their images.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import itertools
 import logging
@@ -23,6 +24,7 @@ import queue
 import threading
 import time
 import traceback
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
@@ -138,6 +140,21 @@ class _Delivery:
                 done.set()
 
 
+# Every engine still alive. The worker is a daemon thread (it must not keep a closed app
+# alive), but one still inside torch when the interpreter finalizes aborts the process
+# ("terminate called without an active exception", exit code 134): seen when a script or a
+# test run ended during a job. At exit each engine is stopped and its worker joined first; a
+# job stops within one model call, a model load (which cannot be interrupted) runs out.
+_ENGINES: weakref.WeakSet = weakref.WeakSet()
+EXIT_WAIT = 120.0  # s, at most, per engine
+
+
+@atexit.register
+def _stop_engines_at_exit() -> None:
+    for engine in list(_ENGINES):
+        engine.shutdown(timeout=EXIT_WAIT)
+
+
 class Engine:
     """Run ``EditRequest``s and ``LoadModelRequest``s on one background thread, in order."""
 
@@ -167,6 +184,7 @@ class Engine:
         self.default_device, self.default_dtype = device, dtype
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
         self._thread.start()
+        _ENGINES.add(self)
         if model is not None:
             self.load_model(model, device, dtype)
 
