@@ -134,7 +134,7 @@ def run(a: argparse.Namespace) -> int:
                 except StopIteration:
                     break
                 tp = time.perf_counter()
-                previewer(p.x0, ctx.preview_size)
+                previewer(p.x0)
                 sync()
                 preview_times.append(time.perf_counter() - tp)
         sync()

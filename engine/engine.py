@@ -443,13 +443,13 @@ class Engine:
         self._emit(Started(job_id, req.method))
         result: JobResult = drive(
             runner(ctx, req),
-            lambda progress: self._emit(self._step_event(job_id, ctx, progress)),
+            lambda progress: self._emit(self._step_event(job_id, progress)),
             check_cancel,
         )
         params = {**req.parameters(), **result.parameters, "model": self.bundle.name}
         self._emit(Finished(job_id, result.image, params, result.extras))
 
-    def _step_event(self, job_id: int, ctx: JobContext, p: Progress) -> Step:
+    def _step_event(self, job_id: int, p: Progress) -> Step:
         preview, label = p.image, p.label
         if preview is None and p.x0 is not None:
             if self._decode_next:
@@ -457,5 +457,5 @@ class Engine:
                 preview = self.bundle.decode(p.x0[:1])
                 label = f"{label} (decoded)".strip()
             else:
-                preview = self.previewer(p.x0, ctx.preview_size)
+                preview = self.previewer(p.x0)
         return Step(job_id, p.i, p.n, int(p.t), preview, label)

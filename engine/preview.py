@@ -69,10 +69,8 @@ def fit_latent_rgb_map(bundle: ModelBundle, n_images: int = 6) -> np.ndarray:
 
 
 def latent_rgb_map(bundle: ModelBundle) -> np.ndarray:
-    """The model's preview map, fitted on first use and cached on disk."""
-    cached = getattr(bundle, "_preview_map", None)
-    if cached is not None:
-        return cached
+    """The model's preview map, fitted on first use and cached on disk (read once per model
+    load, by its ``Previewer``)."""
     path = cache_dir() / "preview-maps" / f"{_vae_fingerprint(bundle)}.npy"
     w = None
     if path.exists():
@@ -89,7 +87,6 @@ def latent_rgb_map(bundle: ModelBundle) -> np.ndarray:
             os.replace(tmp, path)
         except OSError:
             pass  # a read-only cache only costs a refit next time
-    bundle._preview_map = w
     return w
 
 
@@ -100,13 +97,17 @@ class Previewer:
         w = torch.from_numpy(latent_rgb_map(bundle))
         self.weight = w[:-1].to(bundle.device, torch.float32)
         self.bias = w[-1].to(bundle.device, torch.float32)
+        self.factor = bundle.vae_factor
 
     @torch.no_grad()
     def __call__(self, x0: torch.Tensor, size: tuple[int, int] | None = None) -> np.ndarray:
-        """x0: 1xCxhxw (first sample of a batch is shown); size: (height, width) in px."""
+        """x0: 1xCxhxw (first sample of a batch is shown); size: (height, width) in px, by
+        default the working image's, which the latents determine (h, w times the VAE's
+        factor): a step's x̂₀ carries all the preview needs."""
         lat = x0[:1].float()
         rgb = torch.einsum("nchw,cd->ndhw", lat, self.weight) + self.bias[None, :, None, None]
-        if size is not None:
+        size = size or (lat.shape[-2] * self.factor, lat.shape[-1] * self.factor)
+        if tuple(size) != tuple(rgb.shape[-2:]):
             rgb = F.interpolate(rgb, size=size, mode="bilinear", align_corners=False)
         rgb = ((rgb[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return rgb.permute(1, 2, 0).cpu().numpy()

@@ -9,11 +9,10 @@ from engine.preview import Previewer, fit_latent_rgb_map, latent_rgb_map
 
 def test_map_is_cached_on_disk_and_reused(tiny, monkeypatch, tmp_path):
     monkeypatch.setenv("DIFFUSION_EDITOR_CACHE", str(tmp_path))
-    monkeypatch.delattr(tiny, "_preview_map", raising=False)
     w = latent_rgb_map(tiny)
     files = list((tmp_path / "preview-maps").glob("*.npy"))
     assert len(files) == 1 and np.allclose(np.load(files[0]), w)
-    monkeypatch.delattr(tiny, "_preview_map")
+    assert not hasattr(tiny, "_preview_map")  # nothing is hung on the model bundle
     calls = []
     monkeypatch.setattr(preview, "fit_latent_rgb_map", lambda b: calls.append(1))
     assert np.allclose(latent_rgb_map(tiny), w) and not calls
@@ -42,3 +41,5 @@ def test_preview_has_the_requested_size(tiny):
     p = Previewer(tiny)
     out = p(torch.zeros(2, 4, 8, 6), (64, 48))
     assert out.shape == (64, 48, 3) and out.dtype == np.uint8
+    # by default the working image's size, which the latents carry (times the VAE's factor)
+    assert p(torch.zeros(1, 4, 5, 7)).shape == (5 * tiny.vae_factor, 7 * tiny.vae_factor, 3)

@@ -38,7 +38,6 @@ def job(method: str):
 class JobContext:
     bundle: ModelBundle
     denoiser: Denoiser
-    preview_size: tuple[int, int] | None = None  # set by runners: (h, w) of the working image
     # raises when the job was cancelled; long CPU work between model calls calls it
     check_cancel: Callable[[], None] = lambda: None
 
@@ -220,7 +219,6 @@ def prepare(ctx: JobContext, req: EditRequest, grow: int = 0) -> Prepared:
     if mask is not None:
         mask_w = imageops.resize(mask, hw)
         mask_l = imageops.latent_mask(mask_w, latents, grow=grow)
-    ctx.preview_size = hw
     return Prepared(image, working, latents, mask, mask_w, mask_l)
 
 

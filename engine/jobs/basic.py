@@ -17,7 +17,6 @@ def run_generate(ctx: JobContext, req: EditRequest):
     b = ctx.bundle
     h, w = req.height or b.native_size, req.width or b.native_size
     hw = imageops.working_size(h, w, b.native_size, b.vae_factor)
-    ctx.preview_size = hw
     f = b.vae_factor
     shape = (1, b.latent_channels, hw[0] // f, hw[1] // f)
     cond = ctx.denoiser.condition(req.prompt, req.negative_prompt, req.guidance)
