@@ -88,6 +88,7 @@ def make_pipeline(bundle):
 def run(a: argparse.Namespace) -> int:
     from PIL import Image
 
+    from .algorithms.common import drive
     from .denoiser import Denoiser
     from .jobs import JOB_RUNNERS, JobContext
     from .models import load_model
@@ -126,17 +127,14 @@ def run(a: argparse.Namespace) -> int:
         ctx = JobContext(bundle, denoiser)
         sync()
         t0 = time.perf_counter()
+        def preview(p) -> None:
+            tp = time.perf_counter()
+            previewer(p.x0)
+            sync()
+            preview_times.append(time.perf_counter() - tp)
+
         with torch.no_grad():
-            gen = JOB_RUNNERS["sdedit"](ctx, req)
-            while True:
-                try:
-                    p = next(gen)
-                except StopIteration:
-                    break
-                tp = time.perf_counter()
-                previewer(p.x0)
-                sync()
-                preview_times.append(time.perf_counter() - tp)
+            drive(JOB_RUNNERS["sdedit"](ctx, req), preview)
         sync()
         return time.perf_counter() - t0
 

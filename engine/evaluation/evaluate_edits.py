@@ -340,6 +340,7 @@ class Runner:
         self.labels: set[str] = set()  # the progress labels of the last job
 
     def __call__(self, method: str, **fields):
+        from engine.algorithms.common import drive
         from engine.jobs import JOB_RUNNERS, JobContext
         from engine.types import EditRequest
 
@@ -347,13 +348,8 @@ class Runner:
         ctx = JobContext(self.bundle, self.denoiser)
         self.labels = set()
         t0 = time.perf_counter()
-        gen = JOB_RUNNERS[method](ctx, req)
-        while True:
-            try:
-                event = next(gen)
-            except StopIteration as stop:
-                return stop.value, time.perf_counter() - t0
-            self.labels.add(str(getattr(event, "label", "")))
+        result = drive(JOB_RUNNERS[method](ctx, req), lambda p: self.labels.add(p.label))
+        return result, time.perf_counter() - t0
 
 
 def _never_optimised(inv) -> bool:
