@@ -17,6 +17,7 @@ from engine import (
     Event,
     Failed,
     Finished,
+    InputError,
     ModelLoaded,
     Started,
     Step,
@@ -79,6 +80,22 @@ class EngineBridge(QObject):
 
     def methods(self) -> list[str]:
         return self.engine.methods()
+
+    # inversions stay in the engine; the document holds only their ids
+
+    def export_inversion(self, inversion_id: int) -> bytes | None:
+        """The inversion's file bytes, for a project; None if the engine no longer keeps it."""
+        try:
+            return self.engine.export_inversion(inversion_id)
+        except InputError:
+            return None
+
+    def import_inversion(self, data: bytes, name: str) -> int:
+        """Keep an inversion read from a project; its id (``FileError`` naming ``name``)."""
+        return self.engine.import_inversion(data, name)
+
+    def discard_inversion(self, inversion_id: int) -> None:
+        self.engine.discard_inversion(inversion_id)
 
     def detach(self) -> None:
         self.engine.remove_listener(self._listener)

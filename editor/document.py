@@ -124,7 +124,7 @@ class Document(QObject):
         self.undo_stack.cleanChanged.connect(self._clean_changed)
         self.settings: dict[str, Any] = default_settings()
         self.history: list[HistoryEntry] = []
-        self.inversion: Any = None  # opaque object from an "invert" job, for "reedit"
+        self.inversion: int | None = None  # the engine's id of an "invert" result, for "reedit"
         self.inversion_source: str = ""  # image_key() of the image that was inverted
         self.path: str | None = None  # where the image came from / was exported
         self.project_path: str | None = None

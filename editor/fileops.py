@@ -125,9 +125,13 @@ class FileActions:
     def open_path(self, path: str) -> bool:
         """Open an image or a project. On any error the current work is left untouched."""
         name = Path(path).name
+        inversion = None
         try:  # read and check everything first; the document changes only after
             if path.endswith(project.PROJECT_SUFFIX):
                 data = project.read_project(path)
+                if data["inversion"]:  # checked last, by the engine that keeps it
+                    raw = data["inversion"]["data"]
+                    inversion = self.bridge.import_inversion(raw, f"The inversion in {name}")
             else:
                 image = load_image(path)
                 settings, described, problems = png_settings(read_parameters(path))
@@ -135,11 +139,13 @@ class FileActions:
             self.show_error(str(e))
             return False
         if not self.confirm_discard():
+            if inversion is not None:
+                self.bridge.discard_inversion(inversion)
             return False
         self.drop_job()
         self.banner_host.hide()  # an error about the previous file no longer applies
         if path.endswith(project.PROJECT_SUFFIX):
-            project.load_into(self.doc, data, path)
+            project.load_into(self.doc, data, path, inversion)
         else:
             self.doc.set_image(image)
             self.doc.history.clear()
@@ -230,8 +236,11 @@ class FileActions:
     def _write_project(self, path: str) -> bool:
         if not self._writable(path, "project"):
             return False
+        inversion = None  # kept by the engine; a project without it if the engine dropped it
+        if self.doc.inversion is not None:
+            inversion = self.bridge.export_inversion(self.doc.inversion)
         try:
-            project.save_project(self.doc, path)
+            project.save_project(self.doc, path, inversion)
         except FileError as e:
             self.show_error(str(e))
             return False

@@ -141,7 +141,7 @@ class JobController:
                 win.status("DiffEdit mask is in the mask layer: touch it up, then Run.")
             return
         if kind == "invert":
-            doc.inversion = ev.extras.get("inversion")
+            doc.inversion = ev.extras.get("inversion_id")  # the inversion stays in the engine
             doc.inversion_source = job.source_key if job else ""
             win.status("Inverted: change the prompt and Run to re-edit.")
         if ev.image is None or ev.image.shape != doc.image.shape:

@@ -1,14 +1,16 @@
 """Project files and autosave.
 
 A project (``.deproj``) is a zip holding ``image.png``, ``strokes.png`` (RGBA), ``mask.png``,
-one PNG per history result, and ``project.json`` (settings, history parameters, and the
-parameters that made the image layer, if known). Saves are atomic (temporary file, then
-rename), so a crash mid-save never damages the last good file. Reading validates everything
-(shapes, sizes, every setting against the panel's ranges) before returning anything, so
-opening is all-or-nothing.
+one PNG per history result, ``project.json`` (settings, history parameters, and the
+parameters that made the image layer, if known), and the last inversion as ``inversion.pt``
+(an inversion file, so a re-edit needs no new Invert after a restart). Saves are atomic
+(temporary file, then rename), so a crash mid-save never damages the last good file.
+Reading validates everything (shapes, sizes, every setting against the panel's ranges)
+before returning anything, so opening is all-or-nothing.
 
 Autosave writes the open document to the user data dir every ``interval`` ms when it has
-changed, on a background thread (the GUI only copies the arrays), and deletes it when the
+changed, on a background thread (the GUI only copies the arrays; the inversion is left out,
+as the GUI thread would wait for the engine to write it), and deletes it when the
 document becomes clean (saved, or replaced). Each running editor registers a session file;
 a clean exit deletes its session. A session file whose editor is gone (dead process, or an
 editor in this process that never closed cleanly) is offered back at start-up by
@@ -68,9 +70,11 @@ def plain(params: dict[str, Any]) -> dict[str, Any]:
 # ---- snapshot / write / read ------------------------------------------------------------
 
 
-def snapshot(doc: Document) -> dict[str, Any]:
-    """Copies of everything a project holds (cheap enough for the GUI thread)."""
+def snapshot(doc: Document, inversion: bytes | None = None) -> dict[str, Any]:
+    """Copies of everything a project holds (cheap enough for the GUI thread);
+    ``inversion``: the bytes of the document's inversion (the engine keeps it)."""
     return {
+        "inversion": None if inversion is None else (inversion, doc.inversion_source),
         "image": doc.image.copy(),
         "strokes": doc.strokes.copy(),
         "mask": doc.mask.copy(),
@@ -105,6 +109,10 @@ def write_snapshot(snap: dict[str, Any], path: str | os.PathLike) -> Path:
             for i, (image, params) in enumerate(snap["history"]):
                 z.writestr(f"history/{i:03d}.png", _png(image))
                 meta["history"].append({"file": f"history/{i:03d}.png", "parameters": params})
+            if snap.get("inversion") is not None:
+                data, key = snap["inversion"]
+                z.writestr(INVERSION_MEMBER, data)
+                meta["inversion"] = {"file": INVERSION_MEMBER, "image_key": key}
             z.writestr("project.json", json.dumps(meta, indent=1))
 
     try:
@@ -113,8 +121,8 @@ def write_snapshot(snap: dict[str, Any], path: str | os.PathLike) -> Path:
         raise FileError(f"Could not save {Path(path).name}: {e.strerror or e}.") from e
 
 
-def save_project(doc: Document, path: str | os.PathLike) -> Path:
-    out = write_snapshot(snapshot(doc), path)
+def save_project(doc: Document, path: str | os.PathLike, inversion: bytes | None = None) -> Path:
+    out = write_snapshot(snapshot(doc, inversion), path)
     doc.project_path = str(out)
     doc.mark_saved()
     return out
@@ -122,6 +130,8 @@ def save_project(doc: Document, path: str | os.PathLike) -> Path:
 
 MAX_JSON_BYTES = 16 * 1024**2  # project.json: settings and parameters, never this big
 MAX_RESULTS = 1000
+MAX_INVERSION_BYTES = 2**30  # an SD inversion of 50 steps is tens of MB
+INVERSION_MEMBER = "inversion.pt"
 
 
 def _params(raw: Any, where: str) -> dict[str, Any]:
@@ -141,6 +151,21 @@ def _layer(z: zipfile.ZipFile, member: str, name: str, mode: str, size) -> np.nd
             raise FileError(f"{name} is damaged: its layers have different sizes.")
         im.load()
         return np.array(im.convert(mode), dtype=np.uint8)
+
+
+def _inversion(z: zipfile.ZipFile, raw: Any, name: str) -> dict[str, Any] | None:
+    """The inversion member's bytes and the key of the image it belongs to; its contents are
+    checked by the engine when it is imported (``fileops``), before the document changes."""
+    if raw is None:
+        return None
+    if not (isinstance(raw, dict) and isinstance(raw.get("file"), str)):
+        raise FileError(f"{name} is damaged: its inversion names no file.")
+    if not isinstance(raw.get("image_key"), str):
+        raise FileError(f"{name} is damaged: its inversion names no image.")
+    info = z.getinfo(raw["file"])
+    if info.file_size > MAX_INVERSION_BYTES:
+        raise FileError(f"{name} is damaged: its inversion is {info.file_size} bytes.")
+    return {"data": z.read(info), "image_key": raw["image_key"]}
 
 
 def _read(z: zipfile.ZipFile, name: str) -> dict[str, Any]:
@@ -190,6 +215,7 @@ def _read(z: zipfile.ZipFile, name: str) -> dict[str, Any]:
             raise FileError(f"{where} is damaged: its image is not the size of the picture.")
         history.append((result, params))
     return {
+        "inversion": _inversion(z, meta.get("inversion"), name),
         "image": image,
         "strokes": strokes,
         "mask": mask,
@@ -223,9 +249,14 @@ def read_project(path: str | os.PathLike) -> dict[str, Any]:
         raise FileError(f"{name} is not a readable project file ({e}).") from e
 
 
-def load_into(doc: Document, data: dict[str, Any], project_path: str | None) -> None:
-    """Swap validated project data (``read_project``'s) into the document in one go."""
+def load_into(
+    doc: Document, data: dict[str, Any], project_path: str | None, inversion: int | None = None
+) -> None:
+    """Swap validated project data (``read_project``'s) into the document in one go;
+    ``inversion``: the engine's id for the project's inversion, once imported."""
     doc.set_image(data["image"], data["strokes"], data["mask"])
+    if inversion is not None and data.get("inversion"):
+        doc.inversion, doc.inversion_source = inversion, data["inversion"]["image_key"]
     doc.history.clear()
     for image, params in data["history"]:
         doc.add_result(image, params)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import io
 import itertools
 import logging
 import queue
@@ -33,9 +34,11 @@ import numpy as np
 import torch
 
 from .algorithms.common import Progress, drive
+from .algorithms.inversion import Inversion
 from .denoiser import Denoiser
-from .errors import EngineError, OutOfMemoryError
+from .errors import EngineError, InputError, OutOfMemoryError
 from .jobs import JOB_RUNNERS, JobContext, JobResult
+from .jobs.edits import load_inversion
 from .models import ModelBundle, load_model
 from .preview import Previewer
 from .types import (
@@ -56,6 +59,7 @@ Listener = Callable[[Event], None]
 FINAL = (Finished, Failed, Cancelled, ModelLoaded)
 LISTENER_GRACE = 5.0  # s the engine waits for a listener to take an event (once per stall)
 FINAL_BYTES = 64 * 2**20  # images kept in final events for ``wait`` (the newest always)
+INVERSION_BYTES = 256 * 2**20  # inversions kept for re-editing (the newest always)
 
 
 class _JobCancelled(Exception):
@@ -83,6 +87,48 @@ def _event_bytes(ev: Event) -> int:
     if isinstance(ev, Finished):
         return _nbytes(ev.image) + _nbytes(ev.extras)
     return 0
+
+
+class InversionStore:
+    """Inversions kept engine-side behind an id (the GUI holds only the id), within
+    ``max_bytes``: the least recently used go first, the newest is always kept. On the CPU, so
+    kept inversions hold no device memory. Any thread."""
+
+    GONE = "The inversion is no longer in memory; invert the image again."
+
+    def __init__(self, max_bytes: int = INVERSION_BYTES):
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[int, tuple[Inversion, int]] = OrderedDict()
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def put(self, inv: Inversion) -> int:
+        inv = inv.to("cpu")
+        size = _nbytes(inv)
+        with self._lock:
+            inv_id = next(self._ids)
+            self._items[inv_id] = (inv, size)
+            total = sum(n for _, n in self._items.values())
+            for old in list(self._items)[:-1]:
+                if total <= self.max_bytes:
+                    break
+                total -= self._items.pop(old)[1]
+        return inv_id
+
+    def get(self, inv_id: int) -> Inversion:
+        with self._lock:
+            if inv_id not in self._items:
+                raise InputError(self.GONE)
+            self._items.move_to_end(inv_id)
+            return self._items[inv_id][0]
+
+    def discard(self, inv_id: int) -> None:
+        with self._lock:
+            self._items.pop(inv_id, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
 
 
 class _Delivery:
@@ -182,6 +228,7 @@ class Engine:
         self.denoiser: Denoiser | None = None
         self.previewer: Previewer | None = None
         self.default_device, self.default_dtype = device, dtype
+        self.inversions = InversionStore()
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
         self._thread.start()
         _ENGINES.add(self)
@@ -297,6 +344,21 @@ class Engine:
             return final
         finally:
             self.remove_listener(relay)
+
+    def export_inversion(self, inversion_id: int) -> bytes:
+        """A kept inversion as the bytes of an inversion file (``Inversion.save``), for a
+        project; ``InputError`` if it is no longer kept."""
+        buf = io.BytesIO()
+        self.inversions.get(inversion_id).save(buf)
+        return buf.getvalue()
+
+    def import_inversion(self, data: bytes, name: str = "The inversion") -> int:
+        """Keep an inversion read from the bytes of an inversion file; its id. Checked like
+        an inversion file (``FileError`` naming ``name`` if damaged or foreign)."""
+        return self.inversions.put(load_inversion(io.BytesIO(data), name))
+
+    def discard_inversion(self, inversion_id: int) -> None:
+        self.inversions.discard(inversion_id)
 
     @staticmethod
     def methods() -> list[str]:
@@ -439,6 +501,10 @@ class Engine:
             if job_id in self._cancelled:
                 raise _JobCancelled
 
+        inv = req.options.get("inversion")
+        if isinstance(inv, int) and not isinstance(inv, bool):  # a kept inversion's id
+            inv = self.inversions.get(inv)
+            req = dataclasses.replace(req, options={**req.options, "inversion": inv})
         ctx = JobContext(self.bundle, self.denoiser, check_cancel=check_cancel)
         self._emit(Started(job_id, req.method))
         result: JobResult = drive(
@@ -447,7 +513,12 @@ class Engine:
             check_cancel,
         )
         params = {**req.parameters(), **result.parameters, "model": self.bundle.name}
-        self._emit(Finished(job_id, result.image, params, result.extras))
+        extras = dict(result.extras)
+        if isinstance(extras.get("inversion"), Inversion):  # kept here; the caller gets its id
+            inv = extras.pop("inversion")
+            extras["inversion_id"] = self.inversions.put(inv)
+            extras["inversion_summary"] = inv.summary()
+        self._emit(Finished(job_id, result.image, params, extras))
 
     def _step_event(self, job_id: int, p: Progress) -> Step:
         preview, label = p.image, p.label

@@ -177,7 +177,8 @@ def _save_path(o: Options):
 
 @job("invert")
 def run_invert(ctx: JobContext, req: EditRequest):
-    """Invert the image for req.prompt; extras["inversion"] is the reusable ``Inversion``.
+    """Invert the image for req.prompt; extras["inversion"] is the reusable ``Inversion`` (the
+    engine keeps it and hands out its id).
     Finished.image is the guided reconstruction (null-text, or with ``reconstruct``) or the
     input. req.strength and req.mask are not used."""
     o = start_job(ctx, req)
@@ -231,20 +232,22 @@ def _close_to_vae_round_trip(ctx: JobContext, prep: Prepared):
     return acceptable
 
 
-def load_inversion(path: str | os.PathLike) -> Inversion:
-    """An inversion file → a checked ``Inversion``; anything else (damaged, foreign, from
-    another program) is a ``FileError`` naming the file."""
+def load_inversion(path, name: str | None = None) -> Inversion:
+    """An inversion file (a path, or an open binary file such as a project's member, then
+    called ``name`` in messages) → a checked ``Inversion``; anything else (damaged, foreign,
+    from another program) is a ``FileError`` naming the file."""
+    name = str(path) if name is None else name
     try:
         inv = Inversion.load(path)
     except FileNotFoundError:
-        raise FileError(f"The inversion file {path} does not exist.") from None
+        raise FileError(f"The inversion file {name} does not exist.") from None
     except Exception as e:  # torch.load raises many types on foreign or damaged files
         raise FileError(
-            f"{path} is not an inversion file this version can read ({type(e).__name__})."
+            f"{name} is not an inversion file this version can read ({type(e).__name__})."
         ) from None
     problem = inversion_problem(inv)
     if problem:
-        raise FileError(f"{path} is not a usable inversion file: {problem}.")
+        raise FileError(f"{name} is not a usable inversion file: {problem}.")
     return inv
 
 

@@ -139,8 +139,8 @@ def test_invert_once_then_reedit_reuses_the_inversion(win, qtbot):
     click_and_wait(qtbot, win, win.prompt_panel.prep)
     assert sent[-1].method == "invert" and sent[-1].prompt == "a house"
     assert sent[-1].options["inversion"] == "ddim"
-    inv = win.doc.inversion
-    assert inv is not None and inv.prompt == "a house"
+    inv = win.doc.inversion  # the engine's id: the inversion stays in the engine
+    assert isinstance(inv, int) and win.bridge.engine.inversions.get(inv).prompt == "a house"
     for prompt in ("a red house", "a house at night"):
         set_prompt(win, qtbot, prompt)
         ev = click_and_wait(qtbot, win, win.prompt_panel.run)
