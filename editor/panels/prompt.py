@@ -35,6 +35,7 @@ class PromptPanel(QWidget):
         self.available = set(available)
         self._loading = False
         self._internal = False
+        self._busy = False  # a job runs: the window's job controller says so through set_busy
         self._t0 = 0.0
         lay = QVBoxLayout(self)
         self.prompt = QPlainTextEdit()
@@ -208,16 +209,16 @@ class PromptPanel(QWidget):
 
     # ---- job state --------------------------------------------------------------------
 
-    def _update_buttons(self, busy: bool | None = None) -> None:
-        busy = self.cancel.isEnabled() if busy is None else busy
+    def _update_buttons(self) -> None:
         m = METHODS[self.current_method()]
         ok = all(e in self.available for e in m.engine)
-        self.run.setEnabled(ok and not busy)
-        self.prep.setEnabled(ok and not busy)
-        self.cancel.setEnabled(busy)
+        self.run.setEnabled(ok and not self._busy)
+        self.prep.setEnabled(ok and not self._busy)
+        self.cancel.setEnabled(self._busy)
 
     def set_busy(self, busy: bool, text: str = "") -> None:
-        self._update_buttons(busy)
+        self._busy = busy
+        self._update_buttons()
         if busy:
             self._t0 = time.monotonic()
             self.progress.setRange(0, 0)  # busy until the first step
