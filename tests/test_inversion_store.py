@@ -1,11 +1,14 @@
 """Inversions stay in the engine behind an id: what an invert job hands out, what a re-edit
 takes back, the store's byte bound, and the bytes a project keeps (export / import)."""
 
+import io
+
 import numpy as np
 import pytest
 import torch
 
 from engine import EditRequest, Engine, Failed, Finished
+from engine.algorithms.inversion import Inversion
 from engine.errors import FileError
 
 H, W = 40, 72
@@ -92,12 +95,33 @@ def test_exported_bytes_import_as_a_new_id_that_reedits_the_same(engine):
     assert np.array_equal(after.image, before.image)
 
 
-@pytest.mark.parametrize(
-    "damage", [lambda b: b[: len(b) // 2], lambda b: b"not an inversion", lambda b: b""]
-)
+def _saved(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _non_finite(data: bytes) -> bytes:
+    inv = Inversion.load(io.BytesIO(data))
+    inv.trajectory = [torch.full_like(x, float("nan")) for x in inv.trajectory]
+    buf = io.BytesIO()
+    inv.save(buf)
+    return buf.getvalue()
+
+
+DAMAGE = {
+    "truncated": lambda b: b[: len(b) // 2],
+    "junk": lambda b: b"not an inversion",
+    "empty": lambda b: b"",
+    "foreign": lambda b: _saved({"weights": torch.zeros(3)}),
+    "non-finite": _non_finite,
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
 def test_damaged_inversion_bytes_are_a_clean_error_naming_them(engine, damage):
     data = engine.export_inversion(_invert(engine, 8).extras["inversion_id"])
     count = len(engine.inversions._items)
-    with pytest.raises(FileError, match="^The inversion in x.deproj is not an inversion file"):
-        engine.import_inversion(damage(data), "The inversion in x.deproj")
+    with pytest.raises(FileError, match="^The inversion in x.deproj is not a"):
+        engine.import_inversion(DAMAGE[damage](data), "The inversion in x.deproj")
     assert len(engine.inversions._items) == count  # nothing kept
