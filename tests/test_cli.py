@@ -1,4 +1,5 @@
-"""``python -m engine`` end to end, in a subprocess like a user would run it."""
+"""``python -m engine`` end to end: in-process through ``cli.main(argv)`` (fast), and once in a
+subprocess like a user would run it."""
 
 import os
 import struct
@@ -25,9 +26,21 @@ def run_cli(*args, cwd):
     )
 
 
-def test_generate_then_sdedit_write_pngs_with_parseable_metadata(tmp_path):
+def cli_here(capsys, monkeypatch, cwd, *argv):
+    """``python -m engine ARGV`` run in-process from ``cwd``: (exit code, stderr)."""
+    from engine import cli
+
+    monkeypatch.chdir(cwd)
+    code = cli.main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def test_generate_then_sdedit_write_pngs_with_parseable_metadata(tmp_path, capsys, monkeypatch):
     out = tmp_path / "gen.png"
-    r = run_cli(
+    code, err = cli_here(
+        capsys,
+        monkeypatch,
+        tmp_path,
         "generate",
         "--model",
         "builtin:tiny",
@@ -39,10 +52,9 @@ def test_generate_then_sdedit_write_pngs_with_parseable_metadata(tmp_path):
         "5",
         "-o",
         str(out),
-        cwd=tmp_path,
     )
-    assert r.returncode == 0, r.stderr
-    assert "4/4" in r.stderr  # the progress bar reached the end
+    assert code == 0, err
+    assert "4/4" in err  # the progress bar reached the end
     meta = read_png_parameters(out)
     assert meta["prompt"] == "a red house, at night"
     assert meta["Steps"] == "4" and meta["Seed"] == "5" and meta["Model"] == "builtin:tiny"
@@ -52,7 +64,10 @@ def test_generate_then_sdedit_write_pngs_with_parseable_metadata(tmp_path):
     mask[:32] = 255
     Image.fromarray(mask).save(tmp_path / "mask.png")
     out2 = tmp_path / "edit.png"
-    r = run_cli(
+    code, err = cli_here(
+        capsys,
+        monkeypatch,
+        tmp_path,
         "sdedit",
         "--model",
         "builtin:tiny",
@@ -72,19 +87,21 @@ def test_generate_then_sdedit_write_pngs_with_parseable_metadata(tmp_path):
         "eta=0.0",
         "-o",
         str(out2),
-        cwd=tmp_path,
     )
-    assert r.returncode == 0, r.stderr
+    assert code == 0, err
     meta = read_png_parameters(out2)
     assert meta["Negative prompt"] == "blurry" and meta["Denoising strength"] == "0.5"
     a, b = np.asarray(Image.open(out)), np.asarray(Image.open(out2))
     assert np.array_equal(a[48:], b[48:]) and not np.array_equal(a[:24], b[:24])
 
 
-def test_same_seed_same_png(tmp_path):
+def test_same_seed_same_png(tmp_path, capsys, monkeypatch):
     outs = []
     for name in ("a.png", "b.png"):
-        r = run_cli(
+        code, err = cli_here(
+            capsys,
+            monkeypatch,
+            tmp_path,
             "generate",
             "--model",
             "builtin:tiny",
@@ -94,37 +111,34 @@ def test_same_seed_same_png(tmp_path):
             "9",
             "-o",
             name,
-            cwd=tmp_path,
         )
-        assert r.returncode == 0, r.stderr
+        assert code == 0, err
         outs.append(np.asarray(Image.open(tmp_path / name)))
     assert np.array_equal(*outs)
 
 
-def test_user_errors_are_one_line_not_tracebacks(tmp_path):
+def test_user_errors_are_one_line_not_tracebacks(tmp_path, capsys, monkeypatch):
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
-    r = run_cli("sdedit", "--model", "builtin:tiny", "-i", "broken.png", cwd=tmp_path)
-    assert r.returncode != 0 and "Traceback" not in r.stderr
-    assert "broken.png is not an image" in r.stderr
-    r = run_cli("generate", "--model", str(tmp_path / "missing"), cwd=tmp_path)
-    assert r.returncode != 0 and "Traceback" not in r.stderr and "missing" in r.stderr
-    r = run_cli("bench", "--model", "random:sd3", cwd=tmp_path)
-    assert r.returncode == 2 and "Traceback" not in r.stderr and "sd2-v" in r.stderr
+    run = lambda *argv: cli_here(capsys, monkeypatch, tmp_path, *argv)  # noqa: E731
+    code, err = run("sdedit", "--model", "builtin:tiny", "-i", "broken.png")
+    assert code != 0 and "Traceback" not in err
+    assert "broken.png is not an image" in err
+    code, err = run("generate", "--model", str(tmp_path / "missing"))
+    assert code != 0 and "Traceback" not in err and "missing" in err
+    code, err = run("bench", "--model", "random:sd3")
+    assert code == 2 and "Traceback" not in err and "sd2-v" in err
 
 
-def test_output_never_overwrites_the_input(tmp_path):
+def test_output_never_overwrites_the_input(tmp_path, capsys, monkeypatch):
     picture = np.full((64, 64, 3), 90, np.uint8)
     Image.fromarray(picture).save(tmp_path / "photo.png")
-    r = run_cli(
-        "sdedit", "--model", "builtin:tiny", "-i", "photo.png", "-o", "photo.png", cwd=tmp_path
-    )
-    assert r.returncode == 2 and "is an input file" in r.stderr
+    run = lambda *argv: cli_here(capsys, monkeypatch, tmp_path, *argv)  # noqa: E731
+    code, err = run("sdedit", "--model", "builtin:tiny", "-i", "photo.png", "-o", "photo.png")
+    assert code == 2 and "is an input file" in err
     assert np.array_equal(np.asarray(Image.open(tmp_path / "photo.png")), picture)
     # without -o the result is named after the method
-    r = run_cli(
-        "sdedit", "--model", "builtin:tiny", "-i", "photo.png", "--steps", "2", cwd=tmp_path
-    )
-    assert r.returncode == 0, r.stderr
+    code, err = run("sdedit", "--model", "builtin:tiny", "-i", "photo.png", "--steps", "2")
+    assert code == 0, err
     assert (tmp_path / "sdedit.png").exists()
 
 
