@@ -168,3 +168,14 @@ def test_a_damaged_inversion_member_is_a_clean_error_and_changes_nothing(
     assert len(engine.inversions._items) == kept  # nothing imported
     assert window.open_path(good)  # the undamaged project opens, with its inversion
     assert isinstance(doc.inversion, int) and doc.inversion != 12345
+
+
+def test_cancelling_the_open_keeps_no_imported_inversion(window, engine, tmp_path):
+    from PySide6.QtWidgets import QMessageBox
+
+    good = _project_with_inversion(engine, tmp_path)
+    window.doc.mark_dirty()  # unsaved work: opening asks first, and the user cancels
+    window.ask = lambda *a, **k: QMessageBox.StandardButton.Cancel
+    kept = set(engine.inversions._items)
+    assert not window.open_path(good)
+    assert set(engine.inversions._items) == kept and window.doc.project_path is None
