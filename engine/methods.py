@@ -262,7 +262,7 @@ METHODS: dict[str, MethodSpec] = {
                 "inversion": OptionSpec(
                     None,
                     None,
-                    "An inversion (invert's result) or an inversion file.",
+                    "The id an invert job gave (in the app) or an inversion file.",
                     form=False,
                 ),
                 "depth": OptionSpec(
