@@ -361,7 +361,9 @@ def test_long_prompts_run_through_every_method(engine):
     )
     assert isinstance(inv, Finished), inv
     r = engine.run(
-        EditRequest("reedit", prompt=long + "snow", options={"inversion": inv.extras["inversion"]}),
+        EditRequest(
+            "reedit", prompt=long + "snow", options={"inversion": inv.extras["inversion_id"]}
+        ),
         timeout=120,
     )
     assert isinstance(r, Finished), r
