@@ -131,6 +131,9 @@ class InversionStore:
             self._items.clear()
 
 
+_STOP = object()  # tells a delivery thread to end now
+
+
 class _Delivery:
     """One listener's own thread and queue: events arrive in order, off the engine thread.
     The thread ends after ``IDLE`` seconds without events and starts again on the next."""
@@ -143,6 +146,16 @@ class _Delivery:
         self.pending = 0  # events queued and not yet handled
         self.lock = threading.Lock()
         self.thread: threading.Thread | None = None
+        _DELIVERIES.add(self)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """End the thread once what is queued has been delivered (used at exit)."""
+        with self.lock:
+            thread = self.thread
+            if thread is None:
+                return
+            self.queue.put((_STOP, None))
+        thread.join(timeout)
 
     def put(self, event: Event | None) -> threading.Event:
         """Queue an event (None: a marker that only reports when the ones before are done)."""
@@ -175,6 +188,10 @@ class _Delivery:
                         self.thread = None
                         return
                 continue
+            if event is _STOP:
+                with self.lock:
+                    self.thread = None
+                return
             try:
                 if event is not None:
                     self.fn(event)
@@ -186,12 +203,15 @@ class _Delivery:
                 done.set()
 
 
-# Every engine still alive. The worker is a daemon thread (it must not keep a closed app
-# alive), but one still inside torch when the interpreter finalizes aborts the process
-# ("terminate called without an active exception", exit code 134): seen when a script or a
-# test run ended during a job. At exit each engine is stopped and its worker joined first; a
-# job stops within one model call, a model load (which cannot be interrupted) runs out.
+# Every engine and listener delivery still alive. Their threads are daemons (they must not
+# keep a closed app alive), but a daemon thread still running when the interpreter finalizes
+# is ended with pthread_exit, and unwinding through torch's C++ frames aborts the process
+# ("terminate called without an active exception", exit code 134): seen when a script ended
+# during a job, and after test runs whose listener threads were still idling. At exit each
+# engine is stopped and its worker joined (a job stops within one model call, a model load,
+# which cannot be interrupted, runs out), then every delivery thread is ended and joined.
 _ENGINES: weakref.WeakSet = weakref.WeakSet()
+_DELIVERIES: weakref.WeakSet = weakref.WeakSet()
 EXIT_WAIT = 120.0  # s, at most, per engine
 
 
@@ -199,6 +219,8 @@ EXIT_WAIT = 120.0  # s, at most, per engine
 def _stop_engines_at_exit() -> None:
     for engine in list(_ENGINES):
         engine.shutdown(timeout=EXIT_WAIT)
+    for delivery in list(_DELIVERIES):
+        delivery.close()
 
 
 class Engine:

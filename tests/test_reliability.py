@@ -110,7 +110,10 @@ def test_every_job_gets_exactly_one_final_event_including_shutdown():
         assert isinstance(eng.wait(j, 1), FINAL)
 
 
-def test_a_listener_that_blocks_does_not_hold_the_engine(engine):
+def test_a_listener_that_blocks_does_not_hold_the_engine(engine, monkeypatch):
+    import engine.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "LISTENER_GRACE", 0.5)  # the wait per stall, shortened
     release = threading.Event()
     calls = []
 
@@ -128,7 +131,10 @@ def test_a_listener_that_blocks_does_not_hold_the_engine(engine):
     assert calls  # it did get its events, on its own thread
 
 
-def test_a_listener_that_waits_on_the_engine_does_not_deadlock(engine):
+def test_a_listener_that_waits_on_the_engine_does_not_deadlock(engine, monkeypatch):
+    import engine.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "LISTENER_GRACE", 0.5)
     later = {}
 
     def waits(ev):
