@@ -127,6 +127,7 @@ def run(a: argparse.Namespace) -> int:
         ctx = JobContext(bundle, denoiser)
         sync()
         t0 = time.perf_counter()
+
         def preview(p) -> None:
             tp = time.perf_counter()
             previewer(p.x0)
