@@ -374,18 +374,10 @@ def main(argv: list[str] | None = None) -> int:
         "training range",
     )
     a = p.parse_args(argv)
-    from engine.models import DEMO_MODEL_DIR
+    from .seed_ranges import SeedRange, SeedRangeError, check_evaluation
 
-    from ..training.probe import PROBE_DIR
-    from .seed_ranges import SeedRange, SeedRangeError, check_disjoint
-
-    model_dir = DEMO_MODEL_DIR if a.model == "builtin:demo" else None
-    if model_dir is None and Path(a.model).is_dir():
-        model_dir = Path(a.model)
     try:
-        check_disjoint(
-            SeedRange(a.seeds, a.seeds + SPAN), model_dir, Path(a.probe) if a.probe else PROBE_DIR
-        )
+        check_evaluation(SeedRange(a.seeds, a.seeds + SPAN), a.model, a.probe)
     except SeedRangeError as e:
         print(f"evaluate: {e}", file=sys.stderr)
         return 2

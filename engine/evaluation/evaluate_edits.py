@@ -66,7 +66,7 @@ from .seed_ranges import (
     NAMED,
     SeedRange,
     SeedRangeError,
-    check_disjoint,
+    check_evaluation,
 )
 
 EDIT_SEED = HELDOUT_SEED + 400_000
@@ -724,9 +724,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--probe", default=None)
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args(argv)
-    from engine.models import DEMO_MODEL_DIR, load_model
-
-    from ..training.probe import PROBE_DIR
+    from engine.models import load_model
 
     if a.seeds in NAMED:
         start = EDIT_SEED if a.seeds == "development" else NAMED[a.seeds].start
@@ -735,12 +733,8 @@ def main(argv: list[str] | None = None) -> int:
             start = int(a.seeds.replace(",", "").replace("_", ""))
         except ValueError:
             p.error(f"--seeds takes a number or one of {', '.join(NAMED)}, not {a.seeds!r}")
-    model_dir = DEMO_MODEL_DIR if a.model == "builtin:demo" else None
-    if model_dir is None and Path(a.model).is_dir():
-        model_dir = Path(a.model)
-    probe_dir = Path(a.probe) if a.probe else PROBE_DIR
     try:
-        check_disjoint(SeedRange(start, start + SPAN), model_dir, probe_dir)
+        check_evaluation(SeedRange(start, start + SPAN), a.model, a.probe)
     except SeedRangeError as e:
         print(f"evaluate_edits: {e}", file=sys.stderr)
         return 2

@@ -79,3 +79,17 @@ def check_disjoint(used: SeedRange, model_dir: Path | None, probe_dir: Path | No
                 f"evaluation seeds {used} overlap the training seeds {r} recorded in {src}; "
                 "pick a start outside every training range."
             )
+
+
+def check_evaluation(used: SeedRange, model: str, probe: str | None) -> None:
+    """``check_disjoint`` for an evaluation's ``--model`` spec and ``--probe`` path: the
+    demo model's folder for builtin:demo, a folder path as given, no record for other
+    built-ins (random weights) or single files; the shipped probe by default."""
+    from engine.models import DEMO_MODEL_DIR
+
+    from ..training.probe import PROBE_DIR
+
+    model_dir = DEMO_MODEL_DIR if model == "builtin:demo" else None
+    if model_dir is None and Path(model).is_dir():
+        model_dir = Path(model)
+    check_disjoint(used, model_dir, Path(probe) if probe else PROBE_DIR)
