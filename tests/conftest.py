@@ -23,3 +23,14 @@ def tiny_denoiser(tiny):
     from engine.denoiser import Denoiser
 
     return Denoiser(tiny)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """An engine thread with builtin:tiny loaded (one per test module)."""
+    from engine import Engine, ModelLoaded
+
+    eng = Engine()
+    assert isinstance(eng.wait(eng.load_model("builtin:tiny", "cpu"), 120), ModelLoaded)
+    yield eng
+    eng.shutdown()

@@ -19,14 +19,6 @@ from engine import (
 from engine.jobs import JOB_RUNNERS
 
 
-@pytest.fixture(scope="module")
-def engine():
-    eng = Engine()
-    assert isinstance(eng.wait(eng.load_model("builtin:tiny", "cpu"), 120), ModelLoaded)
-    yield eng
-    eng.shutdown()
-
-
 def image(h=64, w=64, seed=0):
     rng = np.random.default_rng(seed)
     coarse = rng.integers(0, 255, (4, 4, 3), dtype=np.uint8)

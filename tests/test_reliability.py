@@ -18,14 +18,6 @@ from engine.jobs.edits import load_inversion
 FINAL = (Finished, Failed, Cancelled, ModelLoaded)
 
 
-@pytest.fixture(scope="module")
-def engine():
-    eng = Engine()
-    assert isinstance(eng.wait(eng.load_model("builtin:tiny", "cpu"), 120), ModelLoaded)
-    yield eng
-    eng.shutdown()
-
-
 def image(h=64, w=64, seed=0):
     rng = np.random.default_rng(seed)
     return rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
