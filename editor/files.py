@@ -30,6 +30,8 @@ from engine.images import (  # noqa: F401 (one loader and one atomic write for C
     to_rgb,
 )
 
+from .methods import panel_method
+
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff)"
 
 
@@ -39,26 +41,21 @@ IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff)"
 def settings_from_parameters(
     p: Mapping[str, str], problems: list[str] | None = None
 ) -> dict[str, Any]:
-    """Parsed A1111 fields → document settings (only what is present and well-formed;
-    a sentence for each malformed one goes to ``problems``)."""
-    out: dict[str, Any] = {}
-    if p.get("prompt"):
-        out["prompt"] = p["prompt"]
-    if p.get("Negative prompt"):
-        out["negative_prompt"] = p["Negative prompt"]
-    for label, key, cast in (
-        ("Steps", "steps", int),
-        ("CFG scale", "guidance", float),
-        ("Seed", "seed", int),
-        ("Denoising strength", "strength", float),
-        ("Method", "method", str),
-    ):
-        try:
-            if label in p:
-                out[key] = cast(p[label])
-        except ValueError:
-            if problems is not None:
-                problems.append(f"{label} is {p[label]!r}; it must be a number.")
+    """Parsed A1111 fields → document settings: each field read through its declaration in
+    ``engine.methods`` (``metadata.request_fields``), the engine method mapped to the panel
+    method that runs it and its options filed under that panel method. Only what is present
+    and well-formed; a sentence for each malformed field goes to ``problems``."""
+    fields, bad = metadata.request_fields(p)
+    if problems is not None:
+        problems.extend(bad)
+    out = {k: v for k, v in fields.items() if k not in ("method", "options") and v != ""}
+    panel = panel_method(fields.get("method"))
+    if panel is not None:
+        out["method"] = panel.key
+        offered = {q.key for q in panel.params if q.option}
+        opts = {k: v for k, v in fields.get("options", {}).items() if k in offered}
+        if opts:
+            out["options"] = {panel.key: opts}
     return out
 
 

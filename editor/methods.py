@@ -119,6 +119,12 @@ METHODS: dict[str, Method] = {
     )
 }
 
+
+def panel_method(engine_method: str | None) -> Method | None:
+    """The panel method that runs ``engine_method`` (DiffEdit's mask stage → DiffEdit)."""
+    return next((m for m in METHODS.values() if engine_method in m.engine), None)
+
+
 # engine methods whose results change only inside the request's mask
 MASKED = tuple(name for name, m in ENGINE_METHODS.items() if m.mask != "unused")
 

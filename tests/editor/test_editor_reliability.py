@@ -157,7 +157,7 @@ def test_bad_settings_in_a_png_never_reach_the_panel(window, tmp_path):
     assert (s["steps"], s["guidance"], s["seed"]) == (12, 5.0, 9)  # the bad ones are not
     banner = window.banner.text()
     assert window.banner_host.isVisible() and "p.png" in banner
-    assert "Steps" in banner and "Guidance" in banner and "Seed" in banner
+    assert "Steps" in banner and "CFG scale" in banner and "Seed" in banner  # the file's names
     assert (
         window.prompt_panel.findChild(type(window.prompt_panel.seed), "param_steps").value() == 12
     )

@@ -79,6 +79,16 @@ def test_a1111_parameters_round_trip(tmp_path):
         "strength": 0.6,
         "method": "sdedit",
     }
+    # a method option comes back under the panel method that runs it, read through its spec
+    params.update(method="diffedit_mask", n_samples=7, steps="x")
+    files.save_png(img, tmp_path / "d.png", params)
+    problems: list[str] = []
+    settings = files.settings_from_parameters(files.read_parameters(tmp_path / "d.png"), problems)
+    assert settings["method"] == "diffedit"
+    assert settings["options"] == {"diffedit": {"n_samples": 7}}
+    assert "steps" not in settings and problems == [
+        "Steps is 'x'; it must be a whole number from 1 to 1000."
+    ]
     assert not list(tmp_path.glob(".*.tmp"))  # the atomic write left nothing behind
 
 
