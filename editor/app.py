@@ -96,7 +96,9 @@ class MainWindow(FileActions, QMainWindow):
             self.statusBar().addPermanentWidget(w)
         self._build_actions()
         self._wire()
-        self.autosaver = project.Autosaver(self.doc, autosave_ms, self)
+        self.autosaver = project.Autosaver(
+            self.doc, autosave_ms, self, export_inversion=self.bridge.export_inversion
+        )
         self.autosaver.error.connect(lambda m: self.show_error(f"Autosave failed: {m}"))
         if self.autosaver.problem:
             self.show_error(self.autosaver.problem)

@@ -117,6 +117,13 @@ class FileActions:
             return self.save_project()
         return answer == Btn.Discard
 
+    def _import_inversion(self, data: dict, name: str) -> int | None:
+        """A read project's inversion handed to the engine that keeps it (checked last, by
+        the engine); its id, or None if the project has none."""
+        if not data["inversion"]:
+            return None
+        return self.bridge.import_inversion(data["inversion"]["data"], f"The inversion in {name}")
+
     def open_dialog(self) -> None:
         path = self.ask_open_path("Open image or project", OPEN_FILTER)
         if path:
@@ -129,9 +136,7 @@ class FileActions:
         try:  # read and check everything first; the document changes only after
             if path.endswith(project.PROJECT_SUFFIX):
                 data = project.read_project(path)
-                if data["inversion"]:  # checked last, by the engine that keeps it
-                    raw = data["inversion"]["data"]
-                    inversion = self.bridge.import_inversion(raw, f"The inversion in {name}")
+                inversion = self._import_inversion(data, name)
             else:
                 image = load_image(path)
                 settings, described, problems = png_settings(read_parameters(path))
@@ -306,6 +311,7 @@ class FileActions:
         for i, entry in enumerate(entries):
             try:
                 data = project.read_project(entry["path"])
+                inversion = self._import_inversion(data, Path(entry["path"]).name)
             except FileError as e:
                 damaged.append(f"{Path(entry['path']).name} ({e})")
                 folder = project.set_aside(entry)
@@ -316,13 +322,16 @@ class FileActions:
                 Btn.Yes | Btn.No | Btn.Cancel,
                 Btn.Yes,
             )
+            if answer != Btn.Yes and inversion is not None:
+                self.bridge.discard_inversion(inversion)
             if answer == Btn.No:
                 project.discard_recovery(entry)
                 continue
             if answer == Btn.Yes:
                 newer = bool(entry.get("newer_project"))
                 self.drop_job()
-                project.load_into(self.doc, data, None if newer else entry.get("project_path"))
+                path = None if newer else entry.get("project_path")
+                project.load_into(self.doc, data, path, inversion)
                 self.doc.mark_dirty()  # recovered work is not saved anywhere the user chose
                 # the old autosave goes only once this session's own autosave holds the
                 # work: a crash in the next minute must not lose what was just recovered

@@ -9,8 +9,9 @@ Reading validates everything (shapes, sizes, every setting against the panel's r
 before returning anything, so opening is all-or-nothing.
 
 Autosave writes the open document to the user data dir every ``interval`` ms when it has
-changed, on a background thread (the GUI only copies the arrays; the inversion is left out,
-as the GUI thread would wait for the engine to write it), and deletes it when the
+changed, on a background thread (the GUI only copies the arrays; the inversion's bytes are
+asked of the engine on that thread too, so a recovered re-edit needs no new Invert), and
+deletes it when the
 document becomes clean (saved, or replaced). Each running editor registers a session file;
 a clean exit deletes its session. A session file whose editor is gone (dead process, or an
 editor in this process that never closed cleanly) is offered back at start-up by
@@ -28,6 +29,7 @@ import traceback
 import uuid
 import zipfile
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -364,9 +366,16 @@ class Autosaver(QObject):
     saved = Signal(str)
     error = Signal(str)
 
-    def __init__(self, doc: Document, interval_ms: int = 60_000, parent=None):
+    def __init__(
+        self,
+        doc: Document,
+        interval_ms: int = 60_000,
+        parent=None,
+        export_inversion: Callable[[int], bytes | None] | None = None,
+    ):
         super().__init__(parent)
         self.doc = doc
+        self.export_inversion = export_inversion  # inversion id → its file bytes, or None
         self.session = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         _LIVE_SESSIONS.add(self.session)
         self.problem = ""  # why autosave is off, for the user
@@ -400,6 +409,7 @@ class Autosaver(QObject):
         if self._thread and self._thread.is_alive():
             return False
         snap = snapshot(self.doc)
+        inversion = (self.doc.inversion, self.doc.inversion_source)
         meta = {
             "session": self.session,
             "pid": os.getpid(),
@@ -414,6 +424,9 @@ class Autosaver(QObject):
                 with self._lock:
                     if epoch != self._epoch:
                         return  # the document was saved meanwhile: this state is old
+                    if inversion[0] is not None and self.export_inversion is not None:
+                        data = self.export_inversion(inversion[0])  # None: the engine dropped it
+                        snap["inversion"] = None if data is None else (data, inversion[1])
                     write_snapshot(snap, self.path)
                     atomic_write(self.meta_path, lambda f: f.write(json.dumps(meta).encode()))
                 self.saved.emit(str(self.path))

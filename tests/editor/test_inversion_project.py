@@ -103,6 +103,33 @@ def test_invert_save_reopen_after_a_restart_and_reedit_without_inverting(
     assert np.array_equal(after.image, before)  # the same inversion, the same re-edit
 
 
+@pytest.mark.slow
+def test_a_crash_after_invert_recovers_the_inversion_too(make_window, engine, qtbot, tmp_path):
+    from PySide6.QtWidgets import QMessageBox
+
+    win = make_window()
+    assert win.open_path(_png(tmp_path))
+    choose(win, "reedit", qtbot, source_prompt="a house", inversion="ddim")
+    win.doc.update_settings(steps=3, guidance=2.0)
+    click_and_wait(qtbot, win, win.prompt_panel.prep)  # Invert
+    set_prompt(win, qtbot, "a red house")
+    before = click_and_wait(qtbot, win, win.prompt_panel.run).image
+    assert win.autosaver.save_now(wait=True)
+    win.shutdown(clean=False)  # what a crash leaves: the autosave and its session file
+    engine.inversions.clear()  # and the new process's engine keeps no inversion
+
+    other = make_window()
+    other.ask = lambda *a, **k: QMessageBox.StandardButton.Yes  # "Recover unsaved work?"
+    assert other.offer_recovery()
+    assert isinstance(other.doc.inversion, int)
+    sent = sent_requests(other)
+    choose(other, "reedit", qtbot)
+    set_prompt(other, qtbot, "a red house")
+    after = click_and_wait(qtbot, other, other.prompt_panel.run)
+    assert [r.method for r in sent] == ["reedit"]  # no new Invert
+    assert np.array_equal(after.image, before)
+
+
 def _project_with_inversion(engine, tmp_path) -> str:
     """A project whose inversion is a real one, written the way the editor writes it."""
     from editor.document import Document, image_key
