@@ -28,8 +28,8 @@ import time
 import traceback
 import uuid
 import zipfile
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
