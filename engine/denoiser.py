@@ -12,6 +12,7 @@ import torch
 
 from .errors import InputError
 from .models import ModelBundle
+from .prompts import plain_text, token_weights
 
 
 @dataclass(frozen=True)
@@ -54,10 +55,11 @@ class Denoiser:
         return self.bundle.tokenizer.model_max_length - 2
 
     def chunk_count(self, text: str) -> int:
-        """How many encoder windows (75 tokens each for CLIP) the prompt needs."""
+        """How many encoder windows (75 tokens each for CLIP) the prompt needs; the weight
+        syntax (``engine.prompts``) does not count, only the plain text's tokens."""
         tok = self.bundle.tokenizer
-        ids = tok(text, add_special_tokens=False, truncation=False, verbose=False).input_ids
-        n = len(ids)
+        ids = tok(plain_text(text), add_special_tokens=False, truncation=False, verbose=False)
+        n = len(ids.input_ids)
         return max(1, math.ceil(n / self._window()))
 
     def fit_prompts(self, *texts: str) -> int:
@@ -74,7 +76,12 @@ class Denoiser:
         wrapped in BOS/EOS, encoded on its own and concatenated along the sequence, as
         AUTOMATIC1111 does; ``k`` is at least ``self.chunks`` (set per job, so every
         embedding in a job has the same length), padded with the empty prompt's encoding.
-        A prompt within one window is encoded exactly as a single padded pass."""
+        A prompt within one window is encoded exactly as a single padded pass.
+
+        The ``(word:1.3)`` weight syntax (``engine.prompts``) is read here: the encoder sees
+        the plain text, and when any token's weight is not 1 each window is emphasised as
+        AUTOMATIC1111 does (``_emphasize``). A prompt whose weights are all 1 is encoded
+        exactly as its plain text; the cache key is the prompt as written."""
         n = self.chunk_count(text) if text else 1
         if n > self.MAX_CHUNKS:
             raise InputError(
@@ -84,16 +91,25 @@ class Denoiser:
         k = max(n, self.chunks)
         key = (text, k)
         if key not in self._cache:
-            if n == 1:
-                parts = [self._encode_window(text)] + [self._encode_window("")] * (k - 1)
+            plain = plain_text(text)
+            tw = token_weights(self.bundle.tokenizer, text) if plain != text else None
+            if tw is not None and tw.weighted:
+                w = self._window()
+                parts = [
+                    self._encode_ids(tw.ids[i : i + w], tw.weights[i : i + w])
+                    for i in range(0, max(1, len(tw.ids)), w)
+                ]
+                parts += [self._encode_window("")] * (k - len(parts))
+            elif n == 1:
+                parts = [self._encode_window(plain)] + [self._encode_window("")] * (k - 1)
             else:
-                parts = [self._encode_ids(c) for c in self._windows(text)]
+                parts = [self._encode_ids(c) for c in self._windows(plain)]
                 parts += [self._encode_window("")] * (k - len(parts))
             self._cache[key] = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         return self._cache[key]
 
     def _encode_window(self, text: str) -> torch.Tensor:
-        """One padded encoder pass (truncating at the window)."""
+        """One padded encoder pass (truncating at the window) of a plain text."""
         tok = self.bundle.tokenizer
         ids = tok(
             text,
@@ -105,18 +121,47 @@ class Denoiser:
         return self.bundle.text_encoder(ids)[0].to(self.dtype)
 
     def _windows(self, text: str) -> list[list[int]]:
+        """A plain text's token ids in windows of ``_window()`` tokens."""
         tok = self.bundle.tokenizer
         ids = tok(text, add_special_tokens=False, truncation=False, verbose=False).input_ids
         w = self._window()
         return [ids[i : i + w] for i in range(0, len(ids), w)]
 
-    def _encode_ids(self, chunk: list[int]) -> torch.Tensor:
+    def _encode_ids(self, chunk: list[int], weights: list[float] | None = None) -> torch.Tensor:
+        """One encoder pass of one window's token ids, wrapped in BOS/EOS and padded; with
+        ``weights`` (one per id) the hidden states are emphasised (``_emphasize``)."""
         tok = self.bundle.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         ids = [tok.bos_token_id, *chunk, tok.eos_token_id]
         ids += [pad] * (tok.model_max_length - len(ids))
         t = torch.tensor([ids], device=self.device)
-        return self.bundle.text_encoder(t)[0].to(self.dtype)
+        z = self.bundle.text_encoder(t)[0]
+        if weights is not None:
+            z = self._emphasize(z, weights)
+        return z.to(self.dtype)
+
+    @staticmethod
+    def _emphasize(z: torch.Tensor, weights: list[float]) -> torch.Tensor:
+        """AUTOMATIC1111's emphasis on one window's hidden states ``z`` (1 x L x D):
+        ``z *= w`` per token (positions 1..n; BOS, EOS and padding keep 1), then
+        ``z *= old_mean / new_mean`` so the window's mean is what it was. Computed in
+        float32.
+
+        Unlike AUTOMATIC1111 the rescale is skipped where it is ill-conditioned: when the
+        mean is rounding noise (below 1e-4 of the mean magnitude: a final layer norm with no
+        bias, as in the random-weight tiny model, centres every token on 0) or the ratio is
+        not a positive finite number, which would blow up or flip the whole embedding."""
+        zf = z.float()
+        mult = torch.ones(zf.shape[1], dtype=torch.float32, device=zf.device)
+        mult[1 : 1 + len(weights)] = torch.tensor(weights, dtype=torch.float32)
+        old_mean = zf.mean()
+        zw = zf * mult[None, :, None]
+        new_mean = zw.mean()
+        ratio = old_mean / new_mean
+        noise = 1e-4 * zf.abs().mean()
+        if old_mean.abs() > noise and new_mean.abs() > noise and ratio > 0 and ratio.isfinite():
+            zw = zw * ratio
+        return zw.to(z.dtype)
 
     def condition(self, prompt: str, negative_prompt: str = "", guidance: float = 1.0):
         """Embeddings for a prompt; the negative prompt becomes the unconditional branch."""
