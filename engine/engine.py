@@ -551,4 +551,5 @@ class Engine:
                 label = f"{label} (decoded)".strip()
             else:
                 preview = self.previewer(p.x0)
-        return Step(job_id, p.i, p.n, int(p.t), preview, label)
+        mask = None if p.mask is None else p.mask[0, 0].float().cpu().numpy()
+        return Step(job_id, p.i, p.n, int(p.t), preview, label, mask)

@@ -113,6 +113,53 @@ DIFFEDIT_MASK = {
     ),
 }
 
+# Prompt-to-Prompt (Hertz et al. 2022): defaults are the authors' word-swap setting
+# (cross-attention replaced for 80 % of the steps, self-attention for 40 %, blend at 0.3)
+ATTENTION_CONTROL = {
+    "keep_layout": OptionSpec(
+        float,
+        0.8,
+        "How long the edit keeps where things are (the share of steps that reuse the "
+        "source's word-to-region attention). Lower it when a swapped object needs a new shape.",
+        0.0,
+        1.0,
+        label="Keep layout",
+        step=0.05,
+    ),
+    "keep_detail": OptionSpec(
+        float,
+        0.4,
+        "How long the edit keeps the source's fine structure (the share of steps that reuse "
+        "its self-attention). Higher keeps more of the picture; lower lets the edit restyle it.",
+        0.0,
+        1.0,
+        label="Keep detail",
+        step=0.05,
+    ),
+    "local_blend": OptionSpec(
+        bool,
+        True,
+        "Change only where the changed words are; everything else stays as it was. Turn it "
+        "off for edits of the whole picture (style, light).",
+        label="Local blend",
+    ),
+    "blend_words": OptionSpec(
+        str,
+        "",
+        "Words whose region may change, comma-separated; empty: the words that differ between "
+        "the two prompts.",
+        label="Blend words",
+    ),
+    "blend_threshold": OptionSpec(
+        float,
+        0.3,
+        "Share of a word's strongest attention that counts as its region.",
+        0.05,
+        0.95,
+        form=False,
+    ),
+}
+
 
 @dataclass
 class MethodSpec:
@@ -276,11 +323,35 @@ METHODS: dict[str, MethodSpec] = {
                 ),
                 "mask_grow": dataclasses.replace(MASK_GROW, default=1),
                 "feather": dataclasses.replace(FEATHER, form=False),
+                "control": OptionSpec(
+                    str,
+                    "p2p",
+                    "Keep the picture: the edit reuses the photo's attention "
+                    "(Prompt-to-Prompt); none regenerates freely under the new prompt.",
+                    choices=("p2p", "none"),
+                    label="Attention control",
+                ),
+                **ATTENTION_CONTROL,
             },
             common=(),
             image=False,  # the inversion keeps its source image
             inversion="needs",
             stochastic=False,
+        ),
+        MethodSpec(
+            "edit_generated",
+            "Edit a generated image by editing its prompt: its seed and settings replay it "
+            "beside the edit, which keeps its layout (Prompt-to-Prompt, Hertz et al. 2022).",
+            {
+                "source_prompt": OptionSpec(
+                    str, "", "The prompt the image was generated with.", label="Source prompt"
+                ),
+                "eta": dataclasses.replace(ETA, form=False),
+                **ATTENTION_CONTROL,
+            },
+            common=("steps", "guidance", "seed"),
+            image=False,
+            mask="optional",
         ),
     )
 }

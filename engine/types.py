@@ -138,6 +138,7 @@ class Step(Event):
     timestep: int
     preview: np.ndarray | None
     label: str = ""
+    mask: np.ndarray | None = None  # float32 h x w in [0, 1] at latent size: a forming mask
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ class Progress:
     """One model call done: step ``i`` of ``n`` at timestep ``t``.
 
     ``x0`` is the current clean-image prediction in latent space (previewed by the engine);
-    ``image`` is an already-rendered preview (e.g. a DiffEdit mask as it accumulates)."""
+    ``image`` is an already-rendered preview (e.g. a DiffEdit mask as it accumulates);
+    ``mask`` a mask the job is forming (Prompt-to-Prompt's local blend), for the mask layer."""
 
     i: int
     n: int
@@ -25,6 +26,7 @@ class Progress:
     x0: torch.Tensor | None = None
     image: np.ndarray | None = None
     label: str = ""
+    mask: torch.Tensor | None = None  # a mask as it forms (latent size, 1 = edit), shown
 
 
 Algorithm = Generator[Progress, None, R]

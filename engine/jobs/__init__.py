@@ -6,7 +6,7 @@ algorithm is one module here plus one import line below.
 """
 
 # importing registers the runners
-from . import basic, edits  # noqa: E402,F401
+from . import attention_edits, basic, edits  # noqa: E402,F401
 from .base import JOB_RUNNERS, JobContext, JobResult, job
 
 __all__ = ["JOB_RUNNERS", "JobContext", "JobResult", "job"]

@@ -19,6 +19,7 @@ from ..algorithms.inversion import Inversion, invert, regenerate
 from ..algorithms.repaint import repaint, repaint_calls
 from ..errors import FileError, InputError
 from ..types import EditRequest
+from .attention_edits import attention_extras, reedit_with_control
 from .base import (
     JobContext,
     JobResult,
@@ -346,10 +347,18 @@ def run_reedit(ctx: JobContext, req: EditRequest):
         mask_l = imageops.latent_mask(mask_w, latents0, grow=o.number("mask_grow"))
     prep = Prepared(image, image, latents0, mask, mask_w, mask_l)
     ctx.preview_size = tuple(inv.working_size or hw)
-    cond = ctx.denoiser.encode_text(req.prompt or inv.prompt)
+    prompt = req.prompt or inv.prompt
     depth = o.number("depth")
     start = min(inv.steps - 1, round(inv.steps * (1 - depth)))
-    latents = yield from regenerate(ctx.denoiser, inv, cond, mask=mask_l, start=start)
+    extras = {}
+    if o.choice("control") == "p2p":
+        latents, control = yield from reedit_with_control(ctx, o, inv, prompt, mask_l, start)
+        if mask_l is not None:
+            control.blend = None  # the painted mask replaced the blend: there is none to show
+        extras = attention_extras(ctx, control, prompt, hw)
+    else:
+        cond = ctx.denoiser.encode_text(prompt)
+        latents = yield from regenerate(ctx.denoiser, inv, cond, mask=mask_l, start=start)
     image = finish_image(ctx, latents, prep, hw, o.number("feather"))
     params = {"steps": inv.steps, "guidance": inv.guidance, "strength": depth}
-    return JobResult(image, {**_size_params(hw), **params, **inv.summary()})
+    return JobResult(image, {**_size_params(hw), **params, **inv.summary()}, extras)

@@ -1,0 +1,265 @@
+"""Prompt-to-Prompt: re-edit with the source's attention, so the picture keeps its layout.
+
+Hertz et al. 2022, "Prompt-to-Prompt Image Editing with Cross-Attention Control". A source
+branch (source prompt) and a target branch (edited prompt) run in one batched UNet call per
+step. While they run, the target branch's attention is taken from the source branch:
+
+- cross-attention, for the first τ_c of the steps (§3.2, eq. 2–4): the source's maps M_t
+  through a token map A (M*_t = M_t A): swapped words map one to one (or, when the two words
+  have different token counts, each new token takes the mean of the old word's tokens);
+  words added by a refinement keep their own maps; re-weighted tokens are scaled (eq. 5);
+- self-attention, for the first τ_s of the steps, at maps of ≤ 32×32 positions (the
+  authors' null-text editing code injects these; finer maps carry texture, not layout);
+- local blend (§3.2 "Local editing"; the authors' code): the cross-attention maps of the
+  changed words in both prompts, summed over layers and steps at a low resolution (here
+  relative to the prompt's mean map, see ``_relative``), max-pooled, normalised,
+  thresholded (0.3) and joined; outside that mask the target branch
+  follows the source latents: x_tgt ← x_src + m ⊙ (x_tgt − x_src).
+
+Only the conditional half of a guided batch is controlled (as in the authors' code); the
+unconditional passes of both branches run unchanged. The source branch replays what made
+the image: an inversion (its per-step unconditional embeddings; a direct inversion's
+trajectory, onto which the source branch is put back every step, Ju et al. 2024, "PnP
+Inversion") or, for a generated image, its own seed and settings.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from ..attention import hooked
+from ..denoiser import Denoiser
+from ..schedule import prev_timesteps
+from .common import Algorithm, Progress, randn
+
+SELF_MAX_QUERIES = 32 * 32  # self-attention is injected at maps up to this many positions
+RECORD_MAX_QUERIES = 32 * 32  # cross-attention recorded for local blend and heat maps
+
+
+@dataclass(frozen=True)
+class TokenMap:
+    """How the target prompt's tokens read the source prompt's attention columns.
+
+    ``mapper[k, j]``: weight of source column k in target column j (both over the encoder's
+    sequence, BOS at 0); ``own[j]``: 1 where the target token has no source counterpart
+    (it keeps its own map); ``changed_source`` / ``changed_target``: positions of the words
+    that differ (the default blend words)."""
+
+    mapper: torch.Tensor  # K x K
+    own: torch.Tensor  # K
+    changed_source: tuple[int, ...]
+    changed_target: tuple[int, ...]
+
+
+def token_positions(n: int, window: int) -> list[int]:
+    """Where ``n`` prompt tokens sit in the encoder's sequence: windows of ``window`` tokens,
+    each wrapped in BOS ... EOS and padded to ``window + 2`` (see ``Denoiser.encode_text``)."""
+    return [(k // window) * (window + 2) + 1 + k % window for k in range(n)]
+
+
+def align_tokens(source: list[int], target: list[int], window: int, windows: int = 1) -> TokenMap:
+    """Token map for two prompts' token ids (without BOS/EOS) in an encoder of ``windows``
+    windows of ``window`` tokens: equal runs map one to one, a replaced run of the same
+    length one to one (word swap), of a different length by averaging (each new token reads
+    the mean of the old run's columns), inserted tokens keep their own maps (refinement),
+    deleted ones drop out. Each window's BOS maps to the source window's BOS; its EOS and
+    padding to the source window's, counted from the EOS. The alignment is difflib's longest
+    matching blocks, which for a prompt and its edit is the global alignment of the paper's
+    code."""
+    size = windows * (window + 2)
+    if max(len(source), len(target)) > windows * window:
+        raise ValueError("a prompt is longer than the encoder's windows")
+    ps, pt = token_positions(len(source), window), token_positions(len(target), window)
+    mapper = torch.zeros(size, size)
+    own = torch.zeros(size)
+    changed_s: list[int] = []
+    changed_t: list[int] = []
+    ops = difflib.SequenceMatcher(a=source, b=target, autojunk=False).get_opcodes()
+    for op, i1, i2, j1, j2 in ops:
+        src, tgt = ps[i1:i2], pt[j1:j2]
+        if op == "equal" or (op == "replace" and len(src) == len(tgt)):
+            for s, t in zip(src, tgt, strict=True):
+                mapper[s, t] = 1.0
+        elif op == "replace":
+            for t in tgt:
+                mapper[src, t] = 1.0 / len(src)
+        elif op == "insert":
+            own[tgt] = 1.0
+        if op != "equal":
+            changed_s += src
+            changed_t += tgt
+    taken = set(pt)
+    for w in range(windows):  # BOS, EOS and padding of every window
+        ns = min(window, max(0, len(source) - w * window))
+        nt = min(window, max(0, len(target) - w * window))
+        base = w * (window + 2)
+        for o in range(window + 2):
+            if base + o in taken:
+                continue
+            o_src = 0 if o == 0 else min(window + 1, max(1, o - nt + ns))
+            mapper[base + o_src, base + o] = 1.0
+    return TokenMap(mapper, own, tuple(changed_s), tuple(changed_t))
+
+
+@dataclass
+class AttentionControl:
+    """The Prompt-to-Prompt attention hook (see the module docstring) and its record.
+
+    ``steps``: steps this run takes; ``cross_until`` / ``self_until``: τ_c and τ_s as
+    fractions of them; ``weights``: per target position (K), scaling its cross-attention
+    column while cross-attention is controlled (1 everywhere: no re-weighting); ``blend``:
+    (source positions, target positions) whose maps make the local-blend mask, None: off.
+    ``maps`` holds per branch and token the cross-attention summed over layers and steps at
+    ``blend_side`` (2 x K x side x side, float32): all that is kept of the attention."""
+
+    tokens: TokenMap
+    steps: int
+    cross_until: float = 0.8
+    self_until: float = 0.4
+    weights: torch.Tensor | None = None
+    blend: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+    threshold: float = 0.3
+    blend_from: float = 0.2  # the authors' code starts blending after 20 % of the steps
+    latent_hw: tuple[int, int] = (64, 64)
+    prompt_end: int = 77  # positions up to the target's EOS (BOS and words), for the mean
+    step: int = 0
+    maps: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def blend_side(self) -> tuple[int, int]:
+        """The blend resolution: a quarter of the latent side (16 for SD at 512², as in the
+        paper), at least 8 so that small models still get a usable map."""
+        h, w = self.latent_hw
+        f = max(1, min(h, w) // max(8, min(h, w) // 4))
+        return max(1, h // f), max(1, w // f)
+
+    def _cross_now(self) -> bool:
+        return self.step < self.cross_until * self.steps
+
+    def _self_now(self) -> bool:
+        return self.step < self.self_until * self.steps
+
+    def wants(self, name: str, cross: bool, queries: int) -> bool:
+        if cross:
+            return self._cross_now() or queries <= RECORD_MAX_QUERIES
+        return self._self_now() and queries <= SELF_MAX_QUERIES
+
+    def __call__(self, probs: torch.Tensor, name: str, cross: bool) -> torch.Tensor:
+        # rows: [uncond src, uncond tgt,] cond src, cond tgt — the last two are controlled
+        src, tgt = probs[-2], probs[-1]
+        if cross:
+            if probs.shape[2] <= RECORD_MAX_QUERIES:
+                self._record(src, tgt)
+            if not self._cross_now():
+                return probs
+            m = self.tokens.mapper.to(src)
+            new = torch.einsum("hqk,kj->hqj", src, m) + tgt * self.tokens.own.to(tgt)
+            if self.weights is not None:
+                new = new * self.weights.to(new)
+        else:
+            new = src
+        return torch.cat([probs[:-1], new[None]])
+
+    def _record(self, src: torch.Tensor, tgt: torch.Tensor) -> None:
+        """Add this layer's head-averaged maps, resized to the blend side, to the record."""
+        h, w = self.latent_hw
+        q = src.shape[1]
+        f = math.sqrt(h * w / q)
+        lh, lw = round(h / f), round(w / f)
+        both = torch.stack([src.mean(0), tgt.mean(0)]).float()  # 2 x Q x K
+        both = both.transpose(1, 2).reshape(2, -1, lh, lw)
+        both = F.interpolate(both, size=self.blend_side, mode="bilinear", align_corners=False)
+        self.maps = both if self.maps is None else self.maps + both
+
+    def blend_mask(self) -> torch.Tensor | None:
+        """The local-blend mask at latent size (1 x 1 x h x w, 0/1), or None when blending
+        is off or has not started. Empty blend words give an all-zero mask (the source)."""
+        if self.blend is None or self.maps is None or self.step < self.blend_from * self.steps:
+            return None
+        masks = []
+        for branch, positions in enumerate(self.blend):
+            if not positions:
+                continue
+            m = self._relative(branch, positions)[None, None]
+            m = F.max_pool2d(m, 3, stride=1, padding=1)
+            m = F.interpolate(m, size=self.latent_hw, mode="nearest")
+            m = (m - m.amin()) / (m.amax() - m.amin()).clamp_min(1e-12)
+            masks.append(m > self.threshold)
+        if not masks:
+            return torch.zeros(1, 1, *self.latent_hw)
+        return torch.stack(masks).any(0).float()
+
+    def _relative(self, branch: int, positions: tuple[int, ...]) -> torch.Tensor:
+        """The words' attention over the image relative to the prompt's mean attention.
+        The paper thresholds the words' own map; on the demo model every token's map
+        shares a large common part (a word's map lies within 0.6–1.0 of its maximum
+        everywhere on calibration scene 600,000), which the ratio removes; on a model with
+        peaked maps the mean map is flat and the ratio changes little."""
+        maps = self.maps[branch]
+        return maps[list(positions)].sum(0) / maps[: self.prompt_end].mean(0).clamp_min(1e-12)
+
+    def heat_maps(self) -> torch.Tensor | None:
+        """Per target token, its cross-attention over the image (K x side x side, each
+        normalised to [0, 1]), summed over layers and steps; for showing a word's map."""
+        if self.maps is None:
+            return None
+        m = self.maps[1]
+        return m / m.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
+
+
+def prompt_to_prompt(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    timesteps: list[int],
+    source: torch.Tensor,
+    target: torch.Tensor,
+    guidance: float,
+    nulls: list[torch.Tensor],
+    control: AttentionControl,
+    anchor: list[torch.Tensor] | None = None,
+    mask: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    eta: float = 0.0,
+    label: str = "re-edit",
+) -> Algorithm[torch.Tensor]:
+    """Both branches from ``x`` down ``timesteps`` (DDIM, Song et al. 2021 eq. 12) with the
+    source embedding ``source`` and the target one ``target``, per-step unconditional
+    embeddings ``nulls``, under ``control``. ``anchor`` (a direct inversion's trajectory,
+    ``anchor[i]`` at ``timesteps[i]``): the source branch starts every step on it and the
+    target branch gets the same correction (Ju et al. 2024, Alg. 1). ``mask`` (latent size,
+    1 = edit; a painted mask) replaces the local-blend mask. ``eta`` > 0 replays a stochastic
+    generation: both branches get the same noise, drawn as ``ddim_sample`` draws it.
+    Yields the target's x̂₀ (and the blend mask as it forms); returns the target latents."""
+    sched = denoiser.schedule
+    emb = torch.cat([source, target.to(source.dtype)])
+    n = len(timesteps)
+    control.steps, control.latent_hw = n, tuple(x.shape[-2:])
+    x_src = x_tgt = x
+    with hooked(denoiser.bundle.unet, control):
+        for i, (t, t_prev) in enumerate(zip(timesteps, prev_timesteps(timesteps))):
+            control.step = i
+            if anchor is not None:
+                x_src = anchor[i]
+            # 1. both branches in one guided call; the hook edits the target's attention
+            p = denoiser.predict(torch.cat([x_src, x_tgt]), t, emb, guidance, nulls[i])
+            z = randn(x.shape, generator, x.device, x.dtype) if eta > 0 else None
+            z = None if z is None else torch.cat([z, z])
+            step = sched.ddim_step(p.x0, p.eps, t, t_prev, eta, z)
+            s_next, t_next = step[:1], step[1:]
+            if anchor is not None:  # 2. PnP inversion: the source back on the trajectory
+                t_next = anchor[i + 1] + (t_next - s_next)
+                s_next = anchor[i + 1]
+            # 3. local blend (or the painted mask): outside it, follow the source
+            m = mask if mask is not None else control.blend_mask()
+            if m is not None:
+                m = m.to(t_next)
+                t_next = s_next + m * (t_next - s_next)
+            x_src, x_tgt = s_next, t_next
+            x0 = p.x0[1:] if m is None else p.x0[:1] + m * (p.x0[1:] - p.x0[:1])
+            yield Progress(i + 1, n, t, x0=x0, label=label, mask=m if mask is None else None)
+    return x_tgt

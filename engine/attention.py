@@ -1,0 +1,107 @@
+"""Attention hooks on the UNet: see and change attention probabilities, for one job.
+
+``hooked(unet, hook)`` installs ``HookedAttention`` on every attention layer of the UNet for
+the duration of a ``with`` block and puts the previous processors back however the block
+ends (cancel, error). A layer the hook does not want at this step runs the fused SDPA path,
+so a hook costs only the layers it controls or records.
+
+A hook sees the probabilities of one layer as (batch, heads, queries, keys); for cross-
+attention the keys are the prompt's tokens, for self-attention the image's positions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+
+class AttentionHook(Protocol):
+    def wants(self, name: str, cross: bool, queries: int) -> bool:
+        """Whether this layer's probabilities are needed now (else the fused path runs)."""
+
+    def __call__(self, probs: torch.Tensor, name: str, cross: bool) -> torch.Tensor:
+        """The layer's probabilities (B x heads x Q x K) → the ones to use."""
+
+
+class HookedAttention:
+    """diffusers attention processor: the SDPA processor's computation, with the softmax
+    written out where the hook wants the probabilities (same projections, norms, scale)."""
+
+    def __init__(self, name: str, hook: AttentionHook):
+        self.name = name
+        self.hook = hook
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        *args,
+        **kwargs,
+    ) -> torch.Tensor:
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        four_d = hidden_states.ndim == 4
+        if four_d:
+            b, c, h, w = hidden_states.shape
+            hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
+        cross = encoder_hidden_states is not None
+        context = encoder_hidden_states if cross else hidden_states
+        batch, keys = context.shape[0], context.shape[1]
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, keys, batch)
+            attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        query = attn.to_q(hidden_states)
+        if cross and attn.norm_cross:
+            context = attn.norm_encoder_hidden_states(context)
+        key, value = attn.to_k(context), attn.to_v(context)
+        head_dim = key.shape[-1] // attn.heads
+
+        def heads(x: torch.Tensor) -> torch.Tensor:
+            return x.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+
+        query, key, value = heads(query), heads(key), heads(value)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        if self.hook.wants(self.name, cross, query.shape[2]):
+            scores = (query @ key.transpose(-1, -2)) * attn.scale
+            if attention_mask is not None:
+                scores = scores + attention_mask
+            probs = self.hook(scores.float().softmax(-1), self.name, cross).to(value.dtype)
+            out = probs @ value
+        else:
+            out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
+        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
+        out = attn.to_out[1](attn.to_out[0](out))
+        if four_d:
+            out = out.transpose(-1, -2).reshape(b, c, h, w)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
+@contextmanager
+def hooked(unet, hook: AttentionHook) -> Iterator[None]:
+    """Every attention layer of ``unet`` hands its probabilities to ``hook`` inside the block;
+    the processors that were there before are restored on the way out."""
+    before = dict(unet.attn_processors)
+    unet.set_attn_processor({name: HookedAttention(name, hook) for name in before})
+    try:
+        yield
+    finally:
+        unet.set_attn_processor(before)
+
+
+def is_hooked(unet) -> bool:
+    return any(isinstance(p, HookedAttention) for p in unet.attn_processors.values())

@@ -1,0 +1,164 @@
+"""Re-edits under Prompt-to-Prompt attention control: of an inverted photo (the re-edit
+job's ``control=p2p``) and of a generated image (``edit_generated``: its seed and settings
+replay the original beside the edit). Options: ``engine.methods.ATTENTION_CONTROL``."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .. import imageops
+from ..algorithms.common import randn
+from ..algorithms.inversion import Inversion
+from ..algorithms.prompt_to_prompt import (
+    AttentionControl,
+    align_tokens,
+    prompt_to_prompt,
+    token_positions,
+)
+from ..errors import InputError
+from ..prompts import plain_text, token_weights, word_positions
+from ..types import EditRequest
+from .base import JobContext, JobResult, Options, finish_image, job, seeded, start_job
+
+
+def attention_control(ctx: JobContext, o: Options, source: str, target: str) -> AttentionControl:
+    """The controller for a source and a target prompt (the target's ``(word:w)`` weights
+    become attention re-weighting), from the job's options. Long prompts are aligned across
+    their windows; blend words are looked up in the first window (75 tokens)."""
+    tok = ctx.bundle.tokenizer
+    src, tgt = token_weights(tok, source), token_weights(tok, target)
+    window, windows = tok.model_max_length - 2, ctx.denoiser.chunks
+    tokens = align_tokens(src.ids, tgt.ids, window, windows)
+    weights = None
+    if any(w != 1.0 for w in tgt.weights):
+        weights = torch.ones(tokens.own.shape)
+        weights[token_positions(len(tgt.weights), window)] = torch.tensor(tgt.weights)
+    blend = None
+    if o.flag("local_blend"):
+        words = [w.strip() for w in o.text("blend_words").split(",") if w.strip()]
+        if words:
+            pos_s = tuple(p for w in words for p in word_positions(tok, source, w))
+            pos_t = tuple(p for w in words for p in word_positions(tok, target, w))
+            if not pos_s and not pos_t:
+                raise InputError(
+                    f"None of the blend words ({', '.join(words)}) is in either prompt."
+                )
+            blend = (pos_s, pos_t)
+        else:
+            at = token_positions(len(tgt.weights), window)
+            reweighted = tuple(at[k] for k, w in enumerate(tgt.weights) if w != 1.0)
+            blend = (tokens.changed_source, tokens.changed_target + reweighted)
+    return AttentionControl(
+        tokens,
+        steps=1,
+        cross_until=o.number("keep_layout"),
+        self_until=o.number("keep_detail"),
+        weights=weights,
+        blend=blend,
+        threshold=o.number("blend_threshold"),
+        prompt_end=1 + min(window, max(len(src.ids), len(tgt.ids))),
+    )
+
+
+def word_maps(ctx: JobContext, control: AttentionControl, target: str) -> dict[str, np.ndarray]:
+    """Each word of the target prompt → its cross-attention over the image (float32 in
+    [0, 1], at the blend side), summed over its tokens, layers and steps; for the editor's
+    heat map of a selected word."""
+    maps = control.heat_maps()
+    out: dict[str, np.ndarray] = {}
+    if maps is None:
+        return out
+    for word in dict.fromkeys(plain_text(target).split()):
+        pos = word_positions(ctx.bundle.tokenizer, target, word)
+        if pos:
+            m = maps[list(pos)].sum(0)
+            out[word] = (m / m.max().clamp_min(1e-12)).cpu().numpy().astype(np.float32)
+    return out
+
+
+def attention_extras(
+    ctx: JobContext, control: AttentionControl, target: str, size: tuple[int, int]
+) -> dict:
+    """What a controlled edit hands the editor: each word's heat map (``attention_maps``)
+    and the final local-blend mask at image ``size`` (``blend_mask``, uint8 0/255; absent
+    when blending was off or a painted mask replaced it)."""
+    extras: dict = {"attention_maps": word_maps(ctx, control, target)}
+    m = control.blend_mask()
+    if m is not None:
+        m = imageops.resize(m[0, 0].cpu().numpy().astype(np.float32), size)
+        extras["blend_mask"] = np.where(m >= 0.5, 255, 0).astype(np.uint8)
+    return extras
+
+
+def reedit_with_control(
+    ctx: JobContext,
+    o: Options,
+    inv: Inversion,
+    prompt: str,
+    mask: torch.Tensor | None,
+    start: int,
+):
+    """The re-edit job's controlled path: the source branch replays the inversion."""
+    control = attention_control(ctx, o, inv.prompt, prompt)
+    d = ctx.denoiser
+    source = d.encode_text(inv.prompt)
+    target = d.encode_text(plain_text(prompt))  # weights act on attention, not the text
+    latents = yield from prompt_to_prompt(
+        d,
+        inv.trajectory[start],
+        inv.timesteps[start:],
+        source,
+        target,
+        inv.guidance,
+        list(inv.null_embeddings)[start:],
+        control,
+        anchor=inv.trajectory[start:] if inv.method == "direct" else None,
+        mask=mask,
+    )
+    return latents, control
+
+
+@job("edit_generated")
+def run_edit_generated(ctx: JobContext, req: EditRequest):
+    """Edit a generated image by editing its prompt: its seed, size, steps, guidance and
+    negative prompt replay the original generation as the source branch, the new prompt
+    runs beside it under attention control (no inversion needed)."""
+    o = start_job(ctx, req)
+    source_prompt = o.text("source_prompt")
+    if not source_prompt:
+        raise InputError("Give the prompt the image was generated with (source_prompt).")
+    ctx.denoiser.fit_prompts(req.prompt, req.negative_prompt, source_prompt)
+    b, d = ctx.bundle, ctx.denoiser
+    h, w = req.height or b.native_size, req.width or b.native_size
+    hw = imageops.working_size(h, w, b.native_size, b.vae_factor)
+    f = b.vae_factor
+    generator = seeded(req)
+    x = randn((1, b.latent_channels, hw[0] // f, hw[1] // f), generator, d.device)
+    ts = d.schedule.timesteps(req.steps)
+    control = attention_control(ctx, o, source_prompt, req.prompt)
+    null = d.encode_text(req.negative_prompt) if req.guidance != 1.0 else None
+    mask = None
+    if req.mask is not None:
+        m = imageops.mask_to_float(req.mask, (h, w))
+        if not m.any():
+            raise InputError("The mask is empty: paint where the edit should change.")
+        mask = imageops.latent_mask(imageops.resize(m, hw), x)
+    latents = yield from prompt_to_prompt(
+        d,
+        x,
+        ts,
+        d.encode_text(source_prompt),
+        d.encode_text(plain_text(req.prompt)),
+        req.guidance,
+        [null] * len(ts),
+        control,
+        mask=mask,
+        generator=generator,
+        eta=o.number("eta"),
+    )
+    image = finish_image(ctx, latents, None, (h, w))
+    if mask is not None:
+        control.blend = None  # the painted mask replaced the blend: there is none to show
+    extras = attention_extras(ctx, control, req.prompt, (h, w))
+    return JobResult(image, {"size": f"{w}x{h}", "source_prompt": source_prompt}, extras)

@@ -1,0 +1,207 @@
+"""Prompt-to-Prompt attention control: the token map, the exactness cases the paper implies
+(same prompt, re-weight 1, empty blend mask), and that the hook never outlives its job.
+
+On builtin:tiny (real attention layers, random weights): the analytic denoiser has no
+attention to control."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engine.algorithms.common import drive, run_to_end
+from engine.algorithms.inversion import invert
+from engine.algorithms.prompt_to_prompt import (
+    AttentionControl,
+    align_tokens,
+    prompt_to_prompt,
+    token_positions,
+)
+from engine.attention import is_hooked
+from engine.jobs import JOB_RUNNERS, JobContext
+from engine.types import EditRequest
+
+PROMPT = "a red house beside two pine trees"
+
+
+# ---- the token map -------------------------------------------------------------------------
+
+
+def test_the_same_prompt_maps_every_position_to_itself():
+    ids = [5, 6, 7, 8]
+    t = align_tokens(ids, ids, window=10)
+    assert torch.equal(t.mapper, torch.eye(12)) and not t.own.any()
+    assert t.changed_source == t.changed_target == ()
+
+
+def test_a_swap_of_equal_token_counts_maps_one_to_one():
+    t = align_tokens([5, 6, 7], [5, 9, 7], window=10)
+    assert t.mapper[2, 2] == 1 and t.mapper[:, 2].sum() == 1  # "9" reads "6"'s column
+    assert t.changed_source == (2,) and t.changed_target == (2,)
+    assert torch.equal(t.mapper, torch.eye(12))  # positions line up: the identity
+
+
+def test_a_swap_to_more_tokens_reads_the_mean_of_the_old_word():
+    t = align_tokens([5, 6, 7], [5, 8, 9, 7], window=10)  # "6" → "8 9"
+    assert t.mapper[2, 2] == 1 and t.mapper[2, 3] == 1  # each new token reads all of "6"
+    assert t.mapper[3, 4] == 1  # "7" moved one place right
+    assert t.mapper[4, 5] == 1 and t.mapper[11, 11] == 0  # EOS from EOS; padding shifts
+    t = align_tokens([5, 6, 7, 8], [5, 9, 8], window=10)  # "6 7" → "9"
+    assert t.mapper[2, 2] == 0.5 and t.mapper[3, 2] == 0.5
+
+
+def test_a_refinement_keeps_the_added_words_own_attention():
+    t = align_tokens([5, 6, 7], [5, 6, 10, 11, 7], window=10)  # two words added
+    assert t.own[3] == 1 and t.own[4] == 1 and t.mapper[:, 3:5].sum() == 0
+    assert t.mapper[3, 5] == 1  # "7" follows its old column
+    assert t.changed_source == () and t.changed_target == (3, 4)
+    d = align_tokens([5, 6, 10, 7], [5, 6, 7], window=10)  # a word removed
+    assert d.mapper[4, 3] == 1 and d.mapper[3].sum() == 0 and d.changed_source == (3,)
+
+
+def test_long_prompts_align_across_windows():
+    src = list(range(100, 180))  # 80 tokens: two windows of 75
+    tgt = src[:78] + [999] + src[79:]
+    t = align_tokens(src, tgt, window=75, windows=2)
+    pos = token_positions(80, 75)
+    assert pos[75] == 78  # the second window's first token, after EOS+BOS
+    assert t.changed_target == (pos[78],)
+    assert torch.equal(t.mapper, torch.eye(154))
+
+
+# ---- exactness on builtin:tiny -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def inverted(tiny, tiny_denoiser):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    latents = tiny.encode(image).float()
+    invs = {
+        m: run_to_end(invert(tiny_denoiser, latents, PROMPT, 6, 3.0, method=m))
+        for m in ("direct", "negative_prompt")
+    }
+    return latents, invs
+
+
+def _p2p(d, inv, target: str, control: AttentionControl):
+    return run_to_end(
+        prompt_to_prompt(
+            d,
+            inv.trajectory[0],
+            inv.timesteps,
+            d.encode_text(inv.prompt),
+            d.encode_text(target),
+            inv.guidance,
+            inv.null_embeddings,
+            control,
+            anchor=inv.trajectory if inv.method == "direct" else None,
+        )
+    )
+
+
+def _control(a: str, b: str, tok, **kw) -> AttentionControl:
+    from engine.prompts import token_weights
+
+    ids = [token_weights(tok, p).ids for p in (a, b)]
+    return AttentionControl(align_tokens(*ids, tok.model_max_length - 2), steps=1, **kw)
+
+
+def test_same_prompt_with_full_injection_reproduces_the_source_exactly(tiny, tiny_denoiser, inverted):
+    _, invs = inverted
+    inv = invs["direct"]
+    control = _control(PROMPT, PROMPT, tiny.tokenizer, cross_until=1.0, self_until=1.0)
+    out = _p2p(tiny_denoiser, inv, PROMPT, control)
+    assert torch.equal(out, inv.trajectory[-1])  # the direct inversion's source, bit for bit
+
+
+def test_an_empty_blend_mask_returns_the_source(tiny, tiny_denoiser, inverted):
+    _, invs = inverted
+    inv = invs["direct"]
+    edit = "a blue house beside two pine trees"
+    control = _control(PROMPT, edit, tiny.tokenizer, blend=((), ()), blend_from=0.0)
+    assert torch.equal(_p2p(tiny_denoiser, inv, edit, control), inv.trajectory[-1])
+    free = _control(PROMPT, edit, tiny.tokenizer)  # the same edit without blending changes
+    assert not torch.allclose(_p2p(tiny_denoiser, inv, edit, free), inv.trajectory[-1])
+
+
+def test_the_hooked_path_matches_the_fused_one(tiny, tiny_denoiser, inverted):
+    """Attention written out (controlled layers) computes what SDPA computes: with no
+    injection (τ = 0) the target branch is an ordinary re-edit."""
+    from engine.algorithms.inversion import regenerate
+
+    _, invs = inverted
+    inv = invs["negative_prompt"]
+    edit = "a blue house beside two pine trees"
+    control = _control(PROMPT, edit, tiny.tokenizer, cross_until=0.0, self_until=0.0)
+    out = _p2p(tiny_denoiser, inv, edit, control)
+    plain = run_to_end(regenerate(tiny_denoiser, inv, tiny_denoiser.encode_text(edit)))
+    assert torch.allclose(out, plain, atol=1e-4)
+
+
+def _run(tiny, d, req, cancel_after=None):
+    ctx = JobContext(tiny, d)
+    seen = {"n": 0}
+
+    def check():
+        if cancel_after is not None and seen["n"] >= cancel_after:
+            raise KeyboardInterrupt
+
+    def progress(p):
+        seen["n"] += 1
+
+    return drive(JOB_RUNNERS[req.method](ctx, req), progress, check)
+
+
+def test_a_weight_of_one_is_the_identity(tiny, tiny_denoiser):
+    def edit(prompt):
+        req = EditRequest(
+            "edit_generated",
+            prompt=prompt,
+            steps=4,
+            guidance=3.0,
+            seed=1,
+            width=64,
+            height=64,
+            options={"source_prompt": PROMPT},
+        )
+        return _run(tiny, tiny_denoiser, req).image
+
+    plain = edit("a blue house beside two pine trees")
+    assert np.array_equal(edit("a (blue:1.0) house beside two pine trees"), plain)
+    assert not np.array_equal(edit("a (blue:2.0) house beside two pine trees"), plain)
+
+
+def test_the_hook_is_gone_after_a_job_and_after_a_cancel(tiny, tiny_denoiser):
+    def generate():
+        req = EditRequest("generate", prompt=PROMPT, steps=3, seed=2, width=64, height=64)
+        return _run(tiny, tiny_denoiser, req).image
+
+    before = generate()
+    edit = EditRequest(
+        "edit_generated",
+        prompt="a blue house beside two pine trees",
+        steps=5,
+        guidance=3.0,
+        seed=2,
+        width=64,
+        height=64,
+        options={"source_prompt": PROMPT},
+    )
+    result = _run(tiny, tiny_denoiser, edit)
+    assert "blue" in result.extras["attention_maps"]
+    assert not is_hooked(tiny.unet)
+    assert np.array_equal(generate(), before)  # a plain generate is bit-identical after
+    with pytest.raises(KeyboardInterrupt):
+        _run(tiny, tiny_denoiser, edit, cancel_after=2)
+    assert not is_hooked(tiny.unet)
+    assert np.array_equal(generate(), before)
+
+
+def test_editing_a_generated_image_with_its_own_prompt_gives_it_back(tiny, tiny_denoiser):
+    common = dict(prompt=PROMPT, steps=4, guidance=3.0, seed=3, width=64, height=64)
+    plain = _run(tiny, tiny_denoiser, EditRequest("generate", **common)).image
+    req = EditRequest("edit_generated", **common, options={"source_prompt": PROMPT})
+    same = _run(tiny, tiny_denoiser, req).image
+    assert np.abs(same.astype(int) - plain.astype(int)).max() <= 2  # 8-bit rounding only
