@@ -386,3 +386,39 @@ def _umask():
     old = os.umask(0)
     os.umask(old)
     return old
+
+
+def test_attention_control_from_the_cli_for_a_photo_and_a_generated_image(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), np.uint8)).save(
+        "photo.png"
+    )
+    tiny = ["--model", "builtin:tiny", "--device", "cpu", "--steps", "3"]
+    code, err = cli_main(
+        capsys, "invert", *tiny, "-i", "photo.png", "-p", "a red house",
+        "-O", "inversion=direct", "-O", "save=inv.pt",
+    )  # fmt: skip
+    assert code == 0, err
+    code, err = cli_main(
+        capsys, "reedit", *tiny, "-p", "a (blue:1.4) house", "-O", "inversion=inv.pt",
+        "-O", "control=p2p", "--keep-layout", "0.6", "-O", "local_blend=false", "-o", "re.png",
+    )  # fmt: skip
+    assert code == 0, err
+    meta = read_png_parameters(tmp_path / "re.png")
+    assert (meta["Control"], meta["Keep layout"], meta["Local blend"]) == ("p2p", "0.6", "False")
+    code, err = cli_main(
+        capsys, "generate", *tiny, "-p", "a red house", "--seed", "7", "--width", "64", "--height", "64",
+        "-o", "gen.png",
+    )  # fmt: skip
+    assert code == 0, err
+    code, err = cli_main(
+        capsys, "edit_generated", *tiny, "-p", "a blue house", "--seed", "7", "--width", "64",
+        "--height", "64", "--source-prompt", "a red house", "-o", "edit.png",
+    )  # fmt: skip
+    assert code == 0, err
+    meta = read_png_parameters(tmp_path / "edit.png")
+    assert meta["Source prompt"] == "a red house" and meta["Seed"] == "7"
+    code, err = cli_main(capsys, "edit_generated", *tiny, "-p", "a blue house", "-o", "x.png")
+    assert code == 2 and "error: Give the prompt" in err and "Traceback" not in err
