@@ -8,7 +8,9 @@ settings: the common ones at the top level, method options under ``settings["opt
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
+import string
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +19,7 @@ import numpy as np
 from engine import EditRequest
 from engine.methods import COMMON, OptionSpec, label_of
 from engine.methods import METHODS as ENGINE_METHODS
+from engine.prompts import plain_text
 
 from .document import Document, default_settings, image_key
 
@@ -68,16 +71,21 @@ class Method:
     engine: tuple[str, ...]  # engine methods this needs, in the order they run
     tooltip: str
     prep_label: str = ""  # a button for the first stage, e.g. "Make mask"
+    # the image layer's generation parameters fill the common fields and these options
+    # (Edit prompt replays the generation): the form does not offer them
+    from_image: tuple[str, ...] = ()
 
     @property
     def params(self) -> tuple[Param, ...]:
         specs = [ENGINE_METHODS[e] for e in self.engine]
         common = [k for k in COMMON if k != "seed" and any(k in m.common for m in specs)]
+        if self.from_image:
+            common = []
         out = {k: Param.of(k, COMMON[k], option=False) for k in common}
         out.update({k: Param.of(k, o) for k, o in EXTRA.get(self.key, {}).items()})
         for m in specs:
             for k, o in m.options.items():
-                if o.form and k not in out:
+                if o.form and k not in out and k not in self.from_image:
                     out[k] = Param.of(k, o)
         return tuple(out.values())
 
@@ -116,8 +124,20 @@ METHODS: dict[str, Method] = {
             "prompts reusing that inversion (Mokady et al. 2022).",
             prep_label="Invert",
         ),
+        Method(
+            "edit_generated",
+            "Edit prompt (keep layout)",
+            ("edit_generated",),
+            "Edit a generated image by editing its prompt: its seed and settings replay it "
+            "beside the edit, which keeps its layout (Prompt-to-Prompt, Hertz et al. 2022). "
+            "Apply a generated result first; for photos use Invert & re-edit.",
+            from_image=("source_prompt",),
+        ),
     )
 }
+
+# panel methods whose results carry attention maps and a local-blend mask
+ATTENTION = ("reedit", "edit_generated")
 
 
 def panel_method(engine_method: str | None) -> Method | None:
@@ -170,6 +190,14 @@ def build_request(doc: Document, method: str, stage: int = -1) -> EditRequest:
     h, w = doc.size
     if engine_method == "generate":
         return EditRequest("generate", width=w, height=h, options=opts, **common)
+    if engine_method == "edit_generated":
+        source = generation_of(doc)
+        if source["prompt"].strip() == common["prompt"].strip():  # (word:w) is an edit
+            raise NeedsInput(
+                "Edit the prompt first: it is still the one the image was generated with."
+            )
+        opts = {**opts, "source_prompt": source.pop("prompt")}
+        return EditRequest("edit_generated", mask=mask, options=opts, **{**common, **source})
     # the panel's DiffEdit edits inside a mask (made by its first stage, or painted)
     needs_mask = ENGINE_METHODS[engine_method].mask == "required" or engine_method == "diffedit"
     if mask is None and needs_mask:
@@ -194,6 +222,103 @@ def build_request(doc: Document, method: str, stage: int = -1) -> EditRequest:
     return EditRequest(
         engine_method, image=image, strokes=strokes, mask=mask, options=opts, **common
     )
+
+
+NOT_GENERATED = (
+    "Edit prompt needs a generated image: Generate one and Apply it (or open a PNG this "
+    "editor generated), then change the prompt and Run. For a photo, use Invert & re-edit."
+)
+
+
+def generation_of(doc: Document) -> dict[str, Any]:
+    """The request fields that replay the generation of the image layer: ``prompt`` (the
+    prompt it was generated with), ``negative_prompt``, ``steps``, ``guidance``, ``seed``,
+    ``width``, ``height``. ``NeedsInput`` says what to do when the image was not generated
+    (or its parameters are unknown)."""
+    p = doc.image_parameters()
+    if p is None or p.get("method", "generate") not in ("generate", "edit_generated"):
+        generated = any(e.parameters.get("method") == "generate" for e in doc.history)
+        if generated and p is None:
+            raise NeedsInput(
+                "Apply the generated result first (Apply under Results), then change the "
+                "prompt and Run Edit prompt. For a photo, use Invert & re-edit."
+            )
+        raise NeedsInput(NOT_GENERATED)
+    if p.get("method") == "edit_generated":  # an edit of an edit: the same original
+        prompt = p.get("source_prompt", p.get("Source prompt"))
+    else:
+        prompt = p.get("prompt")
+    if not isinstance(prompt, str) or not prompt:
+        raise NeedsInput(NOT_GENERATED)
+    try:
+        out = {
+            "prompt": prompt,
+            "negative_prompt": str(p.get("negative_prompt", "")),
+            "steps": _number(p["steps"], int),
+            "guidance": _number(p["guidance"], float),
+            "seed": _number(p["seed"], int),
+        }
+        w, h = (int(x) for x in str(p["size"]).lower().split("x"))
+    except (KeyError, ValueError, TypeError) as e:
+        raise NeedsInput(f"{NOT_GENERATED} (Its parameters lack {e}.)") from None
+    if (h, w) != doc.size:
+        raise NeedsInput(
+            f"The image was generated at {w}x{h} but is now {doc.size[1]}x{doc.size[0]}: "
+            "Edit prompt replays the generation at its size. Use Invert & re-edit instead."
+        )
+    return {**out, "width": w, "height": h}
+
+
+def _number(v: Any, kind: type) -> Any:
+    """A number from parameters (a PNG's are text)."""
+    if isinstance(v, bool):
+        raise ValueError(v)
+    x = kind(float(v)) if kind is int and isinstance(v, str) else kind(v)
+    if kind is float and not math.isfinite(x):
+        raise ValueError(v)
+    return x
+
+
+def source_prompt(doc: Document, method: str) -> str | None:
+    """The prompt an attention-controlled edit starts from, as far as the panel knows
+    (Invert & re-edit: its Source prompt field; Edit prompt: the image's generation)."""
+    if method == "reedit":
+        return value(doc, method, Param.of("source_prompt", SOURCE_PROMPT))
+    if method == "edit_generated":
+        try:
+            return generation_of(doc)["prompt"]
+        except NeedsInput:
+            return None
+    return None
+
+
+def _words(text: str) -> list[str]:
+    out = []
+    for w in plain_text(text).split():
+        w = w.strip(string.punctuation)
+        if w:
+            out.append(w)
+    return out
+
+
+def changed_words(source: str, target: str) -> list[str]:
+    """The words that differ between two prompts (word-level diff, weights stripped): the
+    target's replaced or inserted words, or the source's removed ones when only words were
+    removed. What local blend uses when Blend words is empty."""
+    a, b = _words(source), _words(target)
+    sm = difflib.SequenceMatcher(None, [w.lower() for w in a], [w.lower() for w in b])
+    added, removed = [], []
+    for op, i0, i1, j0, j1 in sm.get_opcodes():
+        if op != "equal":
+            added += b[j0:j1]
+            removed += a[i0:i1]
+    return list(dict.fromkeys(added or removed))
+
+
+def word_key(text: str) -> str:
+    """How a prompt word is matched against attention maps: weights and punctuation
+    stripped, case ignored."""
+    return " ".join(w.lower() for w in _words(text))
 
 
 def random_seed() -> int:
@@ -227,6 +352,10 @@ class SettingsError(ValueError):
 def _check_param(p: Param, v: Any, where: str) -> Any:
     """``v`` as the type ``p`` holds, if it is one and lies within ``p``'s range."""
     label = f"{where}{p.label}"
+    if p.kind is bool or isinstance(p.default, bool):
+        if not isinstance(v, bool):
+            raise SettingsError(f"{label} is {v!r}; it must be true or false.")
+        return v
     if p.choices:
         if v not in p.choices:
             raise SettingsError(f"{label} is {v!r}; it must be one of {', '.join(p.choices)}.")

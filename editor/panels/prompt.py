@@ -22,12 +22,22 @@ from PySide6.QtWidgets import (
 )
 
 from ..document import Document
-from ..methods import METHODS, Param, random_seed, set_value, value
+from ..methods import (
+    METHODS,
+    NeedsInput,
+    Param,
+    changed_words,
+    generation_of,
+    random_seed,
+    set_value,
+    value,
+)
 
 
 class PromptPanel(QWidget):
     run_requested = Signal(str, int)  # method key, stage (-1 = main, 0 = preparation)
     cancel_requested = Signal()
+    word_selected = Signal(str)  # the text selected in the prompt ("" when none)
 
     def __init__(self, doc: Document, available: list[str], parent=None):
         super().__init__(parent)
@@ -37,6 +47,10 @@ class PromptPanel(QWidget):
         self._internal = False
         self._busy = False  # a job runs: the window's job controller says so through set_busy
         self._t0 = 0.0
+        self._blend_words: QLineEdit | None = None  # the form's Blend words field, if any
+        self._source_label: QLabel | None = None  # what Edit prompt edits
+        self._source: str | None = None  # the prompt the edit starts from, if known
+        self._selected = ""
         lay = QVBoxLayout(self)
         self.prompt = QPlainTextEdit()
         self.prompt.setPlaceholderText("Prompt: what the result should show")
@@ -91,6 +105,8 @@ class PromptPanel(QWidget):
         lay.addStretch(1)
 
         self.prompt.textChanged.connect(lambda: self._save(prompt=self.prompt.toPlainText()))
+        self.prompt.textChanged.connect(self._update_blend_hint)
+        self.prompt.selectionChanged.connect(self._on_selection)
         self.negative.textChanged.connect(lambda t: self._save(negative_prompt=t))
         self.method.currentIndexChanged.connect(self._on_method)
         self.seed.valueChanged.connect(lambda v: self._save(seed=int(v)))
@@ -100,6 +116,8 @@ class PromptPanel(QWidget):
         self.prep.clicked.connect(lambda: self.run_requested.emit(self.current_method(), 0))
         self.cancel.clicked.connect(self.cancel_requested)
         doc.settings_changed.connect(self.load_settings)
+        doc.reset.connect(self._refresh_source)
+        doc.layer_changed.connect(lambda name, _: name == "image" and self._refresh_source())
         self.load_settings()
 
     # ---- settings <-> widgets -----------------------------------------------------------
@@ -157,6 +175,12 @@ class PromptPanel(QWidget):
             self.form.removeRow(0)
         key = self.current_method()
         m = METHODS[key]
+        self._blend_words = self._source_label = None
+        if m.from_image:
+            self._source_label = QLabel()
+            self._source_label.setObjectName("source_info")
+            self._source_label.setWordWrap(True)
+            self.form.addRow(QLabel("Source"), self._source_label)
         for p in m.params:
             w = self._editor(key, p)
             w.setToolTip(p.tooltip)
@@ -167,6 +191,7 @@ class PromptPanel(QWidget):
         self.prep.setVisible(bool(m.prep_label))
         self.prep.setText(m.prep_label or "")
         self.method.setToolTip(m.tooltip)
+        self._refresh_source()
         self.run.setToolTip(
             f"Not available yet: the engine lacks {', '.join(missing)}." if missing else m.tooltip
         )
@@ -185,9 +210,17 @@ class PromptPanel(QWidget):
             w.currentTextChanged.connect(
                 lambda t: self._set(lambda: set_value(self.doc, method, p, t))
             )
+        elif p.kind is bool:
+            w = QCheckBox()
+            w.setChecked(bool(v))
+            w.toggled.connect(lambda x: self._set(lambda: set_value(self.doc, method, p, bool(x))))
         elif p.kind is str:
             w = QLineEdit(str(v))
             w.textChanged.connect(put)
+            if p.key == "blend_words":
+                self._blend_words = w
+            elif p.key == "source_prompt":  # the diff the blend words default to
+                w.textChanged.connect(lambda _: self._refresh_source())
         elif p.kind is int:
             w = QSpinBox()
             w.setRange(int(p.lo), int(p.hi))
@@ -206,6 +239,54 @@ class PromptPanel(QWidget):
             )
         w.setObjectName(f"param_{p.key}")
         return w
+
+    # ---- what an attention-controlled edit starts from ------------------------------------
+
+    def _refresh_source(self) -> None:
+        """The prompt the edit starts from (Invert & re-edit: its Source prompt field;
+        Edit prompt: the image layer's generation), for the Source row and the blend hint."""
+        key = self.current_method()
+        self._source = None
+        if key == "reedit":
+            self._source = value(self.doc, key, self._param(key, "source_prompt"))
+        elif METHODS[key].from_image:
+            try:
+                g = generation_of(self.doc)
+            except NeedsInput as e:
+                if self._source_label is not None:
+                    self._source_label.setText(str(e))
+            else:
+                self._source = g["prompt"]
+                if self._source_label is not None:
+                    self._source_label.setText(
+                        f"“{g['prompt']}” · seed {g['seed']} · {g['steps']} steps · "
+                        f"{g['width']}x{g['height']}"
+                    )
+        self._update_blend_hint()
+
+    @staticmethod
+    def _param(method: str, key: str) -> Param:
+        return next(p for p in METHODS[method].params if p.key == key)
+
+    def _update_blend_hint(self) -> None:
+        """An empty Blend words field shows the words the prompt change implies."""
+        w = self._blend_words
+        if w is None:
+            return
+        if self._source is None:
+            w.setPlaceholderText("the words that differ between the prompts")
+            return
+        words = changed_words(self._source, self.prompt.toPlainText())
+        w.setPlaceholderText(", ".join(words) if words else "none yet: the prompts are the same")
+
+    def blend_hint(self) -> str:
+        return "" if self._blend_words is None else self._blend_words.placeholderText()
+
+    def _on_selection(self) -> None:
+        text = self.prompt.textCursor().selectedText().strip()
+        if text != self._selected:
+            self._selected = text
+            self.word_selected.emit(text)
 
     # ---- job state --------------------------------------------------------------------
 

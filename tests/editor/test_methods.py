@@ -187,25 +187,41 @@ def _form(qtbot, doc, method):
 
 
 def test_every_form_shows_the_declared_defaults_and_bounds(qtbot):
-    from PySide6.QtWidgets import QDoubleSpinBox, QSpinBox
+    from PySide6.QtWidgets import QCheckBox, QDoubleSpinBox, QSpinBox
 
     from editor.document import Document
     from editor.methods import METHODS
+    from engine.methods import METHODS as ENGINE
 
     doc = Document(np.zeros((64, 64, 3), np.uint8))
+    checkboxes = 0
     for key, m in METHODS.items():
         panel = _form(qtbot, doc, key)
         shown = {p.key for p in m.params}
-        assert {"steps", "guidance"} <= shown, key
+        if m.from_image:  # Edit prompt replays the image's generation: none of its settings
+            assert not shown & {"steps", "guidance", "seed", *m.from_image}, key
+        else:
+            assert {"steps", "guidance"} <= shown, key
+        declared = {k for e in m.engine for k, o in ENGINE[e].options.items() if o.form} - set(
+            m.from_image
+        )
+        assert declared <= shown, key  # every option the engine offers in forms is there
         for p in m.params:
             spec, w = _declared(key, p.key), panel.findChild(QWidget, f"param_{p.key}")
-            if isinstance(w, QSpinBox | QDoubleSpinBox):
+            assert w is not None, (key, p.key)
+            assert w.toolTip() == spec.help, (key, p.key)
+            if spec.kind is bool:
+                assert isinstance(w, QCheckBox), (key, p.key)
+                assert w.isChecked() is spec.default
+                checkboxes += 1
+            elif isinstance(w, QSpinBox | QDoubleSpinBox):
                 assert (w.value(), w.minimum(), w.maximum()) == (spec.default, spec.lo, spec.hi)
             elif isinstance(w, QComboBox):
                 assert w.currentText() == spec.default
                 assert [w.itemText(i) for i in range(w.count())] == list(spec.choices)
             else:
                 assert w.text() == spec.default
+    assert checkboxes >= 2  # Local blend, in Invert & re-edit and in Edit prompt
     # the engine's calibrated value, not the editor's old 4
     assert _form(qtbot, doc, "diffedit").findChild(QWidget, "param_n_samples").value() == 10
 
@@ -233,3 +249,49 @@ def test_a_changed_declaration_is_followed_by_the_form_and_the_request(qtbot, mo
     assert req.steps == 13 and req.options["jump_length"] == 7
     with pytest.raises(SettingsError, match="from 1 to 200"):
         check_setting("steps", 201)  # a project file is checked against the same bounds
+
+
+def test_a_checkbox_option_is_stored_checked_and_sent(qtbot):
+    from PySide6.QtWidgets import QCheckBox
+
+    from editor.document import Document
+    from editor.methods import SettingsError, check_settings
+
+    doc = Document(np.zeros((64, 64, 3), np.uint8))
+    panel = _form(qtbot, doc, "reedit")
+    box = panel.findChild(QCheckBox, "param_local_blend")
+    box.click()  # as a click or the space bar does
+    assert doc.settings["options"]["reedit"]["local_blend"] is False
+    assert check_settings(doc.settings)["options"]["reedit"]["local_blend"] is False
+    for bad in (0, 1, "false", None):
+        raw = {**doc.settings, "options": {"reedit": {"local_blend": bad}}}
+        with pytest.raises(SettingsError, match="Local blend .* true or false"):
+            check_settings(raw)
+    other = _form(qtbot, doc, "reedit")  # a form built from the settings shows it unchecked
+    assert not other.findChild(QCheckBox, "param_local_blend").isChecked()
+
+
+def test_blend_words_placeholder_follows_the_prompt_diff(qtbot):
+    from editor.document import Document
+    from editor.methods import changed_words
+
+    assert changed_words("a cat on a sofa", "a (dog:1.3) on a sofa") == ["dog"]
+    assert changed_words("a cat, on a sofa", "a cat on a red sofa") == ["red"]
+    assert changed_words("a big cat", "a cat") == ["big"]  # only removed: those
+    assert changed_words("a cat", "A Cat") == []
+    doc = Document(np.zeros((64, 64, 3), np.uint8))
+    panel = _form(qtbot, doc, "reedit")
+    source = panel.findChild(QLineEdit, "param_source_prompt")
+    words = panel.findChild(QLineEdit, "param_blend_words")
+    assert words.toolTip() and words.text() == ""
+    qtbot.keyClicks(source, "a cat on a sofa")
+    qtbot.keyClicks(panel.prompt, "a cat on a sofa")
+    assert "same" in words.placeholderText()
+    panel.prompt.clear()
+    qtbot.keyClicks(panel.prompt, "a dog on a sofa")
+    assert words.placeholderText() == "dog"
+    qtbot.keyClicks(panel.prompt, " at night")
+    assert words.placeholderText() == "dog, at, night"
+    source.clear()
+    qtbot.keyClicks(source, "a dog on a sofa")
+    assert words.placeholderText() == "at, night"
