@@ -203,6 +203,7 @@ class MainWindow(FileActions, QMainWindow):
         p = self.prompt_panel
         p.run_requested.connect(self.run_method)
         p.cancel_requested.connect(self.cancel_job)
+        p.word_selected.connect(self.jobs.show_word)
         h = self.history_panel
         h.selected.connect(lambda e: self.canvas.show_preview(None if e is None else e.image))
         h.apply_requested.connect(self.apply_result)

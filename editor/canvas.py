@@ -14,9 +14,14 @@ from PySide6.QtCore import QPointF, QRect, QRectF, Qt, Signal
 from PySide6.QtGui import QColor, QImage, QPainter, QPen, QTransform, qRgba
 from PySide6.QtWidgets import QGraphicsItem, QGraphicsScene, QGraphicsView
 
+from engine import imageops
+
 from . import tools
 from .document import Document
 
+HEAT_TINT = (255, 170, 0)  # a selected word's attention map; alpha follows its strength
+HEAT_ALPHA = 0.75
+OVERLAY_SIDE = 512  # overlays from small maps are upsampled to at most this, then stretched
 MASK_TINT = (255, 40, 120)  # mask overlay colour; alpha follows the mask value
 MASK_ALPHA = 0.55  # at mask 255: the image shows through, the mask stands out
 # the tint, plus an opaque band around 50% that outlines soft masks (DiffEdit's, feathered)
@@ -175,6 +180,13 @@ class Canvas(QGraphicsView):
         self.preview = PreviewItem()
         self.preview.setZValue(10)
         self.scene().addItem(self.preview)
+        # over the x̂₀ preview: the local-blend mask as it forms, a word's attention map
+        self.mask_preview = PreviewItem()
+        self.mask_preview.setZValue(11)
+        self.heat = PreviewItem()
+        self.heat.setZValue(12)
+        for item in (self.mask_preview, self.heat):
+            self.scene().addItem(item)
         for item in self.layers.values():
             item.cover = self.preview
         doc.reset.connect(self._on_reset)
@@ -187,7 +199,8 @@ class Canvas(QGraphicsView):
         self.cancel_stroke()
         for name, item in self.layers.items():
             item.set_array(self.doc.layer(name))
-        self.preview.set_image(None, QRectF())
+        for item in (self.preview, self.mask_preview, self.heat):
+            item.set_image(None, QRectF())
         h, w = self.doc.size
         self.scene().setSceneRect(QRectF(-w * 0.5, -h * 0.5, w * 2.0, h * 2.0))
         self.auto_fit = True
@@ -205,6 +218,42 @@ class Canvas(QGraphicsView):
     def show_preview(self, arr: np.ndarray | None) -> None:
         h, w = self.doc.size
         self.preview.set_image(arr, QRectF(0, 0, w, h))
+
+    def _overlay(self, m: np.ndarray) -> np.ndarray:
+        """A float map in [0, 1] upsampled (bilinear) towards the document's shape, at most
+        ``OVERLAY_SIDE`` on its long side; the item stretches it over the image."""
+        h, w = self.doc.size
+        f = min(1.0, OVERLAY_SIDE / max(h, w))
+        hw = (max(1, round(h * f)), max(1, round(w * f)))
+        return imageops.resize(np.clip(np.asarray(m, np.float32), 0, 1), hw)
+
+    def show_mask_preview(self, m: np.ndarray | None) -> None:
+        """Show a forming mask (float in [0, 1], any size) tinted like the mask layer,
+        over the image; a preview only, the document's mask is not touched (None: hide)."""
+        if m is None:
+            self.mask_preview.set_image(None, QRectF())
+            return
+        a = self._overlay(m)
+        rgba = np.empty(a.shape + (4,), np.uint8)
+        rgba[..., :3] = MASK_TINT
+        rgba[..., 3] = (a * 255 * MASK_ALPHA).round().astype(np.uint8)
+        h, w = self.doc.size
+        self.mask_preview.set_image(rgba, QRectF(0, 0, w, h))
+
+    def show_heat(self, m: np.ndarray | None) -> None:
+        """Show a word's attention map (float in [0, 1], any size) as a tinted overlay
+        stretched over the image (None: hide)."""
+        if m is None:
+            self.heat.set_image(None, QRectF())
+            self.heat.hide()
+            return
+        a = self._overlay(m)
+        rgba = np.empty(a.shape + (4,), np.uint8)
+        rgba[..., :3] = HEAT_TINT
+        rgba[..., 3] = (a * 255 * HEAT_ALPHA).round().astype(np.uint8)
+        h, w = self.doc.size
+        self.heat.set_image(rgba, QRectF(0, 0, w, h))
+        self.heat.show()
 
     # ---- zoom -------------------------------------------------------------------------
 

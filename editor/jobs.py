@@ -19,6 +19,7 @@ from engine import imageops
 from . import project
 from .document import image_key
 from .methods import (
+    ATTENTION,
     MASKED,
     METHODS,
     NeedsInput,
@@ -26,6 +27,7 @@ from .methods import (
     build_request,
     check_setting,
     random_seed,
+    word_key,
 )
 
 
@@ -40,6 +42,7 @@ class RunningJob:
     source_key: str = ""  # image_key of the picture the job was made from
     started: float = field(default_factory=time.monotonic)
     state: str = "waiting"  # waiting → running (first step) → gone when it ends
+    options: dict = field(default_factory=dict)  # plain options sent, kept in the history
 
 
 class JobController:
@@ -50,6 +53,8 @@ class JobController:
         self.win = win
         self.current: RunningJob | None = None
         self._preview_alpha: np.ndarray | None = None
+        # the last attention-controlled result's word → cross-attention map (heat maps)
+        self.attention_maps: dict[str, np.ndarray] = {}
         b = win.bridge
         b.started.connect(self._on_started)
         b.step.connect(self._on_step)
@@ -71,8 +76,8 @@ class JobController:
         if win.bridge.model_info is None:
             win.show_error("No model is loaded; choose one in the Model menu.")
             return None
-        if not doc.settings.get("seed_locked"):
-            doc.update_settings(seed=random_seed())
+        if not doc.settings.get("seed_locked") and not METHODS[method].from_image:
+            doc.update_settings(seed=random_seed())  # (Edit prompt replays the image's seed)
         try:
             request = build_request(doc, method, stage)
         except NeedsInput as e:
@@ -83,7 +88,14 @@ class JobController:
         job = RunningJob(method, request.method, mask=request.mask if masked else None)
         if request.method == "invert":
             job.source_key = image_key(request.image)
+        if request.method in ATTENTION:  # what the engine's parameters leave out (control…)
+            job.options = {
+                k: v
+                for k, v in request.options.items()
+                if k != "inversion" and isinstance(v, str | int | float | bool)
+            }
         self.current, self._preview_alpha = job, None
+        win.canvas.show_heat(None)
         win.history_panel.select(None)
         win.canvas.set_layer_visible("preview", True)
         win.prompt_panel.set_busy(True, f"{request.method}: waiting…")
@@ -106,6 +118,7 @@ class JobController:
         job, self.current = self.current, None
         self.win.prompt_panel.set_busy(False, text)
         self.win.canvas.show_preview(None)
+        self.win.canvas.show_mask_preview(None)
         return job
 
     def _on_started(self, ev) -> None:
@@ -117,6 +130,9 @@ class JobController:
         self.win.prompt_panel.show_step(ev.i, ev.n, ev.label)
         if ev.preview is not None:
             self.win.canvas.show_preview(self._masked_preview(ev.preview))
+        mask = getattr(ev, "mask", None)
+        if mask is not None and self.current is not None and self.current.method in ATTENTION:
+            self.win.canvas.show_mask_preview(mask)  # the local-blend mask as it forms
 
     def _masked_preview(self, preview: np.ndarray) -> np.ndarray:
         """With a mask, only the masked area will change: show x̂₀ only there (RGBA)."""
@@ -146,8 +162,52 @@ class JobController:
             win.status("Inverted: change the prompt and Run to re-edit.")
         if ev.image is None or ev.image.shape != doc.image.shape:
             return  # the document changed size while the job ran
-        entry = doc.add_result(ev.image, project.plain(dict(ev.parameters)))
+        parameters = {**(job.options if job else {}), **dict(ev.parameters)}
+        entry = doc.add_result(ev.image, project.plain(parameters))
         win.history_panel.select(entry)
+        if kind in ATTENTION:
+            self._attention_result(ev)
+
+    def _attention_result(self, ev) -> None:
+        """Keep the word maps for the heat map; an empty mask layer takes the blend mask
+        (one undoable change: touch it up and Run again, a painted mask replaces the blend)."""
+        win, doc = self.win, self.win.doc
+        maps = ev.extras.get("attention_maps") or {}
+        self.attention_maps = {str(k): np.asarray(v, np.float32) for k, v in maps.items()}
+        blend = ev.extras.get("blend_mask")
+        if blend is None or blend.shape != doc.mask.shape or doc.mask.any():
+            return
+        if doc.set_mask(np.asarray(blend, np.uint8), "Blend mask"):
+            win.canvas.set_layer_visible("mask", True)
+            win.status(
+                "The blend mask is in the mask layer: touch it up and Run again (a painted "
+                "mask replaces the blend), or undo it (Ctrl+Z)."
+            )
+
+    def show_word(self, text: str) -> None:
+        """The heat map of the word(s) selected in the prompt, from the last re-edit's
+        attention maps; no selection hides it."""
+        win = self.win
+        key = word_key(text)
+        if not key:
+            win.canvas.show_heat(None)
+            if win.statusBar().currentMessage().startswith("Attention of"):
+                win.statusBar().clearMessage()
+            return
+        if not self.attention_maps:
+            win.canvas.show_heat(None)
+            win.status("No attention maps yet: run Invert & re-edit or Edit prompt first.")
+            return
+        by_key = {word_key(k): m for k, m in self.attention_maps.items()}
+        found = [w for w in key.split() if w in by_key]
+        if not found:
+            win.canvas.show_heat(None)
+            known = ", ".join(sorted(by_key))
+            win.status(f"No attention map for “{text}” (the last result's words: {known}).")
+            return
+        heat = np.maximum.reduce([by_key[w] for w in found])
+        win.canvas.show_heat(heat)
+        win.status(f"Attention of “{' '.join(found)}” in the last result", 0)
 
     def _on_failed(self, ev) -> None:
         self._end("failed")
