@@ -33,6 +33,12 @@ def add_parser(sub) -> None:
         p.add_argument(f"--{name}", type=COMMON[name].kind, default=COMMON[name].default)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--seed", type=int, default=COMMON["seed"].default)
+    p.add_argument(
+        "--p2p",
+        action="store_true",
+        help="instead: a Prompt-to-Prompt re-edit vs a plain one (time ratio, peak memory)",
+    )
+    p.add_argument("--size", type=int, default=None, help="--p2p: image side (default native)")
 
 
 def _pick_model(spec):
@@ -87,6 +93,11 @@ def make_pipeline(bundle):
 
 def run(a: argparse.Namespace) -> int:
     from PIL import Image
+
+    if a.p2p:
+        from .bench_attention import run as run_attention
+
+        return run_attention(a)
 
     from .algorithms.common import drive
     from .denoiser import Denoiser
