@@ -409,8 +409,8 @@ def test_attention_control_from_the_cli_for_a_photo_and_a_generated_image(
     meta = read_png_parameters(tmp_path / "re.png")
     assert (meta["Control"], meta["Keep layout"], meta["Local blend"]) == ("p2p", "0.6", "False")
     code, err = cli_main(
-        capsys, "generate", *tiny, "-p", "a red house", "--seed", "7", "--width", "64", "--height", "64",
-        "-o", "gen.png",
+        capsys, "generate", *tiny, "-p", "a red house", "--seed", "7", "--width", "64",
+        "--height", "64", "-o", "gen.png",
     )  # fmt: skip
     assert code == 0, err
     code, err = cli_main(

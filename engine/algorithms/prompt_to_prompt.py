@@ -219,9 +219,10 @@ def prompt_to_prompt(
     source: torch.Tensor,
     target: torch.Tensor,
     guidance: float,
-    nulls: list[torch.Tensor],
+    nulls: list[torch.Tensor | None],
     control: AttentionControl,
     anchor: list[torch.Tensor] | None = None,
+    correct: bool = False,
     mask: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     eta: float = 0.0,
@@ -229,30 +230,51 @@ def prompt_to_prompt(
 ) -> Algorithm[torch.Tensor]:
     """Both branches from ``x`` down ``timesteps`` (DDIM, Song et al. 2021 eq. 12) with the
     source embedding ``source`` and the target one ``target``, per-step unconditional
-    embeddings ``nulls``, under ``control``. ``anchor`` (a direct inversion's trajectory,
-    ``anchor[i]`` at ``timesteps[i]``): the source branch starts every step on it and the
-    target branch gets the same correction (Ju et al. 2024, Alg. 1). ``mask`` (latent size,
-    1 = edit; a painted mask) replaces the local-blend mask. ``eta`` > 0 replays a stochastic
-    generation: both branches get the same noise, drawn as ``ddim_sample`` draws it.
-    Yields the target's x̂₀ (and the blend mask as it forms); returns the target latents."""
+    embeddings ``nulls``, under ``control``; returns the target latents.
+
+    The source branch: without ``anchor`` it is generated beside the target (a generated
+    image replayed from its seed; ``eta`` > 0 replays a stochastic generation, both branches
+    drawing the same noise as ``ddim_sample`` draws it). With ``anchor`` (an inverted
+    trajectory, ``anchor[i]`` at ``timesteps[i]``) the source branch *is* the trajectory:
+    only its conditional pass runs, for its attention (3 rows per call instead of 4), since
+    an inversion made to be regenerated (null-text, negative-prompt) follows it, and a plain
+    DDIM one drifts off it under guidance, which is the drift that spoils DDIM + P2P in
+    PIE-Bench. With ``correct`` (direct inversion, Ju et al. 2024, Alg. 1) the source branch
+    is also stepped, guided, and the target gets the step's difference added to the
+    trajectory: x_tgt ← z*_{t−1} + (step_tgt − step_src). ``mask`` (latent size, 1 = edit; a
+    painted mask) replaces the local-blend mask. Yields the target's x̂₀ (the source's where
+    the blend keeps it) and the blend mask as it forms."""
     sched = denoiser.schedule
-    emb = torch.cat([source, target.to(source.dtype)])
     n = len(timesteps)
     control.steps, control.latent_hw = n, tuple(x.shape[-2:])
     x_src = x_tgt = x
     with hooked(denoiser.bundle.unet, control):
         for i, (t, t_prev) in enumerate(zip(timesteps, prev_timesteps(timesteps))):
             control.step = i
+            null = nulls[i] if guidance != 1.0 else None
             if anchor is not None:
                 x_src = anchor[i]
-            # 1. both branches in one guided call; the hook edits the target's attention
-            p = denoiser.predict(torch.cat([x_src, x_tgt]), t, emb, guidance, nulls[i])
-            z = randn(x.shape, generator, x.device, x.dtype) if eta > 0 else None
-            z = None if z is None else torch.cat([z, z])
-            step = sched.ddim_step(p.x0, p.eps, t, t_prev, eta, z)
+            # 1. both branches in one call; the hook edits the target's attention (last row)
+            if anchor is not None and not correct:
+                rows, embs = [x_src, x_tgt], [source, target]
+                if null is not None:
+                    rows, embs = [x_tgt, *rows], [null, *embs]
+                out = denoiser.outputs(torch.cat(rows), t, torch.cat(embs).to(source.dtype))
+                o_t = out[-1:] if null is None else denoiser.guide(out[:1], out[-1:], guidance)
+                eps, x0 = sched.eps_x0(torch.cat([out[-2:-1], o_t]), torch.cat(rows[-2:]), t)
+                z = None
+            else:
+                emb = torch.cat([source, target.to(source.dtype)])
+                p = denoiser.predict(torch.cat([x_src, x_tgt]), t, emb, guidance, null)
+                eps, x0 = p.eps, p.x0
+                z = randn(x.shape, generator, x.device, x.dtype) if eta > 0 else None
+                z = None if z is None else torch.cat([z, z])
+            # 2. the DDIM step; an anchored source goes back onto its trajectory
+            step = sched.ddim_step(x0, eps, t, t_prev, eta if z is not None else 0.0, z)
             s_next, t_next = step[:1], step[1:]
-            if anchor is not None:  # 2. PnP inversion: the source back on the trajectory
-                t_next = anchor[i + 1] + (t_next - s_next)
+            if anchor is not None:
+                if correct:
+                    t_next = anchor[i + 1] + (t_next - s_next)
                 s_next = anchor[i + 1]
             # 3. local blend (or the painted mask): outside it, follow the source
             m = mask if mask is not None else control.blend_mask()
@@ -260,6 +282,6 @@ def prompt_to_prompt(
                 m = m.to(t_next)
                 t_next = s_next + m * (t_next - s_next)
             x_src, x_tgt = s_next, t_next
-            x0 = p.x0[1:] if m is None else p.x0[:1] + m * (p.x0[1:] - p.x0[:1])
-            yield Progress(i + 1, n, t, x0=x0, label=label, mask=m if mask is None else None)
+            shown = x0[1:] if m is None else x0[:1] + m * (x0[1:] - x0[:1])
+            yield Progress(i + 1, n, t, x0=shown, label=label, mask=m if mask is None else None)
     return x_tgt

@@ -113,7 +113,8 @@ def reedit_with_control(
         inv.guidance,
         list(inv.null_embeddings)[start:],
         control,
-        anchor=inv.trajectory[start:] if inv.method == "direct" else None,
+        anchor=inv.trajectory[start:],
+        correct=inv.method == "direct",
         mask=mask,
     )
     return latents, control

@@ -96,7 +96,8 @@ def _p2p(d, inv, target: str, control: AttentionControl):
             inv.guidance,
             inv.null_embeddings,
             control,
-            anchor=inv.trajectory if inv.method == "direct" else None,
+            anchor=inv.trajectory,
+            correct=inv.method == "direct",
         )
     )
 
@@ -108,7 +109,9 @@ def _control(a: str, b: str, tok, **kw) -> AttentionControl:
     return AttentionControl(align_tokens(*ids, tok.model_max_length - 2), steps=1, **kw)
 
 
-def test_same_prompt_with_full_injection_reproduces_the_source_exactly(tiny, tiny_denoiser, inverted):
+def test_same_prompt_with_full_injection_reproduces_the_source_exactly(
+    tiny, tiny_denoiser, inverted
+):
     _, invs = inverted
     inv = invs["direct"]
     control = _control(PROMPT, PROMPT, tiny.tokenizer, cross_until=1.0, self_until=1.0)
