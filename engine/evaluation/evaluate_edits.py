@@ -52,6 +52,7 @@ from ..training.probe import HELDOUT_SEED, load_probe
 from ..world.scene import (
     ATTRIBUTE_NAMES,
     LAND_KINDS,
+    ROOF_COLOURS,
     WALL_COLOURS,
     Celestial,
     RenderResult,
@@ -135,8 +136,9 @@ def object_kind_case(seed: int) -> EditCase | None:
     return EditCase(seed, r, after, region, f"n_{new}", f"{name}: {old} -> {new}", f"n_{old}")
 
 
-def wall_colour_case(seed: int) -> EditCase | None:
-    """Repaint the walls of the nearest house (the one the probe's colour refers to)."""
+def house_colour_case(seed: int, part: str = "wall") -> EditCase | None:
+    """Recolour the walls (``part`` "wall") or the roof ("roof") of the nearest house (the
+    one the probe's colours refer to)."""
     r = render_seed(seed)
     houses = [o for o in r.scene.objects if o.kind == "house"]
     if not houses:
@@ -144,10 +146,21 @@ def wall_colour_case(seed: int) -> EditCase | None:
     house = max(houses, key=lambda o: o.y)
     if r.masks[house.name].sum() < MIN_OBJECT_PIXELS:
         return None
-    new = WALL_COLOURS[(WALL_COLOURS.index(house.wall) + 1 + seed % 3) % len(WALL_COLOURS)]
-    after = render(redescribe(r.scene, house.name, new)[0])
+    colours, old = (WALL_COLOURS, house.wall) if part == "wall" else (ROOF_COLOURS, house.roof)
+    new = colours[(colours.index(old) + 1 + seed % 3) % len(colours)]
+    change = {"new_kind_or_colour": new} if part == "wall" else {"roof": new}
+    after = render(redescribe(r.scene, house.name, **change)[0])
     region = _object_region(r, after, house.name)
-    return EditCase(seed, r, after, region, "house_wall", f"{house.name}: {house.wall} -> {new}")
+    what = f"{house.name}: {part} {old} -> {new}"
+    return EditCase(seed, r, after, region, f"house_{part}", what)
+
+
+def wall_colour_case(seed: int) -> EditCase | None:
+    return house_colour_case(seed, "wall")
+
+
+def roof_colour_case(seed: int) -> EditCase | None:
+    return house_colour_case(seed, "roof")
 
 
 def time_of_day_case(seed: int) -> EditCase | None:

@@ -1,0 +1,47 @@
+"""The Prompt-to-Prompt evaluation's measures can fail: fed the source image back they say
+"unchanged", fed the world's true edit they say "changed, background kept"."""
+
+from types import SimpleNamespace
+
+from engine.evaluation import evaluate_edits as ev
+from engine.evaluation import evaluate_p2p as p2p
+
+
+class Replay:
+    """A stand-in for the job runner: 'none' returns the source, 'p2p' the true edit."""
+
+    log = staticmethod(lambda m: None)
+
+    def __init__(self, cases):
+        self.by_caption = {c.after.caption: c for c in cases}
+
+    def __call__(self, method, **fields):
+        if method == "invert":
+            return SimpleNamespace(extras={"inversion": object()}), 1.0
+        c = self.by_caption[fields["prompt"]]
+        control = fields["options"]["control"]
+        image = c.after.image if control == "p2p" else c.before.image
+        return SimpleNamespace(image=image, extras={}), 2.0 if control == "p2p" else 1.0
+
+
+def test_the_table_tells_the_source_from_the_true_edit():
+    from engine.training.probe import load_probe
+
+    cases = {
+        "wall": ev.find_cases(ev.wall_colour_case, 3, 700_000),
+        "roof": ev.find_cases(ev.roof_colour_case, 3, 710_000),
+    }
+    run = Replay([c for cs in cases.values() for c in cs])
+    table, rows = p2p.p2p_metrics(run, load_probe(), cases, inversions=("direct",))
+    for kind in cases:
+        plain, edit = table[f"{kind}/direct/none"], table[f"{kind}/direct/p2p"]
+        assert plain["attribute_changed"]["k"] == 0  # the source is not the edit
+        # the probe reads the true edit as often as its control says (roofs: not always)
+        assert edit["attribute_changed"]["k"] == table["probe_reads_true_edit"][kind]["k"] > 0
+        assert edit["background_psnr_db"]["worst"] > 40  # outside the region: untouched
+        assert edit["psnr_vs_true_edit_db"]["worst"] == float("inf")
+        assert plain["psnr_vs_true_edit_db"]["mean"] < 40
+        assert edit["time_vs_plain"]["mean"] == 2.0
+    assert len(rows) == 2 * 3 * len(p2p.VARIANTS)
+    text = p2p.format_table({"seed_start": 0, "n": 3, "table": table})
+    assert "| wall | direct | p2p |" in text and "control: the probe reads" in text
