@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import time
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -116,8 +117,14 @@ class PromptPanel(QWidget):
         self.prep.clicked.connect(lambda: self.run_requested.emit(self.current_method(), 0))
         self.cancel.clicked.connect(self.cancel_requested)
         doc.settings_changed.connect(self.load_settings)
-        doc.reset.connect(self._refresh_source)
-        doc.layer_changed.connect(lambda name, _: name == "image" and self._refresh_source())
+        # the image's parameters are recorded just after its pixels change (Apply, Open):
+        # read them once the change is complete
+        self._source_timer = QTimer(self)
+        self._source_timer.setSingleShot(True)
+        self._source_timer.setInterval(0)
+        self._source_timer.timeout.connect(self._refresh_source)
+        doc.reset.connect(self._source_timer.start)
+        doc.layer_changed.connect(lambda name, _: name == "image" and self._source_timer.start())
         self.load_settings()
 
     # ---- settings <-> widgets -----------------------------------------------------------
@@ -179,7 +186,6 @@ class PromptPanel(QWidget):
         if m.from_image:
             self._source_label = QLabel()
             self._source_label.setObjectName("source_info")
-            self._source_label.setWordWrap(True)
             self.form.addRow(QLabel("Source"), self._source_label)
         for p in m.params:
             w = self._editor(key, p)
@@ -252,17 +258,24 @@ class PromptPanel(QWidget):
         elif METHODS[key].from_image:
             try:
                 g = generation_of(self.doc)
-            except NeedsInput as e:
-                if self._source_label is not None:
-                    self._source_label.setText(str(e))
+            except NeedsInput as e:  # its first clause; all of it in the tooltip
+                self._show_source(re.split(r" \(|:", str(e))[0], str(e))
             else:
                 self._source = g["prompt"]
-                if self._source_label is not None:
-                    self._source_label.setText(
-                        f"“{g['prompt']}” · seed {g['seed']} · {g['steps']} steps · "
-                        f"{g['width']}x{g['height']}"
-                    )
+                prompt = g["prompt"] if len(g["prompt"]) <= 40 else g["prompt"][:39] + "…"
+                size = f"{g['width']}x{g['height']}"
+                self._show_source(
+                    f"“{prompt}” · seed {g['seed']}",
+                    f"Generated with “{g['prompt']}”, seed {g['seed']}, {g['steps']} steps, "
+                    f"guidance {g['guidance']}, {size}: Edit prompt replays this beside the edit.",
+                )
         self._update_blend_hint()
+
+    def _show_source(self, text: str, tip: str) -> None:
+        # not word-wrapped: a wrapping label in the form makes the dock re-layout forever
+        if self._source_label is not None:
+            self._source_label.setText(text)
+            self._source_label.setToolTip(tip)
 
     @staticmethod
     def _param(method: str, key: str) -> Param:

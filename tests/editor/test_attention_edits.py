@@ -1,0 +1,240 @@
+"""Re-edits that keep the picture (Prompt-to-Prompt), driven through the window on
+builtin:tiny with a few steps on small images: Edit prompt on a generated result, Invert &
+re-edit of a PNG with attention control, the blend mask (forming, then in the mask layer),
+a prompt word's heat map, and a checkbox option through a project file."""
+
+import numpy as np
+import pytest
+from PIL import Image
+from PySide6.QtCore import QRectF, Qt
+from PySide6.QtGui import QTextCursor
+from PySide6.QtWidgets import QCheckBox, QComboBox, QLabel, QLineEdit, QWidget
+
+LEFT = Qt.MouseButton.LeftButton
+CTRL = Qt.KeyboardModifier.ControlModifier
+SHIFT = Qt.KeyboardModifier.ShiftModifier
+
+
+def _image():
+    return np.random.default_rng(3).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+
+
+def sent_requests(win):
+    """Record every request the window submits (and still submit it)."""
+    sent, submit = [], win.bridge.submit
+    win.bridge.submit = lambda req: (sent.append(req), submit(req))[1]
+    return sent
+
+
+def choose(win, method, qtbot, **params):
+    combo = win.prompt_panel.method
+    combo.setCurrentIndex(combo.findData(method))
+    for key, v in params.items():
+        w = win.prompt_panel.findChild(QWidget, f"param_{key}")
+        if isinstance(w, QComboBox):
+            w.setCurrentText(v)
+        elif isinstance(w, QLineEdit):
+            w.clear()
+            qtbot.keyClicks(w, v)
+        elif isinstance(w, QCheckBox):
+            if w.isChecked() != v:
+                w.click()
+        else:
+            w.setValue(v)
+
+
+def set_prompt(win, qtbot, text):
+    win.prompt_panel.prompt.clear()
+    qtbot.keyClicks(win.prompt_panel.prompt, text)
+
+
+def click_and_wait(qtbot, win, button):
+    with qtbot.waitSignal(win.bridge.finished, timeout=90_000) as blocker:
+        qtbot.mouseClick(button, LEFT)
+    return blocker.args[0]
+
+
+def record_overlays(win):
+    """What the forming-mask overlay holds after each step (None: nothing shown)."""
+    seen = []
+    win.bridge.step.connect(
+        lambda ev: seen.append(
+            None if win.canvas.mask_preview.array is None else win.canvas.mask_preview.array.copy()
+        )
+    )
+    return seen
+
+
+def generate_and_apply(win, qtbot, prompt="a red house", seed=1234):
+    """Generate through the panel with a locked seed, then Apply the result."""
+    p = win.prompt_panel
+    choose(win, "generate", qtbot, steps=3, guidance=2.0)
+    set_prompt(win, qtbot, prompt)
+    p.seed.setValue(seed)
+    p.seed_lock.click()
+    click_and_wait(qtbot, win, p.run)
+    qtbot.mouseClick(win.history_panel.apply, LEFT)
+    return win.doc.image.copy()
+
+
+def test_edit_prompt_of_a_generated_image_keeps_its_seed_and_fills_the_mask(make_window, qtbot):
+    win = make_window(_image())
+    sent = sent_requests(win)
+    p = win.prompt_panel
+    choose(win, "generate", qtbot, steps=3, guidance=2.0)
+    set_prompt(win, qtbot, "a red house")
+    p.seed.setValue(1234)
+    p.seed_lock.click()
+    click_and_wait(qtbot, win, p.run)
+    choose(win, "edit_generated", qtbot)
+    assert "Apply" in p.findChild(QLabel, "source_info").text()  # not applied yet: says so
+    win.run_method("edit_generated")
+    assert "Apply the generated result" in win.banner.text() and not win.bridge.busy
+    qtbot.mouseClick(win.history_panel.apply, LEFT)
+    generated = win.doc.image.copy()
+    label = p.findChild(QLabel, "source_info")
+    qtbot.waitUntil(lambda: "a red house" in label.text(), timeout=2000)
+    assert "seed 1234" in label.text()
+    assert not any(p.findChild(QWidget, f"param_{k}") for k in ("steps", "source_prompt"))
+    win.run_method("edit_generated")  # the prompt is unchanged: nothing to edit
+    assert "Edit the prompt first" in win.banner.text() and not win.bridge.busy
+    set_prompt(win, qtbot, "a blue house")
+    blend_words = p.findChild(QLineEdit, "param_blend_words")
+    assert blend_words.text() == "" and blend_words.placeholderText() == "blue"
+    win.doc.update_settings(steps=9, guidance=5.0, seed=77)  # ignored: the image's are used
+    assert not win.doc.mask.any()
+    overlays = record_overlays(win)
+    ev = click_and_wait(qtbot, win, p.run)
+    req = sent[-1]
+    assert req.method == "edit_generated" and req.prompt == "a blue house"
+    assert (req.seed, req.steps, req.guidance) == (1234, 3, 2.0)
+    assert (req.height, req.width) == generated.shape[:2]
+    assert req.options["source_prompt"] == "a red house" and req.options["local_blend"] is True
+    assert req.mask is None
+    # the forming blend mask was shown over the image, then put away
+    shown = [a for a in overlays if a is not None]
+    assert shown and all(a.ndim == 3 and a.shape[2] == 4 for a in shown)
+    assert win.canvas.mask_preview.array is None
+    # the final blend mask is now the mask layer, one undoable change
+    blend = ev.extras["blend_mask"]
+    assert blend.any() and np.array_equal(win.doc.mask, blend)
+    assert win.canvas.layers["mask"].isVisible()
+    entry = win.doc.history[-1]
+    assert entry.parameters["method"] == "edit_generated" and entry.parameters["seed"] == 1234
+    assert entry.parameters["source_prompt"] == "a red house"
+    assert np.array_equal(win.doc.image, generated)  # the result waits in the history
+    qtbot.keyClick(win.canvas, Qt.Key.Key_Z, CTRL)
+    assert not win.doc.mask.any() and np.array_equal(win.doc.image, generated)
+
+
+def test_a_painted_mask_is_left_alone_and_replaces_the_blend(make_window, qtbot):
+    win = make_window(_image())
+    sent = sent_requests(win)
+    generate_and_apply(win, qtbot)
+    painted = np.zeros_like(win.doc.mask)
+    painted[10:30, 20:40] = 255
+    win.doc.set_mask(painted, "paint")
+    choose(win, "edit_generated", qtbot)
+    set_prompt(win, qtbot, "a blue house")
+    ev = click_and_wait(qtbot, win, win.prompt_panel.run)
+    assert np.array_equal(sent[-1].mask, painted)
+    assert "blend_mask" not in ev.extras and np.array_equal(win.doc.mask, painted)
+
+
+def test_photos_say_to_use_invert_and_reedit_with_p2p(make_window, qtbot, tmp_path):
+    path = tmp_path / "house.png"
+    Image.fromarray(_image()).save(path)
+    win = make_window()
+    assert win.open_path(str(path))
+    sent = sent_requests(win)
+    choose(win, "edit_generated", qtbot)
+    set_prompt(win, qtbot, "a red house")
+    win.run_method("edit_generated")
+    assert "Invert & re-edit" in win.banner.text() and not sent
+    choose(win, "reedit", qtbot, source_prompt="a house", inversion="ddim")
+    p = win.prompt_panel
+    assert p.findChild(QComboBox, "param_control").currentText() == "p2p"
+    for key in ("keep_layout", "keep_detail", "local_blend", "blend_words"):
+        assert p.findChild(QWidget, f"param_{key}").toolTip(), key
+    assert p.findChild(QLineEdit, "param_blend_words").placeholderText() == "red"
+    win.doc.update_settings(steps=3, guidance=2.0)
+    click_and_wait(qtbot, win, p.prep)  # Invert
+    overlays = record_overlays(win)
+    ev = click_and_wait(qtbot, win, p.run)
+    req = sent[-1]
+    assert req.method == "reedit" and req.options["control"] == "p2p"
+    assert [a for a in overlays if a is not None], "no forming mask reached the overlay"
+    entry = win.doc.history[-1]
+    assert entry.parameters["control"] == "p2p" and entry.parameters["keep_layout"] == 0.8
+    assert entry.parameters["inversion"] == "ddim"  # the engine's own, not the id sent
+    assert set(ev.extras["attention_maps"]) == {"a", "red", "house"}
+
+
+def _select(win, qtbot, start, length):
+    """Select prompt characters with the keyboard, as a user does."""
+    box = win.prompt_panel.prompt
+    box.setFocus()
+    qtbot.keyClick(box, Qt.Key.Key_Home, CTRL)
+    for _ in range(start):
+        qtbot.keyClick(box, Qt.Key.Key_Right)
+    for _ in range(length):
+        qtbot.keyClick(box, Qt.Key.Key_Right, SHIFT)
+
+
+def test_selecting_a_prompt_word_shows_its_attention_map(make_window, qtbot):
+    win = make_window(_image())
+    generate_and_apply(win, qtbot)
+    canvas = win.canvas
+    _select(win, qtbot, 2, 3)  # no re-edit yet: no maps, says so
+    assert canvas.heat.array is None and "No attention maps" in win.statusBar().currentMessage()
+    choose(win, "edit_generated", qtbot)
+    set_prompt(win, qtbot, "a (Blue:1.2) house")
+    ev = click_and_wait(qtbot, win, win.prompt_panel.run)
+    maps = ev.extras["attention_maps"]
+    assert "Blue" in maps
+    _select(win, qtbot, 2, len("(Blue:1.2)"))  # the word with its weight: matched as "blue"
+    assert win.prompt_panel.prompt.textCursor().selectedText() == "(Blue:1.2)"
+    h, w = win.doc.size
+    assert canvas.heat.isVisible() and canvas.heat.boundingRect() == QRectF(0, 0, w, h)
+    heat = canvas.heat.array
+    assert heat.shape == (h, w, 4)  # resized to the image
+    small = maps["Blue"]
+    alpha = heat[..., 3].astype(float)
+    # the overlay follows the map: where the map is strongest, the tint is strongest
+    hi = np.unravel_index(small.argmax(), small.shape)
+    lo = np.unravel_index(small.argmin(), small.shape)
+    cell = (h / small.shape[0], w / small.shape[1])
+    at = [alpha[int((r + 0.5) * cell[0]), int((c + 0.5) * cell[1])] for r, c in (hi, lo)]
+    assert at[0] > at[1]
+    assert "Blue" in win.statusBar().currentMessage() or "blue" in win.statusBar().currentMessage()
+    qtbot.keyClick(win.prompt_panel.prompt, Qt.Key.Key_Right)  # clears the selection
+    assert not win.prompt_panel.prompt.textCursor().hasSelection()
+    assert not canvas.heat.isVisible() and canvas.heat.array is None
+    _select(win, qtbot, 0, 0)
+    cursor = win.prompt_panel.prompt.textCursor()
+    cursor.movePosition(QTextCursor.MoveOperation.End, QTextCursor.MoveMode.KeepAnchor)
+    win.prompt_panel.prompt.setTextCursor(cursor)  # several words: the strongest of them
+    assert canvas.heat.isVisible()
+
+
+@pytest.mark.parametrize("blend", [False, True])
+def test_a_checkbox_option_survives_saving_and_reopening_the_project(
+    make_window, qtbot, tmp_path, blend
+):
+    win = make_window(_image())
+    choose(win, "reedit", qtbot, local_blend=blend, keep_layout=0.6, blend_words="roof")
+    box = win.prompt_panel.findChild(QCheckBox, "param_local_blend")
+    assert box.isChecked() is blend
+    saved = str(tmp_path / "p.deproj")
+    win.ask_save_path = lambda *a, **k: saved
+    assert win.save_project()
+
+    other = make_window()
+    assert other.open_path(saved), other.banner.text()
+    choose(other, "reedit", qtbot)
+    p = other.prompt_panel
+    assert p.findChild(QCheckBox, "param_local_blend").isChecked() is blend
+    assert p.findChild(QWidget, "param_keep_layout").value() == pytest.approx(0.6)
+    assert p.findChild(QLineEdit, "param_blend_words").text() == "roof"
+    stored = other.doc.settings["options"]["reedit"]
+    assert stored.get("local_blend", True) is blend  # the default need not be stored
