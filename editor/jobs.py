@@ -55,6 +55,7 @@ class JobController:
         self._preview_alpha: np.ndarray | None = None
         # the last attention-controlled result's word → cross-attention map (heat maps)
         self.attention_maps: dict[str, np.ndarray] = {}
+        win.doc.reset.connect(self.attention_maps.clear)  # they belonged to the old image
         b = win.bridge
         b.started.connect(self._on_started)
         b.step.connect(self._on_step)

@@ -19,7 +19,7 @@ import numpy as np
 from engine import EditRequest
 from engine.methods import COMMON, OptionSpec, label_of
 from engine.methods import METHODS as ENGINE_METHODS
-from engine.prompts import plain_text
+from engine.prompts import parse_weights, plain_text
 
 from .document import Document, default_settings, image_key
 
@@ -304,7 +304,8 @@ def _words(text: str) -> list[str]:
 def changed_words(source: str, target: str) -> list[str]:
     """The words that differ between two prompts (word-level diff, weights stripped): the
     target's replaced or inserted words, or the source's removed ones when only words were
-    removed. What local blend uses when Blend words is empty."""
+    removed, and the target's re-weighted words. What local blend uses when Blend words is
+    empty."""
     a, b = _words(source), _words(target)
     sm = difflib.SequenceMatcher(None, [w.lower() for w in a], [w.lower() for w in b])
     added, removed = [], []
@@ -312,7 +313,9 @@ def changed_words(source: str, target: str) -> list[str]:
         if op != "equal":
             added += b[j0:j1]
             removed += a[i0:i1]
-    return list(dict.fromkeys(added or removed))
+    # re-weighted words, (word:1.3), change too
+    weighted = [w for t, x in parse_weights(target) if x != 1.0 for w in _words(t)]
+    return list(dict.fromkeys((added or removed) + weighted))
 
 
 def word_key(text: str) -> str:

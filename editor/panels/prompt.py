@@ -198,10 +198,27 @@ class PromptPanel(QWidget):
         self.prep.setText(m.prep_label or "")
         self.method.setToolTip(m.tooltip)
         self._refresh_source()
+        self._update_dependents()
         self.run.setToolTip(
             f"Not available yet: the engine lacks {', '.join(missing)}." if missing else m.tooltip
         )
         self._update_buttons()
+
+    # attention-control fields that do nothing without control / without local blend
+    P2P_FIELDS = ("keep_layout", "keep_detail", "local_blend", "blend_words")
+
+    def _field(self, key: str) -> QWidget | None:
+        return self.form_host.findChild(QWidget, f"param_{key}")
+
+    def _update_dependents(self) -> None:
+        """Grey out the attention-control fields when control is off, Blend words when
+        local blend is off (their values are kept)."""
+        control, blend = self._field("control"), self._field("local_blend")
+        on = control is None or control.currentText() != "none"
+        for key in self.P2P_FIELDS:
+            w = self._field(key)
+            if w is not None:
+                w.setEnabled(on and (key != "blend_words" or blend is None or blend.isChecked()))
 
     def _editor(self, method: str, p: Param) -> QWidget:
         v = value(self.doc, method, p)
@@ -216,10 +233,12 @@ class PromptPanel(QWidget):
             w.currentTextChanged.connect(
                 lambda t: self._set(lambda: set_value(self.doc, method, p, t))
             )
+            w.currentTextChanged.connect(self._update_dependents)
         elif p.kind is bool:
             w = QCheckBox()
             w.setChecked(bool(v))
             w.toggled.connect(lambda x: self._set(lambda: set_value(self.doc, method, p, bool(x))))
+            w.toggled.connect(self._update_dependents)
         elif p.kind is str:
             w = QLineEdit(str(v))
             w.textChanged.connect(put)

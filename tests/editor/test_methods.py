@@ -269,6 +269,14 @@ def test_a_checkbox_option_is_stored_checked_and_sent(qtbot):
             check_settings(raw)
     other = _form(qtbot, doc, "reedit")  # a form built from the settings shows it unchecked
     assert not other.findChild(QCheckBox, "param_local_blend").isChecked()
+    words = other.findChild(QLineEdit, "param_blend_words")
+    assert not words.isEnabled()  # no blend: its words do nothing
+    other.findChild(QCheckBox, "param_local_blend").click()
+    assert words.isEnabled() and doc.settings["options"]["reedit"]["local_blend"] is True
+    other.findChild(QComboBox, "param_control").setCurrentText("none")
+    assert doc.settings["options"]["reedit"]["control"] == "none"
+    for key in ("keep_layout", "keep_detail", "local_blend", "blend_words"):
+        assert not other.findChild(QWidget, f"param_{key}").isEnabled(), key
 
 
 def test_blend_words_placeholder_follows_the_prompt_diff(qtbot):
@@ -279,6 +287,7 @@ def test_blend_words_placeholder_follows_the_prompt_diff(qtbot):
     assert changed_words("a cat, on a sofa", "a cat on a red sofa") == ["red"]
     assert changed_words("a big cat", "a cat") == ["big"]  # only removed: those
     assert changed_words("a cat", "A Cat") == []
+    assert changed_words("a red cat", "a (red:1.5) cat") == ["red"]  # re-weighted
     doc = Document(np.zeros((64, 64, 3), np.uint8))
     panel = _form(qtbot, doc, "reedit")
     source = panel.findChild(QLineEdit, "param_source_prompt")
