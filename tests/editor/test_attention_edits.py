@@ -222,7 +222,8 @@ def test_a_checkbox_option_survives_saving_and_reopening_the_project(
     make_window, qtbot, tmp_path, blend
 ):
     win = make_window(_image())
-    choose(win, "reedit", qtbot, local_blend=blend, keep_layout=0.6, blend_words="roof")
+    # (Blend words first: without local blend the field is greyed out)
+    choose(win, "reedit", qtbot, blend_words="roof", local_blend=blend, keep_layout=0.6)
     box = win.prompt_panel.findChild(QCheckBox, "param_local_blend")
     assert box.isChecked() is blend
     saved = str(tmp_path / "p.deproj")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QComboBox, QLineEdit, QWidget
+from PySide6.QtWidgets import QCheckBox, QComboBox, QLineEdit, QWidget
 
 from editor import project
 from engine import EditRequest, Finished
@@ -44,6 +44,9 @@ def choose(win, method, qtbot, **params):
         elif isinstance(w, QLineEdit):
             w.clear()
             qtbot.keyClicks(w, v)
+        elif isinstance(w, QCheckBox):
+            if w.isChecked() != v:
+                w.click()
         else:
             w.setValue(v)
 
@@ -77,7 +80,9 @@ def test_invert_save_reopen_after_a_restart_and_reedit_without_inverting(
 ):
     win = make_window()
     assert win.open_path(_png(tmp_path))
-    choose(win, "reedit", qtbot, source_prompt="a house", inversion="ddim")
+    # no local blend: its mask would fill the mask layer, and the re-edit after reopening
+    # would then edit inside that mask, not as the first re-edit did
+    choose(win, "reedit", qtbot, source_prompt="a house", inversion="ddim", local_blend=False)
     win.doc.update_settings(steps=3, guidance=2.0)
     ev = click_and_wait(qtbot, win, win.prompt_panel.prep)  # Invert
     assert not _tensors(dict(ev.extras))  # only an id and plain values cross to the GUI
@@ -109,7 +114,9 @@ def test_a_crash_after_invert_recovers_the_inversion_too(make_window, engine, qt
 
     win = make_window()
     assert win.open_path(_png(tmp_path))
-    choose(win, "reedit", qtbot, source_prompt="a house", inversion="ddim")
+    # no local blend: its mask would fill the mask layer, and the re-edit after reopening
+    # would then edit inside that mask, not as the first re-edit did
+    choose(win, "reedit", qtbot, source_prompt="a house", inversion="ddim", local_blend=False)
     win.doc.update_settings(steps=3, guidance=2.0)
     click_and_wait(qtbot, win, win.prompt_panel.prep)  # Invert
     set_prompt(win, qtbot, "a red house")
