@@ -304,3 +304,41 @@ def test_blend_words_placeholder_follows_the_prompt_diff(qtbot):
     source.clear()
     qtbot.keyClicks(source, "a dog on a sofa")
     assert words.placeholderText() == "at, night"
+
+
+def test_edit_prompt_replays_the_parameters_of_the_image_layer():
+    from editor.document import Document
+    from editor.methods import NeedsInput, build_request
+
+    doc = Document(np.zeros((48, 64, 3), np.uint8))
+    doc.update_settings(method="edit_generated", prompt="a blue house", seed=9, steps=50)
+    with pytest.raises(NeedsInput, match="Invert & re-edit"):
+        build_request(doc, "edit_generated")  # a photo: nothing to replay
+    # what a PNG's A1111 text gives: numbers as text, the source prompt under its label
+    doc.describe(
+        {
+            "prompt": "a blue roof",
+            "method": "edit_generated",
+            "Source prompt": "a red house",
+            "steps": "3",
+            "guidance": "2.5",
+            "seed": "1234",
+            "size": "64x48",
+            "negative_prompt": "blurry",
+        }
+    )
+    req = build_request(doc, "edit_generated")
+    assert req.method == "edit_generated" and req.prompt == "a blue house"
+    assert req.options["source_prompt"] == "a red house"  # an edit's edit: the same original
+    assert (req.seed, req.steps, req.guidance, req.negative_prompt) == (1234, 3, 2.5, "blurry")
+    assert (req.width, req.height) == (64, 48)
+    doc.describe({"prompt": "a red house", "method": "generate", "seed": 1, "steps": 3,
+                  "guidance": 2.0, "size": "32x32"})  # fmt: skip
+    with pytest.raises(NeedsInput, match="generated at 32x32"):
+        build_request(doc, "edit_generated")
+    doc.describe({"prompt": "a red house", "method": "sdedit", "seed": 1})
+    with pytest.raises(NeedsInput, match="needs a generated image"):
+        build_request(doc, "edit_generated")
+    doc.image[0, 0] = 1  # the pixels changed: the parameters no longer describe them
+    with pytest.raises(NeedsInput):
+        build_request(doc, "edit_generated")
