@@ -13,7 +13,7 @@ step. While they run, the target branch's attention is taken from the source bra
 - local blend (§3.2 "Local editing"; the authors' code): the cross-attention maps of the
   changed words in both prompts, summed over layers and steps at a low resolution (here
   relative to the prompt's mean map, see ``_relative``), max-pooled, normalised,
-  thresholded (0.3) and joined; outside that mask the target branch
+  thresholded and joined; outside that mask the target branch
   follows the source latents: x_tgt ← x_src + m ⊙ (x_tgt − x_src).
 
 Only the conditional half of a guided batch is controlled (as in the authors' code); the
@@ -123,7 +123,7 @@ class AttentionControl:
     self_until: float = 0.4
     weights: torch.Tensor | None = None
     blend: tuple[tuple[int, ...], tuple[int, ...]] | None = None
-    threshold: float = 0.3
+    threshold: float = 0.5
     blend_from: float = 0.2  # the authors' code starts blending after 20 % of the steps
     latent_hw: tuple[int, int] = (64, 64)
     prompt_end: int = 77  # positions up to the target's EOS (BOS and words), for the mean
