@@ -37,10 +37,12 @@ class SeedRange:
 
 CALIBRATION = SeedRange(500_000, 1_000_000)
 # 1,000,000+ held the probe's and the demo model's held-out figures and every edit figure
-# up to issue 21; 2,000,000+ was re-measured by a reviewer (issue 20): both are looked at
-DEVELOPMENT = SeedRange(1_000_000, 3_000_000)
-# looked at once, for the figures in the README of issue 21; the next report starts at 4,000,000
-FINAL = SeedRange(3_000_000, 4_000_000)
+# up to issue 21; 2,000,000+ was re-measured by a reviewer (issue 20); 3,000,000+ was the
+# final range of issue 21's report: all looked at
+DEVELOPMENT = SeedRange(1_000_000, 4_000_000)
+# 4,000,000–4,399,999 looked at once, for the Prompt-to-Prompt figures (evaluate_p2p); the
+# next report starts at 4,400,000
+FINAL = SeedRange(4_000_000, 5_000_000)
 NAMED = {"calibration": CALIBRATION, "development": DEVELOPMENT, "final": FINAL}
 
 CARD_LINE = re.compile(r"Training scene seeds:\s*([\d,]+)\s*[–-]\s*([\d,]+)")
