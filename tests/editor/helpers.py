@@ -46,3 +46,44 @@ def hard_brush_at_100(canvas, size):
     canvas.brush.hardness = 1.0
     canvas.brush.size = size
     return canvas
+
+
+# ---- the prompt panel, as a user drives it ---------------------------------------------------
+
+
+def sent_requests(win):
+    """Record every request the window submits (and still submit it)."""
+    sent, submit = [], win.bridge.submit
+    win.bridge.submit = lambda req: (sent.append(req), submit(req))[1]
+    return sent
+
+
+def choose(win, method, qtbot, **params):
+    """Pick a method in the panel's combo box and set its form's fields as a user would."""
+    from PySide6.QtWidgets import QCheckBox, QComboBox, QLineEdit, QWidget
+
+    combo = win.prompt_panel.method
+    combo.setCurrentIndex(combo.findData(method))
+    for key, v in params.items():
+        w = win.prompt_panel.findChild(QWidget, f"param_{key}")
+        if isinstance(w, QComboBox):
+            w.setCurrentText(v)
+        elif isinstance(w, QLineEdit):
+            w.clear()
+            qtbot.keyClicks(w, v)
+        elif isinstance(w, QCheckBox):
+            if w.isChecked() != v:
+                w.click()
+        else:
+            w.setValue(v)
+
+
+def set_prompt(win, qtbot, text):
+    win.prompt_panel.prompt.clear()
+    qtbot.keyClicks(win.prompt_panel.prompt, text)
+
+
+def click_and_wait(qtbot, win, button, timeout=90_000):
+    with qtbot.waitSignal(win.bridge.finished, timeout=timeout) as blocker:
+        qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
+    return blocker.args[0]

@@ -5,6 +5,7 @@ a prompt word's heat map, and a checkbox option through a project file."""
 
 import numpy as np
 import pytest
+from helpers import choose, click_and_wait, sent_requests, set_prompt
 from PIL import Image
 from PySide6.QtCore import QRectF, Qt
 from PySide6.QtGui import QTextCursor
@@ -17,41 +18,6 @@ SHIFT = Qt.KeyboardModifier.ShiftModifier
 
 def _image():
     return np.random.default_rng(3).integers(0, 256, (48, 64, 3), dtype=np.uint8)
-
-
-def sent_requests(win):
-    """Record every request the window submits (and still submit it)."""
-    sent, submit = [], win.bridge.submit
-    win.bridge.submit = lambda req: (sent.append(req), submit(req))[1]
-    return sent
-
-
-def choose(win, method, qtbot, **params):
-    combo = win.prompt_panel.method
-    combo.setCurrentIndex(combo.findData(method))
-    for key, v in params.items():
-        w = win.prompt_panel.findChild(QWidget, f"param_{key}")
-        if isinstance(w, QComboBox):
-            w.setCurrentText(v)
-        elif isinstance(w, QLineEdit):
-            w.clear()
-            qtbot.keyClicks(w, v)
-        elif isinstance(w, QCheckBox):
-            if w.isChecked() != v:
-                w.click()
-        else:
-            w.setValue(v)
-
-
-def set_prompt(win, qtbot, text):
-    win.prompt_panel.prompt.clear()
-    qtbot.keyClicks(win.prompt_panel.prompt, text)
-
-
-def click_and_wait(qtbot, win, button):
-    with qtbot.waitSignal(win.bridge.finished, timeout=90_000) as blocker:
-        qtbot.mouseClick(button, LEFT)
-    return blocker.args[0]
 
 
 def record_overlays(win):

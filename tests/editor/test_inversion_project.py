@@ -8,9 +8,9 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from helpers import choose, click_and_wait, sent_requests, set_prompt
 from PIL import Image
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QCheckBox, QComboBox, QLineEdit, QWidget
 
 from editor import project
 from engine import EditRequest, Finished
@@ -26,40 +26,6 @@ def _png(tmp_path):
     path = tmp_path / "house.png"
     Image.fromarray(_image()).save(path)
     return str(path)
-
-
-def sent_requests(win):
-    sent, submit = [], win.bridge.submit
-    win.bridge.submit = lambda req: (sent.append(req), submit(req))[1]
-    return sent
-
-
-def choose(win, method, qtbot, **params):
-    combo = win.prompt_panel.method
-    combo.setCurrentIndex(combo.findData(method))
-    for key, v in params.items():
-        w = win.prompt_panel.findChild(QWidget, f"param_{key}")
-        if isinstance(w, QComboBox):
-            w.setCurrentText(v)
-        elif isinstance(w, QLineEdit):
-            w.clear()
-            qtbot.keyClicks(w, v)
-        elif isinstance(w, QCheckBox):
-            if w.isChecked() != v:
-                w.click()
-        else:
-            w.setValue(v)
-
-
-def set_prompt(win, qtbot, text):
-    win.prompt_panel.prompt.clear()
-    qtbot.keyClicks(win.prompt_panel.prompt, text)
-
-
-def click_and_wait(qtbot, win, button):
-    with qtbot.waitSignal(win.bridge.finished, timeout=90_000) as blocker:
-        qtbot.mouseClick(button, LEFT)
-    return blocker.args[0]
 
 
 def _tensors(obj) -> list:

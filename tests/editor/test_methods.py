@@ -6,7 +6,15 @@ with a few steps; assertions on the requests sent, the layers and the result pix
 
 import numpy as np
 import pytest
-from helpers import drag, hard_brush_at_100, view_point
+from helpers import (
+    choose,
+    click_and_wait,
+    drag,
+    hard_brush_at_100,
+    sent_requests,
+    set_prompt,
+    view_point,
+)
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QComboBox, QLineEdit, QWidget
 
@@ -19,39 +27,6 @@ LEFT = Qt.MouseButton.LeftButton
 def win(window):
     hard_brush_at_100(window.canvas, 30)
     return window
-
-
-def sent_requests(win):
-    """Record every request the window submits (and still submit it)."""
-    sent, submit = [], win.bridge.submit
-    win.bridge.submit = lambda req: (sent.append(req), submit(req))[1]
-    return sent
-
-
-def choose(win, method, qtbot, **params):
-    """Pick a method in the panel's combo box and type its parameters into its form."""
-    combo = win.prompt_panel.method
-    combo.setCurrentIndex(combo.findData(method))
-    for key, v in params.items():
-        w = win.prompt_panel.findChild(QWidget, f"param_{key}")
-        if isinstance(w, QComboBox):
-            w.setCurrentText(v)
-        elif isinstance(w, QLineEdit):
-            w.clear()
-            qtbot.keyClicks(w, v)
-        else:
-            w.setValue(v)
-
-
-def set_prompt(win, qtbot, text):
-    win.prompt_panel.prompt.clear()
-    qtbot.keyClicks(win.prompt_panel.prompt, text)
-
-
-def click_and_wait(qtbot, win, button, timeout=90_000):
-    with qtbot.waitSignal(win.bridge.finished, timeout=timeout) as blocker:
-        qtbot.mouseClick(button, LEFT)
-    return blocker.args[0]
 
 
 def paint_mask(win, qtbot, points):
