@@ -3,10 +3,11 @@ layout: each inversion × {no control, Prompt-to-Prompt}).
 
     python -m engine.evaluation.evaluate_p2p [--model builtin:demo] [--n 8]
         [--seeds calibration|development|final|N] [--inversions ddim null_text direct]
-        [--kinds wall roof kind time] [--json PATH] [--grid PATH]
+        [--kinds wall roof kind time snow] [--json PATH] [--grid PATH]
 
-For each edit kind the world renders the true edit of a held-out scene (same scene, one
-attribute changed; ``evaluate_edits`` builds the cases). Each scene is inverted under its
+Edit kinds: wall and roof colour and object kind (word swaps), time of day (a global swap),
+snowy mountains (a refinement: words added). For each the world renders the true edit of a
+held-out scene (same scene, one attribute changed). Each scene is inverted under its
 caption (50 steps, guidance 7.5) with each inversion, then re-edited at full depth and
 without a painted mask with the edited caption, through the app's job runners, three ways:
 no control; Prompt-to-Prompt with the defaults (local blend on); Prompt-to-Prompt without
@@ -23,6 +24,8 @@ local blend. Reported with 95 % intervals and n:
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import difflib
 import json
 import sys
 from pathlib import Path
@@ -31,7 +34,7 @@ import numpy as np
 
 from ..imageops import psnr
 from ..training.probe import load_probe
-from ..world.scene import ATTRIBUTE_NAMES
+from ..world.scene import ATTRIBUTE_NAMES, render, render_seed
 from .evaluate_edits import (
     EditCase,
     Runner,
@@ -53,7 +56,23 @@ VARIANTS = {
     "p2p, no blend": {"control": "p2p", "local_blend": False},
 }
 SPAN = 400_000  # seeds one evaluation may touch from its start
-KIND_OFFSETS = {"wall": 0, "roof": 100_000, "kind": 200_000, "time": 300_000}
+KIND_OFFSETS = {"wall": 0, "roof": 100_000, "kind": 200_000, "time": 300_000, "snow": 350_000}
+
+
+def snow_caps_case(seed: int) -> EditCase | None:
+    """A refinement: mountains become snowy, and the caption only gains words ("mountains"
+    → "snowy mountains"), the case Prompt-to-Prompt aligns rather than swaps."""
+    r = render_seed(seed)
+    if not r.scene.ridges or r.scene.snow_caps:
+        return None
+    after = render(dataclasses.replace(r.scene, snow_caps=True))
+    ops = difflib.SequenceMatcher(None, r.caption.split(), after.caption.split()).get_opcodes()
+    if any(op not in ("equal", "insert") for op, *_ in ops):
+        return None  # the captioner rephrased ("distant mountains" → "a snowy mountain range")
+    region = (r.image != after.image).any(-1)
+    if not region.any():
+        return None
+    return EditCase(seed, r, after, region, "snow_caps", "mountains -> snowy mountains")
 
 
 MAKERS = {
@@ -61,6 +80,7 @@ MAKERS = {
     "roof": roof_colour_case,
     "kind": object_kind_case,
     "time": time_of_day_case,
+    "snow": snow_caps_case,
 }
 
 
