@@ -96,8 +96,15 @@ def test_rerun_uses_the_entry_settings(window, qtbot):
 
 
 def test_generate_makes_an_image_at_canvas_size(window, qtbot):
-    run_and_wait(qtbot, window, method="generate", steps=2)
-    assert window.doc.history[-1].image.shape == window.doc.image.shape
+    from helpers import sent_requests
+
+    sent = sent_requests(window)
+    ev = run_and_wait(qtbot, window, method="generate", steps=2)
+    h, w = window.doc.image.shape[:2]
+    assert (sent[-1].method, sent[-1].width, sent[-1].height) == ("generate", w, h)
+    entry = window.doc.history[-1]
+    assert entry.image.shape == window.doc.image.shape and np.array_equal(entry.image, ev.image)
+    assert not np.array_equal(entry.image, window.doc.image)  # a new picture, not the canvas
 
 
 def test_engine_failure_is_a_readable_message_and_work_survives(window, qtbot):
