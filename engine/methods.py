@@ -152,6 +152,14 @@ ATTENTION_CONTROL = {
         "the two prompts.",
         label="Blend words",
     ),
+    "painted_mask": OptionSpec(
+        str,
+        "replace",
+        "What a painted mask does: replace the words' region (only your mask may change) or "
+        "intersect it (only where your mask and the changed words' region overlap).",
+        choices=("replace", "intersect"),
+        label="Painted mask",
+    ),
     "blend_threshold": OptionSpec(
         float,
         0.5,

@@ -224,6 +224,7 @@ def prompt_to_prompt(
     anchor: list[torch.Tensor] | None = None,
     correct: bool = False,
     mask: torch.Tensor | None = None,
+    intersect: bool = False,
     generator: torch.Generator | None = None,
     eta: float = 0.0,
     label: str = "re-edit",
@@ -242,7 +243,8 @@ def prompt_to_prompt(
     PIE-Bench. With ``correct`` (direct inversion, Ju et al. 2024, Alg. 1) the source branch
     is also stepped, guided, and the target gets the step's difference added to the
     trajectory: x_tgt ← z*_{t−1} + (step_tgt − step_src). ``mask`` (latent size, 1 = edit; a
-    painted mask) replaces the local-blend mask. Yields the target's x̂₀ (the source's where
+    painted mask) replaces the local-blend mask, or with ``intersect`` is multiplied with it
+    once blending has started. Yields the target's x̂₀ (the source's where
     the blend keeps it) and the blend mask as it forms."""
     sched = denoiser.schedule
     n = len(timesteps)
@@ -277,11 +279,14 @@ def prompt_to_prompt(
                     t_next = anchor[i + 1] + (t_next - s_next)
                 s_next = anchor[i + 1]
             # 3. local blend (or the painted mask): outside it, follow the source
-            m = mask if mask is not None else control.blend_mask()
+            m = control.blend_mask() if mask is None or intersect else None
+            if mask is not None:
+                m = mask if m is None else mask * m.to(mask)
             if m is not None:
                 m = m.to(t_next)
                 t_next = s_next + m * (t_next - s_next)
             x_src, x_tgt = s_next, t_next
             shown = x0[1:] if m is None else x0[:1] + m * (x0[1:] - x0[:1])
-            yield Progress(i + 1, n, t, x0=shown, label=label, mask=m if mask is None else None)
+            formed = m if mask is None or intersect else None  # a painted mask is no news
+            yield Progress(i + 1, n, t, x0=shown, label=label, mask=formed)
     return x_tgt

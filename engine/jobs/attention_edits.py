@@ -116,6 +116,7 @@ def reedit_with_control(
         anchor=inv.trajectory[start:],
         correct=inv.method == "direct",
         mask=mask,
+        intersect=o.choice("painted_mask") == "intersect",
     )
     return latents, control
 
@@ -155,11 +156,12 @@ def run_edit_generated(ctx: JobContext, req: EditRequest):
         [null] * len(ts),
         control,
         mask=mask,
+        intersect=o.choice("painted_mask") == "intersect",
         generator=generator,
         eta=o.number("eta"),
     )
     image = finish_image(ctx, latents, None, (h, w))
-    if mask is not None:
+    if mask is not None and o.choice("painted_mask") == "replace":
         control.blend = None  # the painted mask replaced the blend: there is none to show
     extras = attention_extras(ctx, control, req.prompt, (h, w))
     return JobResult(image, {"size": f"{w}x{h}", "source_prompt": source_prompt}, extras)

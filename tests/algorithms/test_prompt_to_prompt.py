@@ -230,3 +230,28 @@ def test_v_prediction_models_take_the_same_paths(tiny):
         assert torch.allclose(_p2p(d, inv, edit, free), plain, atol=1e-4), method
     same = _control(PROMPT, PROMPT, tiny.tokenizer, cross_until=1.0, self_until=1.0)
     assert torch.equal(_p2p(d, inv, PROMPT, same), inv.trajectory[-1])
+
+
+def test_a_painted_mask_replaces_or_intersects_the_blend(tiny, tiny_denoiser, inverted):
+    """Direct inversion, blend words with an empty region, a painted mask over the left half:
+    'replace' edits inside the painted mask only; 'intersect' edits nowhere."""
+    _, invs = inverted
+    inv, d = invs["direct"], tiny_denoiser
+    edit = "a blue house beside two pine trees"
+    painted = torch.zeros(1, 1, *inv.trajectory[0].shape[-2:])
+    painted[..., : painted.shape[-1] // 2] = 1
+
+    def run(intersect):
+        control = _control(PROMPT, edit, tiny.tokenizer, blend=((), ()), blend_from=0.0)
+        gen = prompt_to_prompt(
+            d, inv.trajectory[0], inv.timesteps, d.encode_text(PROMPT), d.encode_text(edit),
+            inv.guidance, inv.null_embeddings, control, anchor=inv.trajectory, correct=True,
+            mask=painted, intersect=intersect,
+        )  # fmt: skip
+        return run_to_end(gen)
+
+    source, inside = inv.trajectory[-1], painted.bool().expand_as(inv.trajectory[-1])
+    replaced = run(False)
+    assert torch.equal(replaced[~inside], source[~inside])
+    assert not torch.allclose(replaced[inside], source[inside])
+    assert torch.equal(run(True), source)
