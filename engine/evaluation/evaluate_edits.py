@@ -91,6 +91,11 @@ class EditCase:
     attribute: str  # the attribute the edit sets
     what: str  # e.g. "pine_tree_0 -> round_tree"
     old_attribute: str | None = None  # kind swaps: the count the old object's removal lowers
+    prompt: str | None = None  # the edit's prompt, when it is not the edited scene's caption
+
+    @property
+    def edit_prompt(self) -> str:
+        return self.after.caption if self.prompt is None else self.prompt
 
     @property
     def mask(self) -> np.ndarray:

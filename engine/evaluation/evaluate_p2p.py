@@ -56,7 +56,14 @@ VARIANTS = {
     "p2p, no blend": {"control": "p2p", "local_blend": False},
 }
 SPAN = 400_000  # seeds one evaluation may touch from its start
-KIND_OFFSETS = {"wall": 0, "roof": 100_000, "kind": 200_000, "time": 300_000, "snow": 350_000}
+KIND_OFFSETS = {
+    "wall": 0,
+    "roof": 100_000,
+    "kind": 200_000,
+    "time": 300_000,
+    "snow": 350_000,
+    "weight": 360_000,
+}
 
 
 def snow_caps_case(seed: int) -> EditCase | None:
@@ -75,12 +82,34 @@ def snow_caps_case(seed: int) -> EditCase | None:
     return EditCase(seed, r, after, region, "snow_caps", "mountains -> snowy mountains")
 
 
+REWEIGHT = 0.0  # "(snowy:0)": the word's attention switched off while layout is kept
+
+
+def reweight_case(seed: int) -> EditCase | None:
+    """A re-weighting: the caption itself, with the mountains' "snowy" weighted to
+    ``REWEIGHT``; the true edit is the same scene without snow caps."""
+    r = render_seed(seed)
+    if not r.scene.snow_caps:
+        return None
+    phrase = next((p for p in ("snowy mountains", "snowy peaks", "a snowy mountain range")
+                   if p in r.caption), None)  # fmt: skip
+    if phrase is None or r.caption.count(phrase) != 1:
+        return None
+    after = render(dataclasses.replace(r.scene, snow_caps=False))
+    region = (r.image != after.image).any(-1)
+    if not region.any():
+        return None
+    weighted = r.caption.replace(phrase, phrase.replace("snowy", f"(snowy:{REWEIGHT:g})"))
+    return EditCase(seed, r, after, region, "snow_caps", "snowy -> (snowy:0)", prompt=weighted)
+
+
 MAKERS = {
     "wall": wall_colour_case,
     "roof": roof_colour_case,
     "kind": object_kind_case,
     "time": time_of_day_case,
     "snow": snow_caps_case,
+    "weight": reweight_case,
 }
 
 
@@ -110,7 +139,7 @@ def p2p_metrics(run: Runner, probe, cases: dict[str, list[EditCase]], inversions
                 inv = inv_res.extras["inversion"]
                 for variant, opts in VARIANTS.items():
                     res, secs = run(
-                        "reedit", prompt=c.after.caption, options={"inversion": inv, **opts}
+                        "reedit", prompt=c.edit_prompt, options={"inversion": inv, **opts}
                     )
                     rows.append((kind, inversion, variant, c, res.image, secs))
                 run.log(f"  p2p {kind} seed {c.seed} {inversion}: done")

@@ -13,7 +13,7 @@ class Replay:
     log = staticmethod(lambda m: None)
 
     def __init__(self, cases):
-        self.by_caption = {c.after.caption: c for c in cases}
+        self.by_caption = {c.edit_prompt: c for c in cases}
 
     def __call__(self, method, **fields):
         if method == "invert":
