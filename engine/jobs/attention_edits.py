@@ -22,10 +22,13 @@ from ..types import EditRequest
 from .base import JobContext, JobResult, Options, finish_image, job, seeded, start_job
 
 
-def attention_control(ctx: JobContext, o: Options, source: str, target: str) -> AttentionControl:
+def attention_control(
+    ctx: JobContext, o: Options, source: str, target: str, painted: bool = False
+) -> AttentionControl:
     """The controller for a source and a target prompt (the target's ``(word:w)`` weights
     become attention re-weighting), from the job's options. Long prompts are aligned across
-    their windows; blend words are looked up in the first window (75 tokens)."""
+    their windows; blend words are looked up in the first window (75 tokens). ``painted``:
+    the job has a painted mask, which replaces the blend unless it is to intersect it."""
     tok = ctx.bundle.tokenizer
     src, tgt = token_weights(tok, source), token_weights(tok, target)
     window, windows = tok.model_max_length - 2, ctx.denoiser.chunks
@@ -35,7 +38,8 @@ def attention_control(ctx: JobContext, o: Options, source: str, target: str) -> 
         weights = torch.ones(tokens.own.shape)
         weights[token_positions(len(tgt.weights), window)] = torch.tensor(tgt.weights)
     blend = None
-    if o.flag("local_blend"):
+    replaced = painted and o.choice("painted_mask") == "replace"
+    if o.flag("local_blend") and not replaced:
         words = [w.strip() for w in o.text("blend_words").split(",") if w.strip()]
         if words:
             pos_s = tuple(p for w in words for p in word_positions(tok, source, w))
@@ -100,7 +104,7 @@ def reedit_with_control(
     start: int,
 ):
     """The re-edit job's controlled path: the source branch replays the inversion."""
-    control = attention_control(ctx, o, inv.prompt, prompt)
+    control = attention_control(ctx, o, inv.prompt, prompt, painted=mask is not None)
     d = ctx.denoiser
     source = d.encode_text(inv.prompt)
     target = d.encode_text(plain_text(prompt))  # weights act on attention, not the text
@@ -138,7 +142,7 @@ def run_edit_generated(ctx: JobContext, req: EditRequest):
     generator = seeded(req)
     x = randn((1, b.latent_channels, hw[0] // f, hw[1] // f), generator, d.device)
     ts = d.schedule.timesteps(req.steps)
-    control = attention_control(ctx, o, source_prompt, req.prompt)
+    control = attention_control(ctx, o, source_prompt, req.prompt, painted=req.mask is not None)
     null = d.encode_text(req.negative_prompt) if req.guidance != 1.0 else None
     mask = None
     if req.mask is not None:
@@ -161,7 +165,5 @@ def run_edit_generated(ctx: JobContext, req: EditRequest):
         eta=o.number("eta"),
     )
     image = finish_image(ctx, latents, None, (h, w))
-    if mask is not None and o.choice("painted_mask") == "replace":
-        control.blend = None  # the painted mask replaced the blend: there is none to show
     extras = attention_extras(ctx, control, req.prompt, (h, w))
     return JobResult(image, {"size": f"{w}x{h}", "source_prompt": source_prompt}, extras)

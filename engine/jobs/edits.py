@@ -353,8 +353,6 @@ def run_reedit(ctx: JobContext, req: EditRequest):
     extras = {}
     if o.choice("control") == "p2p":
         latents, control = yield from reedit_with_control(ctx, o, inv, prompt, mask_l, start)
-        if mask_l is not None and o.choice("painted_mask") == "replace":
-            control.blend = None  # the painted mask replaced the blend: there is none to show
         extras = attention_extras(ctx, control, prompt, hw)
     else:
         cond = ctx.denoiser.encode_text(prompt)
