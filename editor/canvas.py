@@ -227,33 +227,29 @@ class Canvas(QGraphicsView):
         hw = (max(1, round(h * f)), max(1, round(w * f)))
         return imageops.resize(np.clip(np.asarray(m, np.float32), 0, 1), hw)
 
-    def show_mask_preview(self, m: np.ndarray | None) -> None:
-        """Show a forming mask (float in [0, 1], any size) tinted like the mask layer,
-        over the image; a preview only, the document's mask is not touched (None: hide)."""
+    def _show_tinted(self, item, m: np.ndarray | None, tint, alpha: float) -> None:
+        """A float map in [0, 1] (any size) as ``tint`` at ``alpha`` × its value, stretched
+        over the image in ``item`` (None: hide)."""
         if m is None:
-            self.mask_preview.set_image(None, QRectF())
+            item.set_image(None, QRectF())
+            item.hide()
             return
         a = self._overlay(m)
         rgba = np.empty(a.shape + (4,), np.uint8)
-        rgba[..., :3] = MASK_TINT
-        rgba[..., 3] = (a * 255 * MASK_ALPHA).round().astype(np.uint8)
+        rgba[..., :3] = tint
+        rgba[..., 3] = (a * 255 * alpha).round().astype(np.uint8)
         h, w = self.doc.size
-        self.mask_preview.set_image(rgba, QRectF(0, 0, w, h))
+        item.set_image(rgba, QRectF(0, 0, w, h))
+        item.show()
+
+    def show_mask_preview(self, m: np.ndarray | None) -> None:
+        """Show a forming mask tinted like the mask layer, over the image; a preview only,
+        the document's mask is not touched (None: hide)."""
+        self._show_tinted(self.mask_preview, m, MASK_TINT, MASK_ALPHA)
 
     def show_heat(self, m: np.ndarray | None) -> None:
-        """Show a word's attention map (float in [0, 1], any size) as a tinted overlay
-        stretched over the image (None: hide)."""
-        if m is None:
-            self.heat.set_image(None, QRectF())
-            self.heat.hide()
-            return
-        a = self._overlay(m)
-        rgba = np.empty(a.shape + (4,), np.uint8)
-        rgba[..., :3] = HEAT_TINT
-        rgba[..., 3] = (a * 255 * HEAT_ALPHA).round().astype(np.uint8)
-        h, w = self.doc.size
-        self.heat.set_image(rgba, QRectF(0, 0, w, h))
-        self.heat.show()
+        """Show a word's attention map as a tinted overlay over the image (None: hide)."""
+        self._show_tinted(self.heat, m, HEAT_TINT, HEAT_ALPHA)
 
     # ---- zoom -------------------------------------------------------------------------
 
