@@ -369,6 +369,18 @@ class Runner:
         result = drive(JOB_RUNNERS[method](ctx, req), lambda p: self.labels.add(p.label))
         return result, time.perf_counter() - t0
 
+    def invert(self, case: EditCase, method: str, steps: int, guidance: float):
+        """The case's source image inverted under its caption: the ``Inversion``."""
+        res, _ = self(
+            "invert",
+            prompt=case.before.caption,
+            image=case.before.image,
+            steps=steps,
+            guidance=guidance,
+            options={"inversion": method},
+        )
+        return res.extras["inversion"]
+
 
 def _never_optimised(inv) -> bool:
     """Null-text: did every step stop at its warm start (one evaluation, no Adam step)?"""
@@ -537,15 +549,7 @@ def reedit_metrics(run: Runner, cases: list[EditCase], probe, steps=50, guidance
     rows = []
     seeds = [c.seed for c in cases]
     for c in cases:
-        inv_res, _ = run(
-            "invert",
-            prompt=c.before.caption,
-            image=c.before.image,
-            steps=steps,
-            guidance=guidance,
-            options={"inversion": "null_text"},
-        )
-        inv = inv_res.extras["inversion"]
+        inv = run.invert(c, "null_text", steps, guidance)
         variants = {"prompt": (None, 1.0)}
         if not c.region.all():  # a local edit: also restricted to the mask, and shallower
             mask = c.mask.astype(np.uint8) * 255

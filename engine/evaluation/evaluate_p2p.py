@@ -128,15 +128,7 @@ def p2p_metrics(run: Runner, probe, cases: dict[str, list[EditCase]], inversions
     for kind, kind_cases in cases.items():
         for c in kind_cases:
             for inversion in inversions:
-                inv_res, _ = run(
-                    "invert",
-                    prompt=c.before.caption,
-                    image=c.before.image,
-                    steps=STEPS,
-                    guidance=GUIDANCE,
-                    options={"inversion": inversion},
-                )
-                inv = inv_res.extras["inversion"]
+                inv = run.invert(c, inversion, STEPS, GUIDANCE)
                 for variant, opts in VARIANTS.items():
                     res, secs = run(
                         "reedit", prompt=c.edit_prompt, options={"inversion": inv, **opts}

@@ -11,6 +11,7 @@ class Replay:
     """A stand-in for the job runner: 'none' returns the source, 'p2p' the true edit."""
 
     log = staticmethod(lambda m: None)
+    invert = ev.Runner.invert  # the real one, through this __call__
 
     def __init__(self, cases):
         self.by_caption = {c.edit_prompt: c for c in cases}
