@@ -6,6 +6,7 @@ import io
 import numpy as np
 import pytest
 import torch
+from tensor_walk import tensors_in
 
 from engine import EditRequest, Engine, Failed, Finished
 from engine.algorithms.inversion import Inversion
@@ -40,22 +41,9 @@ def _reedit(engine, inversion_id, prompt="a red house"):
     return engine.run(req, timeout=120)
 
 
-def _tensors(obj) -> list:
-    """Every torch tensor reachable from an event's extras (any nesting, any object)."""
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, dict):
-        return [t for v in obj.values() for t in _tensors(v)]
-    if isinstance(obj, list | tuple):
-        return [t for v in obj for t in _tensors(v)]
-    if hasattr(obj, "__dict__"):
-        return _tensors(vars(obj))
-    return []
-
-
 def test_invert_hands_out_an_id_and_plain_values_and_reedit_takes_the_id(engine):
     ev = _invert(engine)
-    assert not _tensors(dict(ev.extras))
+    assert not tensors_in(dict(ev.extras))
     assert set(ev.extras) == {"inversion_id", "inversion_summary"}
     inv_id = ev.extras["inversion_id"]
     assert isinstance(inv_id, int)
@@ -65,7 +53,7 @@ def test_invert_hands_out_an_id_and_plain_values_and_reedit_takes_the_id(engine)
     out = _reedit(engine, inv_id)
     assert isinstance(out, Finished), out
     assert out.image.shape == (H, W, 3) and out.parameters["inversion_prompt"] == "a house"
-    assert not _tensors(dict(out.extras))
+    assert not tensors_in(dict(out.extras))
 
 
 def test_the_store_is_bounded_by_bytes_and_a_dropped_id_says_invert_again(engine, monkeypatch):

@@ -7,10 +7,10 @@ import zipfile
 
 import numpy as np
 import pytest
-import torch
 from helpers import choose, click_and_wait, sent_requests, set_prompt
 from PIL import Image
 from PySide6.QtCore import Qt
+from tensor_walk import tensors_in
 
 from editor import project
 from engine import EditRequest, Finished
@@ -28,18 +28,6 @@ def _png(tmp_path):
     return str(path)
 
 
-def _tensors(obj) -> list:
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, dict):
-        return [t for v in obj.values() for t in _tensors(v)]
-    if isinstance(obj, list | tuple):
-        return [t for v in obj for t in _tensors(v)]
-    if hasattr(obj, "__dict__"):
-        return _tensors(vars(obj))
-    return []
-
-
 @pytest.mark.slow
 def test_invert_save_reopen_after_a_restart_and_reedit_without_inverting(
     make_window, engine, qtbot, tmp_path
@@ -51,8 +39,8 @@ def test_invert_save_reopen_after_a_restart_and_reedit_without_inverting(
     choose(win, "reedit", qtbot, source_prompt="a house", inversion="ddim", local_blend=False)
     win.doc.update_settings(steps=3, guidance=2.0)
     ev = click_and_wait(qtbot, win, win.prompt_panel.prep)  # Invert
-    assert not _tensors(dict(ev.extras))  # only an id and plain values cross to the GUI
-    assert isinstance(win.doc.inversion, int) and not _tensors(vars(win.doc))
+    assert not tensors_in(dict(ev.extras))  # only an id and plain values cross to the GUI
+    assert isinstance(win.doc.inversion, int) and not tensors_in(vars(win.doc))
     set_prompt(win, qtbot, "a red house")
     before = click_and_wait(qtbot, win, win.prompt_panel.run).image  # re-edit here first
     saved = str(tmp_path / "house.deproj")
