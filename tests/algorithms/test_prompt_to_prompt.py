@@ -157,19 +157,23 @@ def _run(tiny, d, req, cancel_after=None):
     return drive(JOB_RUNNERS[req.method](ctx, req), progress, check)
 
 
+def _edit_generated(prompt: str, steps: int, seed: int) -> EditRequest:
+    """Re-edit of the 64² image builtin:tiny generates for PROMPT at guidance 3."""
+    return EditRequest(
+        "edit_generated",
+        prompt=prompt,
+        steps=steps,
+        guidance=3.0,
+        seed=seed,
+        width=64,
+        height=64,
+        options={"source_prompt": PROMPT},
+    )
+
+
 def test_a_weight_of_one_is_the_identity(tiny, tiny_denoiser):
     def edit(prompt):
-        req = EditRequest(
-            "edit_generated",
-            prompt=prompt,
-            steps=4,
-            guidance=3.0,
-            seed=1,
-            width=64,
-            height=64,
-            options={"source_prompt": PROMPT},
-        )
-        return _run(tiny, tiny_denoiser, req).image
+        return _run(tiny, tiny_denoiser, _edit_generated(prompt, 4, 1)).image
 
     plain = edit("a blue house beside two pine trees")
     assert np.array_equal(edit("a (blue:1.0) house beside two pine trees"), plain)
@@ -182,16 +186,7 @@ def test_the_hook_is_gone_after_a_job_and_after_a_cancel(tiny, tiny_denoiser):
         return _run(tiny, tiny_denoiser, req).image
 
     before = generate()
-    edit = EditRequest(
-        "edit_generated",
-        prompt="a blue house beside two pine trees",
-        steps=5,
-        guidance=3.0,
-        seed=2,
-        width=64,
-        height=64,
-        options={"source_prompt": PROMPT},
-    )
+    edit = _edit_generated("a blue house beside two pine trees", 5, 2)
     result = _run(tiny, tiny_denoiser, edit)
     assert "blue" in result.extras["attention_maps"]
     assert not is_hooked(tiny.unet)
