@@ -39,6 +39,7 @@ from .denoiser import Denoiser
 from .errors import EngineError, InputError, OutOfMemoryError
 from .jobs import JOB_RUNNERS, JobContext, JobResult
 from .jobs.edits import load_inversion
+from .methods import METHODS
 from .models import ModelBundle, load_model
 from .preview import Previewer
 from .types import (
@@ -60,6 +61,7 @@ FINAL = (Finished, Failed, Cancelled, ModelLoaded)
 LISTENER_GRACE = 5.0  # s the engine waits for a listener to take an event (once per stall)
 FINAL_BYTES = 64 * 2**20  # images kept in final events for ``wait`` (the newest always)
 INVERSION_BYTES = 256 * 2**20  # inversions kept for re-editing (the newest always)
+INTERRUPTED = "interrupted"  # the label of a cancelled job's last x̂₀, decoded (a Step)
 
 
 class _JobCancelled(Exception):
@@ -529,11 +531,19 @@ class Engine:
             req = dataclasses.replace(req, options={**req.options, "inversion": inv})
         ctx = JobContext(self.bundle, self.denoiser, check_cancel=check_cancel)
         self._emit(Started(job_id, req.method))
-        result: JobResult = drive(
-            runner(ctx, req),
-            lambda progress: self._emit(self._step_event(job_id, progress)),
-            check_cancel,
-        )
+        last: list[Progress] = []  # the newest step that showed an x̂₀
+
+        def on_progress(progress: Progress) -> None:
+            if progress.x0 is not None:
+                last[:] = [progress]
+            self._emit(self._step_event(job_id, progress))
+
+        try:
+            result: JobResult = drive(runner(ctx, req), on_progress, check_cancel)
+        except _JobCancelled:
+            if last and METHODS[req.method].inversion != "makes":
+                self._emit_interrupted(job_id, last[0])
+            raise
         params = {**req.parameters(), **result.parameters, "model": self.bundle.name}
         extras = dict(result.extras)
         if isinstance(extras.get("inversion"), Inversion):  # kept here; the caller gets its id
@@ -541,6 +551,18 @@ class Engine:
             extras["inversion_id"] = self.inversions.put(inv)
             extras["inversion_summary"] = inv.summary()
         self._emit(Finished(job_id, result.image, params, extras))
+
+    def _emit_interrupted(self, job_id: int, p: Progress) -> None:
+        """Before a cancelled job's Cancelled event: its last x̂₀ through the real decoder,
+        as a Step labelled "interrupted" (step i of n), so the receiver can keep it as a
+        result, as A1111's Interrupt keeps the current image. Costs one VAE decode."""
+        try:
+            image = self.bundle.decode(p.x0[:1])
+        except Exception:  # nothing to keep is better than a failed cancel
+            log.exception("decoding the interrupted job's x̂₀ failed")
+            return
+        if np.isfinite(image).all():
+            self._emit(Step(job_id, p.i, p.n, int(p.t), image, INTERRUPTED))
 
     def _step_event(self, job_id: int, p: Progress) -> Step:
         preview, label = p.image, p.label

@@ -169,3 +169,41 @@ def psnr(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = None) -> float
         d = d[where]
     mse = float(np.mean(d**2))
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def crop_box(mask: np.ndarray, padding: int) -> tuple[int, int, int, int] | None:
+    """(y0, x0, y1, x1): the bounding box of a mask's nonzero pixels grown by ``padding`` px
+    on every side and clipped to the image, for inpainting only the masked area at full
+    working resolution ("only masked"); None for an empty mask. The editor places previews
+    of such a job with the same box."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    h, w = mask.shape[:2]
+    p = max(0, int(padding))
+    return (
+        max(0, int(rows[0]) - p),
+        max(0, int(cols[0]) - p),
+        min(h, int(rows[-1]) + 1 + p),
+        min(w, int(cols[-1]) + 1 + p),
+    )
+
+
+def fill_hole(image: np.ndarray, mask: np.ndarray, sigma: float | None = None) -> np.ndarray:
+    """``image`` (uint8 RGB) with the area under ``mask`` (float, 1 = hole) replaced by the
+    surrounding colours blurred into it (a normalised blur of the pixels outside the mask,
+    repeated at halving widths so large holes fill too); outside the mask it is unchanged."""
+    keep = (mask < 0.5).astype(np.float32)
+    if not keep.any():
+        return np.full_like(image, image.reshape(-1, 3).mean(0).round().astype(np.uint8))
+    sigma = sigma or max(2.0, 0.1 * max(image.shape[:2]))
+    src = image.astype(np.float32)
+    filled = src.copy()
+    for s in (sigma * 4, sigma * 2, sigma, sigma / 2):
+        weight = blur(keep, s)
+        for c in range(3):
+            num = blur(src[..., c] * keep, s)
+            est = num / np.maximum(weight, 1e-6)
+            filled[..., c] = np.where(weight > 1e-3, est, filled[..., c])
+    out = np.where(keep[..., None] > 0, src, filled)
+    return out.clip(0, 255).round().astype(np.uint8)

@@ -32,6 +32,7 @@ class OptionSpec:
     step: float = 1  # the editor's spin-box increment
     calibrated: str = ""  # the figure that chose the default, where one did
     form: bool = True  # offered in the editor's form
+    requires: str = ""  # a part the loaded model must have ("classifier"), else not offered
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready description (``methods --json``)."""
@@ -46,6 +47,8 @@ class OptionSpec:
             out["choices"] = list(self.choices)
         if self.calibrated:
             out["calibrated"] = self.calibrated
+        if self.requires:
+            out["requires"] = self.requires
         return out
 
 
@@ -56,12 +59,19 @@ def label_of(name: str, spec: OptionSpec) -> str:
 # The request fields every method shares. Steps are capped again by the loaded schedule.
 COMMON: dict[str, OptionSpec] = {
     "steps": OptionSpec(
-        int, 25, "Denoising steps; more is slower and finer.", 1, 1000, label="Steps"
+        int,
+        25,
+        "How many times the picture is refined: more is slower and a little finer; "
+        "20-30 is usually enough.",
+        1,
+        1000,
+        label="Steps",
     ),
     "guidance": OptionSpec(
         float,
         7.5,
-        "Classifier-free guidance: how strongly to follow the prompt.",
+        "How strictly the picture follows the prompt: higher obeys the words more but looks "
+        "harsher; lower is more natural but may ignore words. 5-9 suits most prompts.",
         0.0,
         50.0,  # far beyond any useful value; larger ones only saturate to black
         label="Guidance",
@@ -70,7 +80,8 @@ COMMON: dict[str, OptionSpec] = {
     "strength": OptionSpec(
         float,
         0.6,
-        "How far to noise the input before denoising: 0 keeps it, 1 ignores it.",
+        "How much the picture may change: 0 keeps it, 1 ignores it. Low (0.3) tidies up, "
+        "high (0.7) turns rough strokes into new content.",
         0.0,
         1.0,
         label="Strength",
@@ -78,33 +89,100 @@ COMMON: dict[str, OptionSpec] = {
     ),
     # what torch.Generator.manual_seed accepts
     "seed": OptionSpec(
-        int, 0, "Same seed and settings give the same image.", -(2**63), 2**64 - 1, label="Seed"
+        int,
+        0,
+        "The random start: the same seed and settings give the same picture; another seed "
+        "gives a variation.",
+        -(2**63),
+        2**64 - 1,
+        label="Seed",
     ),
 }
 
-ETA = OptionSpec(float, 0.0, "DDIM stochasticity (0 = deterministic).", 0.0, 1.0, step=0.1)
+ETA = OptionSpec(
+    float,
+    0.0,
+    "Fresh randomness added at each step (0: none, 1: as much as the ddpm sampler).",
+    0.0,
+    1.0,
+    step=0.1,
+)
+# generate and SDEdit: ddpm is DDIM's step with eta = 1 (Song et al. 2021, eq. 16)
+SAMPLER = OptionSpec(
+    str,
+    "ddim",
+    "How each step removes noise: ddim is smooth and repeatable; ddpm adds fresh randomness "
+    "every step (more varied detail, wants more steps).",
+    choices=("ddim", "ddpm"),
+    label="Sampler",
+)
+# Classifier guidance (Dhariwal & Nichol 2021): offered where the model ships a noise-aware
+# classifier (the demo model does); combines with classifier-free guidance
+CLASSIFIER_GUIDANCE = {
+    "classifier_targets": OptionSpec(
+        str,
+        "",
+        "What the model's classifier should see in the picture, comma-separated (e.g. night, "
+        "snow ground, 2 houses); needs a classifier scale above 0.",
+        label="Classifier targets",
+        requires="classifier",
+    ),
+    "classifier_scale": OptionSpec(
+        float,
+        0.0,
+        "How hard the classifier pulls the picture towards the targets (0: off). Higher makes "
+        "the targets more certain and the pictures more alike.",
+        0.0,
+        20.0,
+        label="Classifier scale",
+        step=0.5,
+        requires="classifier",
+    ),
+}
 FEATHER = OptionSpec(
     float,
     0.0,
-    "Soft edge in pixels when pasting back (0 = automatic, 1 % of the image side).",
+    "Softens the edge of the changed area over this many pixels, inside the mask, so it "
+    "blends in (0: automatic, 1 % of the picture's side). Pixels outside never change.",
     0.0,
     256.0,  # capped: the cost grows with the radius
     label="Feather px",
 )
 MASK_GROW = OptionSpec(
-    int, 0, "Grow the mask by this many latent cells.", 0, 64, label="Mask grow", form=False
+    int,
+    0,
+    "Lets the edit reach a little beyond your mask (in the model's 8-pixel blocks), so "
+    "new content has room to blend; 0 keeps it strictly inside.",
+    0,
+    64,
+    label="Mask grow",
+    form=False,
 )
 DIFFEDIT_MASK = {
     "reference_prompt": OptionSpec(
         str,
         "",
-        "What the image shows now (may be empty: the paper's default).",
+        "Words for what the picture shows now, where it should change (may be empty): the "
+        "mask covers where the prompt and these words disagree.",
         label="Reference",
     ),
     "n_samples": OptionSpec(
-        int, 10, "Noise samples averaged for the mask.", 1, 256, label="Mask samples"
+        int,
+        10,
+        "How many tries are averaged to find the mask: more is steadier and slower.",
+        1,
+        256,
+        label="Mask samples",
     ),
-    "threshold": OptionSpec(float, 0.5, "Mask binarisation threshold.", 0.0, 1.0, step=0.05),
+    "threshold": OptionSpec(
+        float,
+        0.5,
+        "How sure the mask must be: lower covers more of the picture, higher only where "
+        "the change is clear.",
+        0.0,
+        1.0,
+        step=0.05,
+    ),
     "mask_strength": OptionSpec(
         float, 0.5, "How far the image is noised to estimate the mask.", 0.01, 1.0, form=False
     ),
@@ -216,7 +294,11 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec(
             "generate",
             "Text to image at the given size.",
-            {"eta": dataclasses.replace(ETA, form=False)},
+            {
+                "sampler": SAMPLER,
+                "eta": dataclasses.replace(ETA, form=False),
+                **CLASSIFIER_GUIDANCE,
+            },
             common=("steps", "guidance", "seed"),
             image=False,
             mask="unused",
@@ -228,7 +310,9 @@ METHODS: dict[str, MethodSpec] = {
             {
                 "mask_grow": dataclasses.replace(MASK_GROW, default=1, form=True),
                 "feather": FEATHER,
-                "eta": ETA,
+                "sampler": SAMPLER,
+                "eta": dataclasses.replace(ETA, form=False),
+                **CLASSIFIER_GUIDANCE,
             },
             strokes=True,
         ),
@@ -237,22 +321,70 @@ METHODS: dict[str, MethodSpec] = {
             "Regenerate the masked area; the rest is re-noised from the original every step "
             "so both harmonise (Lugmayr et al. 2022).",
             {
+                "denoise": OptionSpec(
+                    float,
+                    1.0,
+                    "How much the masked area may change: 1 paints it anew; lower keeps more "
+                    "of what Masked content starts it from (its colours and shapes).",
+                    0.01,
+                    1.0,
+                    label="Denoising strength",
+                    step=0.05,
+                ),
+                "masked_content": OptionSpec(
+                    str,
+                    "noise",
+                    "What the masked area starts from: noise paints it anew; original starts "
+                    "from what is there (lower Denoising strength to keep it); fill starts "
+                    "from the surrounding colours blurred into the hole (to remove an object).",
+                    choices=("noise", "original", "fill"),
+                    label="Masked content",
+                ),
+                "only_masked": OptionSpec(
+                    bool,
+                    False,
+                    "Work on a crop around the mask at the model's full working size and paste "
+                    "it back: much more detail for a small area of a large picture. Describe "
+                    "the crop, not the whole picture, in the prompt.",
+                    label="Only masked",
+                ),
+                "padding": OptionSpec(
+                    int,
+                    32,
+                    "With Only masked: how many pixels around the mask the crop includes, so "
+                    "the new content fits its surroundings.",
+                    0,
+                    2048,
+                    label="Only masked padding px",
+                ),
                 "jump_length": OptionSpec(
-                    int, 5, "Steps to go back up the chain per jump (j).", 1, 1000
+                    int,
+                    5,
+                    "How far back each resampling round goes, in steps: longer rounds blend "
+                    "the area with its surroundings over larger shapes.",
+                    1,
+                    1000,
                 ),
                 "jump_n_sample": OptionSpec(
-                    int, 3, "How often each jump is repeated (r).", 1, 100, label="Resamples"
+                    int,
+                    3,
+                    "How many times each stretch is redone so the area blends in: more fits "
+                    "better and is slower (1: no resampling).",
+                    1,
+                    100,
+                    label="Resamples",
                 ),
                 "sampler": OptionSpec(
                     str,
                     "ddpm",
-                    "Reverse step used between jumps.",
+                    "How each step removes noise: ddpm (fresh randomness each step) found "
+                    "new objects more often here; ddim is smoother.",
                     choices=SAMPLERS,
                     calibrated="on 24 demo-world calibration scenes (seeds 530,000+ and "
                     "540,000+) the new object appeared in 79 % with ddpm and 67 % with ddim",
                 ),
                 "eta": dataclasses.replace(
-                    ETA, help="DDIM noise (the ddim sampler only).", form=False
+                    ETA, help="Fresh randomness per step (the ddim sampler only).", form=False
                 ),
                 # Not grown: the soft border cells then stay partly known, so the decoded
                 # border matches the original.
@@ -262,7 +394,7 @@ METHODS: dict[str, MethodSpec] = {
                     "appeared in 71 % at grow 0 (grow 1: 65 %; no resampling: 52 %); on 40 of "
                     "them the seam ratio fell 2.9 → 1.9 and grow 2 gave 45 %",
                 ),
-                "feather": dataclasses.replace(FEATHER, form=False),
+                "feather": dataclasses.replace(FEATHER, label="Mask blur px"),
             },
             common=("steps", "guidance", "seed"),
             mask="required",
@@ -296,7 +428,11 @@ METHODS: dict[str, MethodSpec] = {
             "Invert the image under the prompt, for re-editing (Mokady et al. 2022).",
             {
                 "inversion": OptionSpec(
-                    str, "null_text", "How the photo is inverted.", choices=INVERSION_METHODS
+                    str,
+                    "null_text",
+                    "How the photo is turned into noise that redraws it: null_text and direct "
+                    "redraw it most faithfully; ddim is fastest and drifts most.",
+                    choices=INVERSION_METHODS,
                 ),
                 "fixed_point": OptionSpec(
                     int, 0, "Extra fixed-point iterations per step.", 0, 20, form=False

@@ -28,7 +28,7 @@ def test_methods_json_lists_every_method_with_its_inputs_and_options(capsys):
     assert repaint["options"]["jump_length"] == {
         "type": "int",
         "default": 5,
-        "help": "Steps to go back up the chain per jump (j).",
+        "help": methods.METHODS["repaint"].options["jump_length"].help,
         "min": 1,
         "max": 1000,
     }
@@ -85,7 +85,8 @@ def test_a_changed_default_is_followed_by_the_cli_and_the_engine(monkeypatch):
     help_text = " ".join(
         cli.make_parser()._subparsers._group_actions[0].choices["repaint"].format_help().split()
     )
-    assert "Steps to go back up the chain per jump (j). From 1 to 1000. Default: 7." in help_text
+    jump_help = " ".join(methods.METHODS["repaint"].options["jump_length"].help.split())
+    assert f"{jump_help} From 1 to 1000. Default: 7." in help_text
     assert "Default: 13." in help_text
 
 

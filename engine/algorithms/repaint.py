@@ -57,6 +57,8 @@ def repaint(
     jump_n_sample: int,
     sampler: str = "ddpm",
     eta: float = 0.0,
+    strength: float = 1.0,
+    start: torch.Tensor | None = None,
 ) -> Algorithm[torch.Tensor]:
     """Inpaint ``mask`` (latent resolution, 1 = generate) of the known latents ``x0``.
 
@@ -69,11 +71,19 @@ def repaint(
     the figures that chose them, in ``engine.methods``. Yields after every model call with
     x̂₀ composited from the known latents and the model's prediction; returns the final
     latents.
+
+    ``strength`` < 1 runs only the last part of the chain (SDEdit's t0 = strength, Meng et
+    al. 2022) from ``start`` (latents equal to ``x0`` outside the mask; inside it what the
+    masked area starts from, e.g. the original or a fill) forward-noised to t0, so the area
+    keeps some of its start. At strength 1 the masked area starts from pure noise.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
     sched = denoiser.schedule
-    chain = sched.timesteps(steps)[::-1]  # ascending: step index k ↔ timestep chain[k]
+    # ascending: step index k ↔ timestep chain[k]
+    chain = sched.timesteps_for_strength(steps, strength)[::-1]
+    if not chain:
+        return x0
     n = len(chain)
     ts = repaint_schedule(n, jump_length, jump_n_sample)
     n_calls = sum(1 for a, b in zip(ts, ts[1:]) if b < a)
@@ -87,7 +97,10 @@ def repaint(
     # x_T ~ N(0, I) (Alg. 1, line 1); the known region drawn from q(x_T | x_0) like every
     # later known state (indistinguishable at ᾱ_T ≈ 0, exact for shortened chains)
     z = noise()
-    x = mask * z + (1 - mask) * sched.q_sample(x0, timestep(n - 1), z)
+    if strength >= 1.0:
+        x = mask * z + (1 - mask) * sched.q_sample(x0, timestep(n - 1), z)
+    else:  # x_t0 ~ q(x_t0 | start): the masked area keeps some of its start
+        x = sched.q_sample(x0 if start is None else start, timestep(n - 1), z)
     i = 0
     for k, k_next in zip(ts, ts[1:]):
         t, t_next = timestep(k), timestep(k_next)

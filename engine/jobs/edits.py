@@ -44,13 +44,52 @@ def _size_params(prep_or_hw) -> dict[str, str]:
 
 @job("repaint")
 def run_repaint(ctx: JobContext, req: EditRequest):
-    """RePaint: fill the masked area; req.strength is not used (the chain runs in full)."""
+    """RePaint: fill the masked area; req.strength is not used (the chain runs in full, or
+    from the ``denoise`` option's strength). With ``only_masked`` the job works on a crop
+    around the mask (plus ``padding`` px) at the full working size and pastes it back:
+    pixels outside the crop are the input's, bit for bit."""
     o = start_job(ctx, req)
     if req.mask is None:
         raise InputError("RePaint fills in a masked area: paint a mask over it first.")
+    image = imageops.composite_strokes(imageops.check_image(req.image), req.strokes)
+    box = None
+    if o.flag("only_masked"):
+        mask = imageops.mask_to_float(req.mask, image.shape[:2])
+        box = imageops.crop_box(mask > 0, o.number("padding"))
+    if box is None:
+        out, calls = yield from _repaint_area(ctx, req, o)
+    else:
+        y0, x0, y1, x1 = box
+        crop = dataclasses.replace(
+            req,
+            image=image[y0:y1, x0:x1],
+            strokes=None,
+            mask=np.asarray(req.mask)[y0:y1, x0:x1],
+        )
+        part, calls = yield from _repaint_area(ctx, crop, o)
+        out = image.copy()
+        out[y0:y1, x0:x1] = part
+    params = {**_size_params(image.shape[:2]), "unet_calls": calls, "strength": o.number("denoise")}
+    if box is not None:
+        params["crop"] = f"{box[1]},{box[0]},{box[3]},{box[2]}"  # x0,y0,x1,y1
+    return JobResult(out, params)
+
+
+def _repaint_area(ctx: JobContext, req: EditRequest, o: Options):
+    """RePaint over the request's whole image; (the result at its size, model calls)."""
     j, r = o.number("jump_length"), o.number("jump_n_sample")
     prep = prepare(ctx, req, grow=o.number("mask_grow"))
     cond = ctx.denoiser.condition(req.prompt, req.negative_prompt, req.guidance)
+    strength, content = o.number("denoise"), o.choice("masked_content")
+    start, gen = None, seeded(req)
+    if strength < 1.0 and content != "original":
+        if content == "fill":
+            filled = imageops.fill_hole(prep.working, prep.mask_working)
+            start = ctx.bundle.encode(filled).float()
+        else:  # noise: the masked latents replaced by Gaussian noise (from the job's seed)
+            start = torch.randn(prep.latents.shape, generator=gen).to(prep.latents)
+        m = prep.mask_latent
+        start = m * start + (1 - m) * prep.latents  # outside the mask: the original
     latents = yield from repaint(
         ctx.denoiser,
         prep.latents,
@@ -58,15 +97,17 @@ def run_repaint(ctx: JobContext, req: EditRequest):
         cond,
         req.steps,
         req.guidance,
-        seeded(req),
+        gen,
         j,
         r,
         o.choice("sampler"),
         o.number("eta"),
+        strength,
+        start,
     )
     image = finish_image(ctx, latents, prep, prep.original.shape[:2], o.number("feather"))
-    calls = repaint_calls(len(ctx.denoiser.schedule.timesteps(req.steps)), j, r)
-    return JobResult(image, {**_size_params(prep), "unet_calls": calls})
+    n = len(ctx.denoiser.schedule.timesteps_for_strength(req.steps, strength))
+    return image, repaint_calls(n, j, r) if n else 0
 
 
 # ---- DiffEdit ------------------------------------------------------------------------------
