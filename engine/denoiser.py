@@ -170,6 +170,11 @@ class Denoiser:
         uncond = self.encode_text(negative_prompt) if guidance != 1.0 else None
         return Conditioning(cond, uncond)
 
+    def mean_shift(self, x: torch.Tensor, t: int, variance: float) -> torch.Tensor | None:
+        """What a guided denoiser adds to an ancestral step's mean (classifier guidance,
+        ``algorithms.classifier_guidance``); a plain denoiser adds nothing."""
+        return None
+
     # ---- one model call -----------------------------------------------------------------
 
     def model_output(self, x: torch.Tensor, t: int, emb: torch.Tensor) -> torch.Tensor:

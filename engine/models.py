@@ -54,6 +54,9 @@ class ModelBundle:
     device: torch.device
     dtype: torch.dtype
     vae_scale: float
+    # a noise-aware latent classifier (engine.classifier) where the model ships one in
+    # ``classifier/``: it enables classifier guidance
+    classifier: Any = None
     schedule: Schedule = field(init=False)
 
     def __post_init__(self):
@@ -237,7 +240,22 @@ def _load_demo(device, dtype):
             f"The demo model is missing from {DEMO_MODEL_DIR}. Reinstall the app, or train it "
             "with `python -m engine.training`."
         )
-    return _finish("builtin:demo", load_diffusers_folder(DEMO_MODEL_DIR), device, dtype)
+    bundle = _finish("builtin:demo", load_diffusers_folder(DEMO_MODEL_DIR), device, dtype)
+    return _with_classifier(bundle, DEMO_MODEL_DIR)
+
+
+def _with_classifier(bundle: ModelBundle, folder: Path) -> ModelBundle:
+    """Load ``folder/classifier`` into the bundle (fp32: its gradients guide sampling)."""
+    from .classifier import WEIGHTS_NAME, load_classifier
+
+    if (folder / "classifier" / WEIGHTS_NAME).is_file():
+        try:
+            bundle.classifier = load_classifier(folder / "classifier", bundle.device)
+        except Exception as e:  # a sentence for the user, not a traceback
+            raise ModelLoadError(
+                f"The classifier in {folder / 'classifier'} is unreadable: {e}"
+            ) from e
+    return bundle
 
 
 BUILTINS: dict[str, Callable[[str | None, str | None], ModelBundle]] = {
@@ -267,4 +285,5 @@ def load_model(
         return BUILTINS[spec](device, dtype)
     path = Path(spec).expanduser()
     parts = load_path(path, config_dir=config_dir, prediction_type=prediction_type)
-    return _finish(path.name, parts, device, dtype)
+    bundle = _finish(path.name, parts, device, dtype)
+    return _with_classifier(bundle, path) if path.is_dir() else bundle

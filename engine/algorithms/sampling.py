@@ -33,9 +33,13 @@ def ddim_sample(
     for i, (t, t_prev) in enumerate(zip(timesteps, prev_timesteps(timesteps))):
         # 1. predict ε̂ and x̂₀ with classifier-free guidance
         p = denoiser.predict(x, t, cond, guidance)
+        # a guided denoiser may shift the ancestral step's mean (classifier guidance, Alg. 1)
+        shift = denoiser.mean_shift(x, t, sched.ddim_sigma(t, t_prev, eta) ** 2) if eta else None
         # 2. x_{t-1} = √ᾱ_{t-1} x̂₀ + √(1-ᾱ_{t-1}-σ²) ε̂ + σ z
         z = randn(x.shape, generator, x.device, x.dtype) if eta > 0 else None
         x = sched.ddim_step(p.x0, p.eps, t, t_prev, eta, z)
+        if shift is not None:
+            x = x + shift
         # 3. blended diffusion: outside the mask, follow the known image's forward process
         if keep is not None:
             x0_known, mask, noise = keep

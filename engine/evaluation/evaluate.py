@@ -136,11 +136,13 @@ def sample_images(
     size: int = SIZE,
     batch: int = 16,
     negative: str = "",
+    eta: float = 0.0,
 ) -> np.ndarray:
     """DDIM text-to-image for each (prompt, seed), batched; uint8 N x size x size x 3.
 
     Sample i's initial noise comes from ``torch.Generator().manual_seed(seeds[i])`` alone, so
-    a sample does not depend on the batch it ran in."""
+    at η = 0 a sample does not depend on the batch it ran in (at η > 0 the step noise is
+    drawn per batch, from the batch's first seed)."""
     from engine.algorithms.common import randn, run_to_end
     from engine.algorithms.sampling import ddim_sample
     from engine.denoiser import Conditioning
@@ -162,8 +164,8 @@ def sample_images(
             torch.cat([denoiser.encode_text(p) for p in ps]),
             denoiser.encode_text(negative) if guidance != 1.0 else None,
         )
-        gen = torch.Generator().manual_seed(ss[0])  # unused at eta = 0
-        lat = run_to_end(ddim_sample(denoiser, x, timesteps, cond, guidance, gen))
+        gen = torch.Generator().manual_seed(ss[0])  # the step noise at eta > 0
+        lat = run_to_end(ddim_sample(denoiser, x, timesteps, cond, guidance, gen, eta))
         out.append(decode_batch(bundle, lat))
     return np.concatenate(out) if out else np.zeros((0, size, size, 3), np.uint8)
 

@@ -1,0 +1,277 @@
+"""Classifier guidance against classifier-free guidance on the demo world: the fidelity and
+diversity each buys, measured as Dhariwal & Nichol 2021 do (their Table 4 and Figs. 4-5).
+
+    python -m engine.evaluation.evaluate_guidance --seeds calibration [--n 48]
+        [--json PATH] [--plot PATH]
+
+The guided label is a scene's (time of day, ground) pair, 12 classes. Labels come from n
+real scenes (scenes A), so the label mix is the world's; a second n real scenes (scenes B)
+are the reference set. Rows, all 25-step DDIM (η = 0, Algorithm 2) at 128 px:
+
+- "unconditional + CG s": the empty prompt, no classifier-free guidance, classifier scale s;
+- "conditional + CG s": the label as a prompt ("a snowy field at night"), w = 1, scale s;
+- "CFG w": the label prompt with classifier-free guidance w, no classifier;
+- "unconditional + CG s, ancestral": Algorithm 1 (the DDPM step's mean shifted), for s = 0, 4.
+
+Per row: the probe's accuracy on the guided label (both attributes right; each alone), the
+Fréchet distance of probe features against scenes B, precision and recall (Kynkäänniemi et
+al. 2019: k-NN balls, k = 3, in the probe's feature space) against scenes B, and seconds per
+sample (batched, on this machine, as loaded as it was). Accuracy, precision and recall come
+with 95 % Wilson intervals, the Fréchet distance with a bootstrap interval. The "real" row
+scores scenes A against B: the floor of every distance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..algorithms.classifier_guidance import ClassifierGuided, classifier_log_prob
+from ..training.probe import frechet_distance, load_probe, render_heldout
+from ..world.captions import GROUND_NP, TIME_PP
+from ..world.scene import ATTRIBUTE_NAMES, ATTRIBUTE_SPEC
+from .evaluate import sample_images
+from .evaluate_edits import rate_ci
+from .seed_ranges import NAMED, SeedRange, SeedRangeError, check_evaluation
+
+STEPS = 25
+CG_SCALES = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 10.0)
+CFG_SCALES = (1.0, 1.5, 3.0, 5.0, 7.5, 10.0)
+ANCESTRAL_SCALES = (0.0, 4.0)
+GUIDED = ("time_of_day", "ground")
+NOISE_SEED = 9_000  # sample i of every row starts from this + i: rows differ only in guidance
+SPAN = 100_000  # seeds one evaluation may touch from its start
+
+
+def label_prompt(time_of_day: int, ground: int) -> str:
+    """The label in the world's words, e.g. "a snowy field at night"."""
+    times, grounds = dict(ATTRIBUTE_SPEC)["time_of_day"], dict(ATTRIBUTE_SPEC)["ground"]
+    return f"{GROUND_NP[grounds[ground]][0]} {TIME_PP[times[time_of_day]][0]}"
+
+
+def knn_precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[np.ndarray, ...]:
+    """Kynkäänniemi et al. 2019: each set's manifold is the union of balls around its points
+    reaching their k-th nearest neighbour (self excluded). Returns the per-sample hits:
+    fake samples inside the real manifold (precision) and real ones inside the fake
+    manifold (recall); their means are the two figures."""
+
+    def dists(a, b):
+        d = (a**2).sum(1)[:, None] + (b**2).sum(1)[None] - 2 * a @ b.T
+        return np.sqrt(np.maximum(d, 0.0))
+
+    def radii(a):
+        return np.sort(dists(a, a), 1)[:, k]  # column 0 is the point itself
+
+    r_real, r_fake = radii(real), radii(fake)
+    precision = (dists(fake, real) <= r_real[None]).any(1)
+    recall = (dists(real, fake) <= r_fake[None]).any(1)
+    return precision, recall
+
+
+def frechet_ci(a: np.ndarray, b: np.ndarray, rounds: int = 200, seed: int = 0) -> dict:
+    """Fréchet distance with a 95 % bootstrap interval (both sets resampled)."""
+    rng = np.random.default_rng(seed)
+    boot = [
+        frechet_distance(a[rng.integers(0, len(a), len(a))], b[rng.integers(0, len(b), len(b))])
+        for _ in range(rounds)
+    ]
+    return {"value": frechet_distance(a, b), "ci95": np.percentile(boot, [2.5, 97.5]).tolist()}
+
+
+def score(probe, images: np.ndarray, labels: np.ndarray, ref_feats: np.ndarray) -> dict:
+    """Accuracy on the guided label, Fréchet distance, precision and recall against scenes B."""
+    pred = probe.predict(images)
+    cols = [ATTRIBUTE_NAMES.index(n) for n in GUIDED]
+    right = pred[:, cols] == labels
+    feats = probe.features(images)
+    precision, recall = knn_precision_recall(ref_feats, feats)
+    return {
+        "accuracy": rate_ci(right.all(1)),
+        **{f"accuracy_{n}": rate_ci(right[:, i]) for i, n in enumerate(GUIDED)},
+        "frechet": frechet_ci(feats, ref_feats),
+        "precision": rate_ci(precision),
+        "recall": rate_ci(recall),
+    }
+
+
+def rows() -> list[dict]:
+    out = [dict(name=f"unconditional + CG {s:g}", prompt=False, w=1.0, s=s) for s in CG_SCALES]
+    out += [dict(name=f"conditional + CG {s:g}", prompt=True, w=1.0, s=s) for s in CG_SCALES]
+    out += [dict(name=f"CFG {w:g}", prompt=True, w=w, s=0.0) for w in CFG_SCALES[1:]]
+    out += [
+        dict(name=f"unconditional + CG {s:g}, ancestral", prompt=False, w=1.0, s=s, eta=1.0)
+        for s in ANCESTRAL_SCALES
+    ]
+    return out  # "CFG 1" is "conditional + CG 0"
+
+
+def sample_row(bundle, denoiser, row: dict, labels: np.ndarray, batch: int) -> np.ndarray:
+    """Samples for every label, grouped by label so one guided denoiser serves a batch."""
+    cols = [ATTRIBUTE_NAMES.index(n) for n in GUIDED]
+    out = np.zeros((len(labels), 128, 128, 3), np.uint8)
+    for key in sorted({tuple(r) for r in labels.tolist()}):
+        idx = np.flatnonzero((labels == key).all(1))
+        target = dict(zip(cols, key))
+        den = ClassifierGuided(
+            denoiser,
+            classifier_log_prob(bundle.classifier, target),
+            row["s"],
+            "mean" if row.get("eta", 0.0) >= 1.0 else "eps",
+        )
+        prompt = label_prompt(*key) if row["prompt"] else ""
+        out[idx] = sample_images(
+            bundle,
+            den,
+            [prompt] * len(idx),
+            [NOISE_SEED + int(i) for i in idx],
+            STEPS,
+            row["w"],
+            batch=batch,
+            eta=row.get("eta", 0.0),
+        )
+    return out
+
+
+def evaluate_guidance(
+    bundle, probe, start: int, n: int, batch: int = 16, log=print, only: list[str] | None = None
+) -> dict:
+    """Every row of ``rows()`` (or the ``only`` named ones) scored against scenes B."""
+    from engine.denoiser import Denoiser
+
+    if bundle.classifier is None:
+        raise ValueError(f"{bundle.name} has no classifier to guide with")
+    real_a, attrs_a, _ = render_heldout(n, start)
+    real_b, _, _ = render_heldout(n, start + n)
+    cols = [ATTRIBUTE_NAMES.index(n) for n in GUIDED]
+    labels = attrs_a[:, cols]
+    ref = probe.features(real_b)
+    results = {"real": score(probe, real_a, labels, ref)}
+    denoiser = Denoiser(bundle)
+    for row in rows():
+        if only is not None and row["name"] not in only:
+            continue
+        t0 = time.perf_counter()
+        images = sample_row(bundle, denoiser, row, labels, batch)
+        secs = (time.perf_counter() - t0) / n
+        results[row["name"]] = {**score(probe, images, labels, ref), "seconds_per_sample": secs}
+        r = results[row["name"]]
+        log(
+            f"{row['name']:<38} acc {r['accuracy']['rate']:.3f} FD {r['frechet']['value']:.2f} "
+            f"P {r['precision']['rate']:.3f} R {r['recall']['rate']:.3f} {secs:.2f} s/sample"
+        )
+    return {
+        "scenes_a": [start, start + n - 1],
+        "scenes_b": [start + n, start + 2 * n - 1],
+        "n": n,
+        "steps": STEPS,
+        "guided": list(GUIDED),
+        "rows": results,
+    }
+
+
+def _ci(x: dict, digits: int = 2) -> str:
+    v = x.get("rate", x.get("value"))
+    lo, hi = x["ci95"]
+    return f"{v:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def format_table(r: dict) -> str:
+    lines = [
+        f"scenes {r['scenes_a'][0]:,}+ (labels) and {r['scenes_b'][0]:,}+ (reference), "
+        f"n = {r['n']} per row, {r['steps']} steps; 95 % intervals in brackets",
+        "| row | accuracy (time & ground) | Fréchet | precision | recall | s/sample |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, x in r["rows"].items():
+        secs = f"{x['seconds_per_sample']:.2f}" if "seconds_per_sample" in x else "–"
+        lines.append(
+            f"| {name} | {_ci(x['accuracy'])} | {_ci(x['frechet'], 1)} | "
+            f"{_ci(x['precision'])} | {_ci(x['recall'])} | {secs} |"
+        )
+    return "\n".join(lines)
+
+
+def save_plot(r: dict, path: Path) -> None:
+    """Accuracy, precision and recall against the scale, one panel per family (drawn with
+    Pillow: the project has no plotting dependency)."""
+    from PIL import Image, ImageDraw
+
+    fams = {
+        "unconditional + CG (s)": [(s, f"unconditional + CG {s:g}") for s in CG_SCALES],
+        "conditional + CG (s)": [(s, f"conditional + CG {s:g}") for s in CG_SCALES],
+        "classifier-free (w)": [
+            (w, "conditional + CG 0" if w == 1.0 else f"CFG {w:g}") for w in CFG_SCALES
+        ],
+    }
+    metrics = {"accuracy": (200, 40, 40), "precision": (40, 110, 200), "recall": (40, 160, 70)}
+    pw, ph, m = 300, 220, 36  # panel size and margin
+    img = Image.new("RGB", (3 * pw + 20, ph + 70), "white")
+    d = ImageDraw.Draw(img)
+    for k, (title, pts) in enumerate(fams.items()):
+        x0, y0 = 10 + k * pw + m, 30
+        w, h = pw - m - 10, ph - 40
+        d.rectangle([x0, y0, x0 + w, y0 + h], outline=(120, 120, 120))
+        d.text((x0, 10), title, fill="black")
+        hi = max(x for x, _ in pts)
+        for v in (0.0, 0.5, 1.0):
+            y = y0 + h - v * h
+            d.line([x0 - 4, y, x0, y], fill="black")
+            d.text((x0 - 30, y - 6), f"{v:.1f}", fill="black")
+        for x, _ in pts:
+            d.text((x0 + x / hi * w - 6, y0 + h + 4), f"{x:g}", fill="black")
+        for metric, colour in metrics.items():
+            xy = [(x0 + x / hi * w, y0 + h - r["rows"][key][metric]["rate"] * h) for x, key in pts]
+            d.line(xy, fill=colour, width=2)
+            for px, py in xy:
+                d.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
+    for i, (metric, colour) in enumerate(metrics.items()):
+        d.line([20 + i * 120, ph + 45, 40 + i * 120, ph + 45], fill=colour, width=3)
+        d.text((45 + i * 120, ph + 39), metric, fill="black")
+    d.text(
+        (400, ph + 39), f"x: scale; n = {r['n']} per point, {r['steps']} DDIM steps", fill="black"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m engine.evaluation.evaluate_guidance", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--n", type=int, default=48, help="samples per row (and real scenes per set)")
+    p.add_argument("--seeds", default="calibration", help="calibration / development / final / N")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--probe", default=None)
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--plot", type=Path, default=None)
+    a = p.parse_args(argv)
+    from engine.models import load_model
+
+    start = NAMED[a.seeds].start if a.seeds in NAMED else int(a.seeds.replace(",", ""))
+    try:
+        check_evaluation(SeedRange(start, start + SPAN), "builtin:demo", a.probe)
+    except SeedRangeError as e:
+        print(f"evaluate_guidance: {e}", file=sys.stderr)
+        return 2
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    torch.manual_seed(0)
+    r = evaluate_guidance(
+        load_model("builtin:demo", device="cpu"), load_probe(a.probe), start, a.n, a.batch, log
+    )
+    print(format_table(r))
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(r, indent=1) + "\n")
+    if a.plot:
+        save_plot(r, a.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
