@@ -400,6 +400,7 @@ class Engine:
             str(b.dtype).replace("torch.", ""),
             b.prediction_type,
             b.native_size,
+            ("classifier",) if b.classifier is not None else (),
         )
 
     def shutdown(self, timeout: float = 10.0) -> None:

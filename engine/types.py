@@ -114,6 +114,8 @@ class ModelInfo:
     dtype: str
     prediction_type: str
     native_size: int
+    # optional parts the model ships, which some options need (OptionSpec.requires)
+    parts: tuple[str, ...] = ()
 
 
 # ---- events (engine → receiver) ----------------------------------------------------------
