@@ -123,13 +123,14 @@ class LatentClassifier(nn.Module):
         logits = self.heads(self.pool(F.silu(self.norm(h))))
         return list(logits.split([len(c) for _, c in self.attributes], dim=1))
 
-    def log_prob(self, x: torch.Tensor, t: torch.Tensor, target: dict[int, int]) -> torch.Tensor:
-        """log p(y | x_t) per sample for a target {attribute index: class index}: the sum of
-        the attributes' log-softmax (they are read by independent heads)."""
+    def log_prob(self, x: torch.Tensor, t: torch.Tensor, target: dict) -> torch.Tensor:
+        """log p(y | x_t) per sample for a target {attribute index: class index, or one class
+        index per sample}: the sum of the attributes' log-softmax (independent heads)."""
         logits = self(x, t)
         out = x.new_zeros(x.shape[0], dtype=torch.float32)
         for a, c in target.items():
-            out = out + F.log_softmax(logits[a].float(), 1)[:, c]
+            c = torch.as_tensor(c, device=x.device).expand(x.shape[0])
+            out = out + F.log_softmax(logits[a].float(), 1).gather(1, c[:, None])[:, 0]
         return out
 
     def config(self) -> dict:

@@ -53,6 +53,8 @@ def _help(spec: OptionSpec, default=True) -> str:
         text += f" From {spec.lo:g} to {spec.hi:g}."
     if default and spec.default not in (None, ""):
         text += f" Default: {spec.default}."
+    if spec.requires:
+        text += f" Only for models that ship a {spec.requires} (the demo model does)."
     return text
 
 

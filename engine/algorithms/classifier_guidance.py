@@ -77,9 +77,9 @@ class ClassifierGuided:
         return self.scale * variance * log_prob_gradient(self.log_prob, x, t).to(x.dtype)
 
 
-def classifier_log_prob(classifier, target: dict[int, int]) -> LogProb:
+def classifier_log_prob(classifier, target: dict) -> LogProb:
     """The ``LogProb`` of an ``engine.classifier.LatentClassifier`` for a target
-    {attribute index: class index}."""
+    {attribute index: class index, or a tensor of one class index per sample}."""
 
     def log_prob(x: torch.Tensor, t: int) -> torch.Tensor:
         tt = torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)

@@ -4,14 +4,18 @@ diversity each buys, measured as Dhariwal & Nichol 2021 do (their Table 4 and Fi
     python -m engine.evaluation.evaluate_guidance --seeds calibration [--n 48]
         [--json PATH] [--plot PATH]
 
-The guided label is a scene's (time of day, ground) pair, 12 classes. Labels come from n
-real scenes (scenes A), so the label mix is the world's; a second n real scenes (scenes B)
-are the reference set. Rows, all 25-step DDIM (η = 0, Algorithm 2) at 128 px:
+The guided label is a scene's (time of day, ground) pair, 12 classes. Labels and captions
+come from n real scenes (scenes A), so the label mix is the world's; a second n real scenes
+(scenes B) are the reference set. Rows, all 25-step DDIM (η = 0, Algorithm 2) at 128 px:
 
-- "unconditional + CG s": the empty prompt, no classifier-free guidance, classifier scale s;
-- "conditional + CG s": the label as a prompt ("a snowy field at night"), w = 1, scale s;
-- "CFG w": the label prompt with classifier-free guidance w, no classifier;
-- "unconditional + CG s, ancestral": Algorithm 1 (the DDPM step's mean shifted), for s = 0, 4.
+- "unconditional + CG s": the empty prompt (the model's unconditional branch, which caption
+  dropout trained), no classifier-free guidance, classifier scale s;
+- "conditional + CG s": scene A's full caption, w = 1, scale s. The conditional model is given
+  the whole caption, not only the label: the world's captions are complete, so a prompt naming
+  only "a snowy field at night" asks for a scene with nothing else in it (seen on calibration
+  scenes: recall near 0), which is not p(x | y);
+- "CFG w": the caption with classifier-free guidance w, no classifier;
+- "unconditional + CG s, ancestral": Algorithm 1 (the DDPM step's mean shifted), s = 0 and 4.
 
 Per row: the probe's accuracy on the guided label (both attributes right; each alone), the
 Fréchet distance of probe features against scenes B, precision and recall (Kynkäänniemi et
@@ -34,8 +38,7 @@ import torch
 
 from ..algorithms.classifier_guidance import ClassifierGuided, classifier_log_prob
 from ..training.probe import frechet_distance, load_probe, render_heldout
-from ..world.captions import GROUND_NP, TIME_PP
-from ..world.scene import ATTRIBUTE_NAMES, ATTRIBUTE_SPEC
+from ..world.scene import ATTRIBUTE_NAMES
 from .evaluate import sample_images
 from .evaluate_edits import rate_ci
 from .seed_ranges import NAMED, SeedRange, SeedRangeError, check_evaluation
@@ -47,12 +50,6 @@ ANCESTRAL_SCALES = (0.0, 4.0)
 GUIDED = ("time_of_day", "ground")
 NOISE_SEED = 9_000  # sample i of every row starts from this + i: rows differ only in guidance
 SPAN = 100_000  # seeds one evaluation may touch from its start
-
-
-def label_prompt(time_of_day: int, ground: int) -> str:
-    """The label in the world's words, e.g. "a snowy field at night"."""
-    times, grounds = dict(ATTRIBUTE_SPEC)["time_of_day"], dict(ATTRIBUTE_SPEC)["ground"]
-    return f"{GROUND_NP[grounds[ground]][0]} {TIME_PP[times[time_of_day]][0]}"
 
 
 def knn_precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[np.ndarray, ...]:
@@ -111,31 +108,35 @@ def rows() -> list[dict]:
     return out  # "CFG 1" is "conditional + CG 0"
 
 
-def sample_row(bundle, denoiser, row: dict, labels: np.ndarray, batch: int) -> np.ndarray:
-    """Samples for every label, grouped by label so one guided denoiser serves a batch."""
+def sample_row(
+    bundle, denoiser, row: dict, labels: np.ndarray, captions: list[str], batch: int
+) -> np.ndarray:
+    """One row's samples; each batch gets a guided denoiser whose target is, per sample, that
+    sample's label."""
     cols = [ATTRIBUTE_NAMES.index(n) for n in GUIDED]
-    out = np.zeros((len(labels), 128, 128, 3), np.uint8)
-    for key in sorted({tuple(r) for r in labels.tolist()}):
-        idx = np.flatnonzero((labels == key).all(1))
-        target = dict(zip(cols, key))
+    out = []
+    for lo in range(0, len(labels), batch):
+        idx = range(lo, min(lo + batch, len(labels)))
+        target = {c: torch.as_tensor(labels[idx.start : idx.stop, j]) for j, c in enumerate(cols)}
         den = ClassifierGuided(
             denoiser,
             classifier_log_prob(bundle.classifier, target),
             row["s"],
             "mean" if row.get("eta", 0.0) >= 1.0 else "eps",
         )
-        prompt = label_prompt(*key) if row["prompt"] else ""
-        out[idx] = sample_images(
-            bundle,
-            den,
-            [prompt] * len(idx),
-            [NOISE_SEED + int(i) for i in idx],
-            STEPS,
-            row["w"],
-            batch=batch,
-            eta=row.get("eta", 0.0),
+        out.append(
+            sample_images(
+                bundle,
+                den,
+                [captions[i] if row["prompt"] else "" for i in idx],
+                [NOISE_SEED + i for i in idx],
+                STEPS,
+                row["w"],
+                batch=batch,
+                eta=row.get("eta", 0.0),
+            )
         )
-    return out
+    return np.concatenate(out)
 
 
 def evaluate_guidance(
@@ -146,7 +147,7 @@ def evaluate_guidance(
 
     if bundle.classifier is None:
         raise ValueError(f"{bundle.name} has no classifier to guide with")
-    real_a, attrs_a, _ = render_heldout(n, start)
+    real_a, attrs_a, captions_a = render_heldout(n, start)
     real_b, _, _ = render_heldout(n, start + n)
     cols = [ATTRIBUTE_NAMES.index(n) for n in GUIDED]
     labels = attrs_a[:, cols]
@@ -157,7 +158,7 @@ def evaluate_guidance(
         if only is not None and row["name"] not in only:
             continue
         t0 = time.perf_counter()
-        images = sample_row(bundle, denoiser, row, labels, batch)
+        images = sample_row(bundle, denoiser, row, labels, captions_a, batch)
         secs = (time.perf_counter() - t0) / n
         results[row["name"]] = {**score(probe, images, labels, ref), "seconds_per_sample": secs}
         r = results[row["name"]]
@@ -250,7 +251,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--probe", default=None)
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--plot", type=Path, default=None)
+    p.add_argument(
+        "--part",
+        default="1/1",
+        help="i/k: every k-th row from the i-th, to split the rows over processes",
+    )
+    p.add_argument("--merge", type=Path, nargs="*", help="join the JSONs of a split run")
     a = p.parse_args(argv)
+    if a.merge:
+        parts = [json.loads(f.read_text()) for f in a.merge]
+        r = {**parts[0], "rows": {k: v for part in parts for k, v in part["rows"].items()}}
+        order = ["real"] + [row["name"] for row in rows()]
+        r["rows"] = {k: r["rows"][k] for k in order if k in r["rows"]}
+        return _report(r, a.json, a.plot)
     from engine.models import load_model
 
     start = NAMED[a.seeds].start if a.seeds in NAMED else int(a.seeds.replace(",", ""))
@@ -261,15 +274,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     torch.manual_seed(0)
-    r = evaluate_guidance(
-        load_model("builtin:demo", device="cpu"), load_probe(a.probe), start, a.n, a.batch, log
-    )
+    i, k = (int(v) for v in a.part.split("/"))
+    only = [row["name"] for n, row in enumerate(rows()) if n % k == i - 1]
+    bundle = load_model("builtin:demo", device="cpu")
+    r = evaluate_guidance(bundle, load_probe(a.probe), start, a.n, a.batch, log, only)
+    r["part"], r["threads"] = a.part, torch.get_num_threads()
+    return _report(r, a.json, a.plot if k == 1 else None)
+
+
+def _report(r: dict, json_path: Path | None, plot: Path | None) -> int:
     print(format_table(r))
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(r, indent=1) + "\n")
-    if a.plot:
-        save_plot(r, a.plot)
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(r, indent=1) + "\n")
+    if plot:
+        save_plot(r, plot)
     return 0
 
 

@@ -150,3 +150,17 @@ def test_targets_in_words():
         parse_targets("night, day", attrs)
     with pytest.raises(InputError, match="at least one"):
         parse_targets(" , ", attrs)
+
+
+def test_per_sample_targets_equal_one_target_at_a_time():
+    torch.manual_seed(0)
+    clf = LatentClassifier(attributes_list(), latent_size=16).eval().requires_grad_(False)
+    x, t = torch.randn(3, 4, 16, 16), torch.tensor([100, 500, 900])
+    classes = torch.tensor([0, 2, 1])
+    together = clf.log_prob(x, t, {0: classes, 1: 3})
+    for i in range(3):
+        alone = clf.log_prob(x[i : i + 1], t[i : i + 1], {0: int(classes[i]), 1: 3})
+        torch.testing.assert_close(together[i : i + 1], alone)
+    # the log-probabilities of one attribute's classes sum to one
+    every = torch.stack([clf.log_prob(x, t, {0: c}) for c in range(3)]).exp().sum(0)
+    torch.testing.assert_close(every, torch.ones(3))

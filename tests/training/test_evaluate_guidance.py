@@ -11,7 +11,6 @@ from engine.evaluation.evaluate_guidance import (
     format_table,
     frechet_ci,
     knn_precision_recall,
-    label_prompt,
     save_plot,
 )
 
@@ -58,11 +57,6 @@ def test_frechet_interval_brackets_the_value():
     f = frechet_ci(a, b, rounds=50)
     assert f["ci95"][0] <= f["value"] <= f["ci95"][1]
     assert 0.5 < f["value"] < 2.0  # the means differ by 1 in one coordinate: FD ≈ 1
-
-
-def test_label_prompt_names_the_label_in_world_words():
-    assert label_prompt(2, 2) == "a snowy field at night"
-    assert label_prompt(0, 0) == "a grassy meadow during the day"
 
 
 @pytest.mark.slow
