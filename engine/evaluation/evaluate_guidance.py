@@ -21,7 +21,7 @@ Per row: the probe's accuracy on the guided label (both attributes right; each a
 Fréchet distance of probe features against scenes B, precision and recall (Kynkäänniemi et
 al. 2019: k-NN balls, k = 3, in the probe's feature space) against scenes B, and seconds per
 sample (batched, on this machine, as loaded as it was). Accuracy, precision and recall come
-with 95 % Wilson intervals, the Fréchet distance with a bootstrap interval. The "real" row
+with 95 % Wilson intervals, the Fréchet distance with a basic-bootstrap interval. The "real" row
 scores scenes A against B: the floor of every distance.
 """
 
@@ -72,13 +72,18 @@ def knn_precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tupl
 
 
 def frechet_ci(a: np.ndarray, b: np.ndarray, rounds: int = 200, seed: int = 0) -> dict:
-    """Fréchet distance with a 95 % bootstrap interval (both sets resampled)."""
+    """Fréchet distance with a 95 % basic-bootstrap interval (both sets resampled). The
+    distance is biased upwards at small n and a resample repeats points, so its bootstrap
+    values sit above the estimate (on 32 calibration scenes every percentile interval missed
+    it); the basic interval, 2·FD − the resamples' percentiles, corrects for that shift."""
     rng = np.random.default_rng(seed)
     boot = [
         frechet_distance(a[rng.integers(0, len(a), len(a))], b[rng.integers(0, len(b), len(b))])
         for _ in range(rounds)
     ]
-    return {"value": frechet_distance(a, b), "ci95": np.percentile(boot, [2.5, 97.5]).tolist()}
+    value = frechet_distance(a, b)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return {"value": value, "ci95": [max(0.0, 2 * value - hi), 2 * value - lo]}
 
 
 def score(probe, images: np.ndarray, labels: np.ndarray, ref_feats: np.ndarray) -> dict:
