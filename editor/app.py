@@ -11,15 +11,17 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtCore import Qt, QTimer
+from PySide6.QtCore import QSize, Qt, QTimer
 from PySide6.QtGui import QAction, QActionGroup, QKeySequence
 from PySide6.QtWidgets import (
     QDockWidget,
+    QFrame,
     QHBoxLayout,
     QLabel,
     QMainWindow,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QVBoxLayout,
     QWidget,
 )
@@ -33,10 +35,29 @@ from .document import Document
 from .fileops import FileActions
 from .jobs import JobController
 from .panels.history import HistoryPanel
+from .panels.new_document import NewDocumentDialog
 from .panels.prompt import PromptPanel
 from .panels.tools_panel import ToolsPanel
 
 FALLBACK_MODEL = "builtin:tiny"
+
+
+class FormScroll(QScrollArea):
+    """A dock's scrolling form. Its scroll bar always shows: one that came and went with
+    the form's height changed the dock's width, the canvas resized, the form re-flowed and
+    the bar went again, a layout loop that starved the event loop."""
+
+    def sizeHint(self) -> QSize:
+        w = self.widget()
+        hint = w.sizeHint() if w is not None else QSize(300, 400)
+        bar = self.verticalScrollBar().sizeHint().width()
+        return QSize(hint.width() + bar + 2 * self.frameWidth(), hint.height())
+
+    def minimumSizeHint(self) -> QSize:
+        w = self.widget()
+        hint = w.minimumSizeHint() if w is not None else QSize(200, 100)
+        bar = self.verticalScrollBar().sizeHint().width()
+        return QSize(hint.width() + bar + 2 * self.frameWidth(), 100)
 
 
 class MainWindow(FileActions, QMainWindow):
@@ -81,7 +102,14 @@ class MainWindow(FileActions, QMainWindow):
         self.prompt_panel = PromptPanel(self.doc, self.engine.methods())
         self.history_panel = HistoryPanel(self.doc)
         self.tools_panel = ToolsPanel(self.doc, self.canvas)
-        self._dock("Prompt && method", self.prompt_panel, Qt.DockWidgetArea.RightDockWidgetArea)
+        # the form scrolls when the window is short, instead of forcing the window taller
+        prompt_scroll = FormScroll()
+        prompt_scroll.setWidgetResizable(True)
+        prompt_scroll.setFrameShape(QFrame.Shape.NoFrame)
+        prompt_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        prompt_scroll.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOn)
+        prompt_scroll.setWidget(self.prompt_panel)
+        self._dock("Prompt && method", prompt_scroll, Qt.DockWidgetArea.RightDockWidgetArea)
         self._dock("Tools && layers", self.tools_panel, Qt.DockWidgetArea.LeftDockWidgetArea)
         self._dock("Results", self.history_panel, Qt.DockWidgetArea.BottomDockWidgetArea)
 
@@ -134,7 +162,10 @@ class MainWindow(FileActions, QMainWindow):
     def _build_actions(self) -> None:
         mb = self.menuBar()
         f = mb.addMenu("&File")
+        self._action(f, "&New…", self.new_dialog, "Ctrl+N", "A blank canvas of a chosen size")
         self._action(f, "&Open…", self.open_dialog, "Ctrl+O")
+        self.recent_menu = f.addMenu("Open &recent")
+        self.refresh_recent()
         self._action(f, "&Paste image", self.paste, "Ctrl+V")
         self._action(f, "&Save project", self.save_project, "Ctrl+S")
         self._action(f, "Save project &as…", self.save_project_as, "Ctrl+Shift+S")
@@ -190,8 +221,8 @@ class MainWindow(FileActions, QMainWindow):
             self.tool_actions[tool] = a
         tb.addSeparator()
         self._action(None, "Swap paint/erase", self.swap_erase, "X")
-        self._action(None, "Smaller brush", lambda: self.tools_panel.step_size(1 / 1.25), "[")
-        self._action(None, "Bigger brush", lambda: self.tools_panel.step_size(1.25), "]")
+        self._action(None, "Smaller brush", lambda: self.tools_panel.step_size(-1), "[")
+        self._action(None, "Bigger brush", lambda: self.tools_panel.step_size(1), "]")
         tb.addAction(self.undo_action)
         tb.addAction(self.redo_action)
 
@@ -204,6 +235,7 @@ class MainWindow(FileActions, QMainWindow):
         p.run_requested.connect(self.run_method)
         p.cancel_requested.connect(self.cancel_job)
         p.word_selected.connect(self.jobs.show_word)
+        p.native_requested.connect(lambda n: n and self.new_document(n, n))
         h = self.history_panel
         h.selected.connect(lambda e: self.canvas.show_preview(None if e is None else e.image))
         h.apply_requested.connect(self.apply_result)
@@ -242,6 +274,15 @@ class MainWindow(FileActions, QMainWindow):
         if event.key() == Qt.Key.Key_C and not event.isAutoRepeat():
             self.canvas.set_layer_visible("preview", not self.history_panel.compare.isChecked())
         super().keyReleaseEvent(event)
+
+    def new_dialog(self) -> NewDocumentDialog:
+        """File › New: asks width and height (the model's native size one click away)."""
+        info = self.bridge.model_info
+        dialog = NewDocumentDialog(self, self.doc.size, info.native_size if info else None)
+        dialog.accepted.connect(lambda: self.new_document(*dialog.chosen()))
+        dialog.finished.connect(dialog.deleteLater)
+        dialog.open()
+        return dialog
 
     # ---- jobs: the controller's ------------------------------------------------------------
 
@@ -296,6 +337,7 @@ class MainWindow(FileActions, QMainWindow):
         if info is None:
             self.model_label.setText("no model")
             return
+        self.prompt_panel.set_native(info.native_size)
         note = self.model_note if info.name == FALLBACK_MODEL else ""
         self.model_label.setText(f"Model: {info.name} · {info.device} · {info.dtype}{note}")
         self.prompt_panel.set_available(self.engine.methods())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from PySide6.QtCore import QPointF, QRect, QRectF, Qt, Signal
+from PySide6.QtCore import QLineF, QPointF, QRect, QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QImage, QPainter, QPen, QTransform, qRgba
 from PySide6.QtWidgets import QGraphicsItem, QGraphicsScene, QGraphicsView
 
@@ -22,13 +22,45 @@ from .document import Document
 HEAT_TINT = (255, 170, 0)  # a selected word's attention map; alpha follows its strength
 HEAT_ALPHA = 0.75
 OVERLAY_SIDE = 512  # overlays from small maps are upsampled to at most this, then stretched
-MASK_TINT = (255, 40, 120)  # mask overlay colour; alpha follows the mask value
-MASK_ALPHA = 0.55  # at mask 255: the image shows through, the mask stands out
-# the tint, plus an opaque band around 50% that outlines soft masks (DiffEdit's, feathered)
-MASK_COLOURS = [
-    qRgba(255, 0, 90, 220) if 124 <= v <= 132 else qRgba(*MASK_TINT, round(v * MASK_ALPHA))
-    for v in range(256)
-]
+MASK_TINT = (255, 40, 120)  # mask overlay colour (the user can pick another); alpha follows
+MASK_ALPHA = 0.55  # the mask value; at mask 255: the image shows through, the mask stands out
+OUTLINE_SIDE = 1024  # the mask's outline is traced on at most this many pixels per side
+OUTLINE_DELAY_MS = 150  # after the mask last changed (not on every brush dab)
+
+
+def mask_colours(tint=MASK_TINT, alpha: float = MASK_ALPHA) -> list[int]:
+    """The mask layer's colour table: ``tint`` with alpha = ``alpha`` × the mask value."""
+    return [qRgba(*tint, round(v * alpha)) for v in range(256)]
+
+
+MASK_COLOURS = mask_colours()
+
+
+def _runs(b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, start, end) of every run of True along the rows of a 2-D bool array."""
+    d = np.diff(np.pad(b.astype(np.int8), ((0, 0), (1, 1))), axis=1)
+    rows, starts = np.nonzero(d == 1)
+    _, ends = np.nonzero(d == -1)
+    return rows, starts, ends
+
+
+def mask_edges(mask: np.ndarray, max_side: int = OUTLINE_SIDE) -> np.ndarray:
+    """The outline of a mask (where it crosses 50 %) as line segments x0, y0, x1, y1 in
+    image pixels (float32, N x 4), along pixel borders; a mask larger than ``max_side`` is
+    traced on every f-th pixel. Runs along a row or column are one segment each."""
+    h, w = mask.shape
+    f = max(1, math.ceil(max(h, w) / max_side))
+    m = np.pad(mask[::f, ::f] > 127, 1)
+    vertical = m[1:-1, :-1] != m[1:-1, 1:]  # [y, x]: an edge left of cell x in row y
+    horizontal = m[:-1, 1:-1] != m[1:, 1:-1]  # [y, x]: an edge above cell y in column x
+    xs, y0, y1 = _runs(vertical.T)
+    ys, x0, x1 = _runs(horizontal)
+    v = np.stack([xs, y0, xs, y1], 1)
+    hz = np.stack([x0, ys, x1, ys], 1)
+    lines = np.concatenate([v, hz]).astype(np.float32) * f
+    lines[:, 0::2] = lines[:, 0::2].clip(0, w)
+    lines[:, 1::2] = lines[:, 1::2].clip(0, h)
+    return lines
 
 
 def wrap(arr: np.ndarray) -> QImage:
@@ -156,6 +188,7 @@ class Canvas(QGraphicsView):
     picked = Signal(tuple)
     zoom_changed = Signal(float)
     cursor_moved = Signal(int, int)
+    layer_visibility_changed = Signal(str, bool)  # "preview", "mask", … and whether shown
 
     def __init__(self, doc: Document, parent=None):
         super().__init__(parent)
@@ -168,11 +201,23 @@ class Canvas(QGraphicsView):
         self._space = False
         self._cursor = QPointF(-1e9, -1e9)
         self.auto_fit = True  # keep fitting on resize until the user zooms
+        self.mask_tint, self.mask_alpha = MASK_TINT, MASK_ALPHA
+        self.show_outline = True  # the mask's edge as a line one screen pixel wide
+        self.outline = np.zeros((0, 4), np.float32)
+        self._outline_timer = QTimer(self)
+        self._outline_timer.setSingleShot(True)
+        self._outline_timer.setInterval(OUTLINE_DELAY_MS)
+        self._outline_timer.timeout.connect(self.update_outline)
         self.setScene(QGraphicsScene(self))
         self.setBackgroundBrush(QColor(48, 48, 52))
         self.setTransformationAnchor(QGraphicsView.ViewportAnchor.AnchorUnderMouse)
         self.setViewportUpdateMode(QGraphicsView.ViewportUpdateMode.MinimalViewportUpdate)
         self.setMouseTracking(True)
+        # the scene reaches half an image beyond every side, so the bars show at almost any
+        # zoom; always shown, they cannot come and go with a fit (which changes the
+        # viewport, which refits: a loop seen at some window sizes)
+        self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOn)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOn)
         self.layers = {name: LayerItem(name) for name in ("image", "strokes", "mask")}
         for z, item in enumerate(self.layers.values()):
             item.setZValue(z)
@@ -199,6 +244,8 @@ class Canvas(QGraphicsView):
         self.cancel_stroke()
         for name, item in self.layers.items():
             item.set_array(self.doc.layer(name))
+        self._apply_mask_colours()
+        self.update_outline()
         for item in (self.preview, self.mask_preview, self.heat):
             item.set_image(None, QRectF())
         h, w = self.doc.size
@@ -210,14 +257,50 @@ class Canvas(QGraphicsView):
         item = self.layers[name]
         if item.array is not self.doc.layer(name):
             item.set_array(self.doc.layer(name))
+            if name == "mask":
+                self._apply_mask_colours()
         item.refresh(rect)
+        if name == "mask":
+            self._outline_timer.start()  # traced once the mask stops changing
 
     def set_layer_visible(self, name: str, visible: bool) -> None:
-        (self.preview if name == "preview" else self.layers[name]).setVisible(visible)
+        item = self.preview if name == "preview" else self.layers[name]
+        if item.isVisible() != visible:
+            item.setVisible(visible)
+            if name == "mask":
+                self.viewport().update()  # the outline goes with the mask
+            self.layer_visibility_changed.emit(name, visible)
 
-    def show_preview(self, arr: np.ndarray | None) -> None:
+    def show_preview(self, arr: np.ndarray | None, box=None) -> None:
+        """Show ``arr`` over the image, or over ``box`` (y0, x0, y1, x1) of it."""
         h, w = self.doc.size
-        self.preview.set_image(arr, QRectF(0, 0, w, h))
+        y0, x0, y1, x1 = box or (0, 0, h, w)
+        self.preview.set_image(arr, QRectF(x0, y0, x1 - x0, y1 - y0))
+
+    # ---- the mask's look --------------------------------------------------------------
+
+    def set_mask_style(self, tint=None, alpha: float | None = None, outline=None) -> None:
+        """The mask overlay's colour (RGB), opacity (0-1) and whether its outline shows."""
+        if tint is not None:
+            self.mask_tint = tuple(int(c) for c in tint)
+        if alpha is not None:
+            self.mask_alpha = float(min(max(alpha, 0.0), 1.0))
+        if outline is not None:
+            self.show_outline = bool(outline)
+        self._apply_mask_colours()
+        self.viewport().update()
+
+    def _apply_mask_colours(self) -> None:
+        item = self.layers["mask"]
+        if item.qimage is not None:
+            item.qimage.setColorTable(mask_colours(self.mask_tint, self.mask_alpha))
+            item.mip = None  # the zoomed-out copy has the old colours
+            item.update()
+
+    def update_outline(self) -> None:
+        self._outline_timer.stop()
+        self.outline = mask_edges(self.doc.mask)
+        self.viewport().update()
 
     def _overlay(self, m: np.ndarray) -> np.ndarray:
         """A float map in [0, 1] upsampled (bilinear) towards the document's shape, at most
@@ -245,7 +328,7 @@ class Canvas(QGraphicsView):
     def show_mask_preview(self, m: np.ndarray | None) -> None:
         """Show a forming mask tinted like the mask layer, over the image; a preview only,
         the document's mask is not touched (None: hide)."""
-        self._show_tinted(self.mask_preview, m, MASK_TINT, MASK_ALPHA)
+        self._show_tinted(self.mask_preview, m, self.mask_tint, self.mask_alpha)
 
     def show_heat(self, m: np.ndarray | None) -> None:
         """Show a word's attention map as a tinted overlay over the image (None: hide)."""
@@ -370,7 +453,31 @@ class Canvas(QGraphicsView):
         for c in (old, p):
             self.scene().update(QRectF(c.x() - r, c.y() - r, 2 * r, 2 * r))
 
+    def _draw_outline(self, painter: QPainter, rect: QRectF) -> None:
+        """The mask's edge, one screen pixel wide at any zoom: white with black dashes."""
+        lines = self.outline
+        if not self.show_outline or not len(lines) or not self.layers["mask"].isVisible():
+            return
+        x0, y0, x1, y1 = rect.left(), rect.top(), rect.right(), rect.bottom()
+        near = (
+            (np.maximum(lines[:, 0], lines[:, 2]) >= x0)
+            & (np.minimum(lines[:, 0], lines[:, 2]) <= x1)
+            & (np.maximum(lines[:, 1], lines[:, 3]) >= y0)
+            & (np.minimum(lines[:, 1], lines[:, 3]) <= y1)
+        )
+        segments = [QLineF(*map(float, row)) for row in lines[near]]
+        if not segments:
+            return
+        pen = QPen(QColor(255, 255, 255), 0)
+        painter.setPen(pen)
+        painter.drawLines(segments)
+        pen.setColor(QColor(0, 0, 0))
+        pen.setStyle(Qt.PenStyle.DashLine)
+        painter.setPen(pen)
+        painter.drawLines(segments)
+
     def drawForeground(self, painter: QPainter, rect: QRectF) -> None:
+        self._draw_outline(painter, rect)
         if self.tool == tools.EYEDROPPER or self._pan_from is not None:
             return
         r = self.brush.size / 2

@@ -19,6 +19,7 @@ from PySide6.QtCore import QObject, QRect, Signal
 
 from engine import imageops
 from engine.methods import COMMON
+from engine.methods import METHODS as ENGINE_METHODS
 
 from .undo import UndoStack
 
@@ -38,6 +39,7 @@ def default_settings() -> dict[str, Any]:
         "negative_prompt": "",
         **{k: spec.default for k, spec in COMMON.items()},
         "seed_locked": False,
+        "batch_count": 1,
         "options": {},
     }
 
@@ -79,7 +81,13 @@ class HistoryEntry:
     @property
     def title(self) -> str:
         p = self.parameters
-        return f"{p.get('method', '?')} · seed {p.get('seed', '?')}"
+        method = p.get("method", "?")
+        spec = ENGINE_METHODS.get(method)
+        seeded = spec is None or (spec.stochastic and "seed" in spec.common)
+        text = f"{method} · seed {p.get('seed', '?')}" if seeded else str(method)
+        if p.get("interrupted"):
+            text += f" · interrupted at {p['interrupted']}"
+        return text
 
     def tooltip(self) -> str:
         return "\n".join(f"{k}: {v}" for k, v in self.parameters.items())

@@ -18,7 +18,7 @@ from PySide6.QtWidgets import QApplication, QFileDialog, QMessageBox
 from engine import metadata
 from engine.images import check_output
 
-from . import project
+from . import project, recent
 from .files import (
     IMAGE_FILTER,
     MAX_PIXELS,
@@ -90,13 +90,38 @@ class FileActions:
 
     # ---- dialogs (replaceable in tests) --------------------------------------------------
 
+    def start_folder(self) -> str:
+        """Where a file dialog opens: the folder of the open picture (or project), else the
+        folder last used, else the current one."""
+        for p in (self.doc.project_path, self.doc.path):
+            if p and os.path.isdir(os.path.dirname(os.path.abspath(p))):
+                return os.path.dirname(os.path.abspath(p))
+        return recent.last_folder()
+
     def ask_open_path(self, title: str, filt: str) -> str | None:
-        path, _ = QFileDialog.getOpenFileName(self, title, "", filt)
+        path, _ = QFileDialog.getOpenFileName(self, title, self.start_folder(), filt)
         return path or None
 
     def ask_save_path(self, title: str, filt: str, suggested: str = "") -> str | None:
-        path, _ = QFileDialog.getSaveFileName(self, title, suggested, filt)
+        folder = self.start_folder()
+        if folder and suggested and not os.path.isabs(suggested):
+            suggested = os.path.join(folder, suggested)
+        path, _ = QFileDialog.getSaveFileName(self, title, suggested or folder, filt)
         return path or None
+
+    def refresh_recent(self) -> None:
+        """The File › Open Recent menu from the remembered files."""
+        menu = getattr(self, "recent_menu", None)
+        if menu is None:
+            return
+        menu.clear()
+        paths = recent.files()
+        for i, path in enumerate(paths):
+            a = menu.addAction(f"&{(i + 1) % 10} {Path(path).name}")
+            a.setToolTip(path)
+            a.setData(path)
+            a.triggered.connect(lambda _=False, p=path: self.open_path(p))
+        menu.setEnabled(bool(paths))
 
     def ask(self, title: str, text: str, buttons, default):
         return QMessageBox.question(self, title, text, buttons, default)
@@ -162,7 +187,23 @@ class FileActions:
             if problems:
                 unused = " ".join(problems)
                 self.show_error(f"{name}: settings in its parameters not used: {unused}")
+        recent.remember(path)
+        self.refresh_recent()
         self.status(f"Opened {name}")
+        return True
+
+    def new_document(self, width: int, height: int) -> bool:
+        """A blank white canvas of ``width`` x ``height`` px (unsaved work asked about)."""
+        if not self.confirm_discard():
+            return False
+        self.drop_job()
+        self.banner_host.hide()
+        self.doc.set_image(np.full((int(height), int(width), 3), 255, np.uint8))
+        self.doc.history.clear()
+        self.doc.history_changed.emit()
+        self.doc.path = self.doc.project_path = None
+        self.doc.mark_saved()
+        self.status(f"New {width}x{height} canvas")
         return True
 
     def open_array(self, image: np.ndarray, name: str) -> bool:
@@ -249,6 +290,8 @@ class FileActions:
         except FileError as e:
             self.show_error(str(e))
             return False
+        recent.remember(path)
+        self.refresh_recent()
         self.status(f"Saved {Path(path).name}")
         return True
 
@@ -289,6 +332,8 @@ class FileActions:
         except FileError as e:
             self.show_error(str(e))
             return False
+        recent.remember(path)
+        self.refresh_recent()
         self.status(f"Exported {what} to {Path(path).name}")
         return True
 

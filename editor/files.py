@@ -30,7 +30,7 @@ from engine.images import (  # noqa: F401 (one loader and one atomic write for C
     to_rgb,
 )
 
-from .methods import panel_method
+from .methods import PER_METHOD, panel_method
 
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff)"
 
@@ -54,6 +54,8 @@ def settings_from_parameters(
         out["method"] = panel.key
         offered = {q.key for q in panel.params if q.option}
         opts = {k: v for k, v in fields.get("options", {}).items() if k in offered}
+        # a per-method common field (strength) is that method's own
+        opts.update({k: out.pop(k) for k in PER_METHOD if k in out})
         if opts:
             out["options"] = {panel.key: opts}
     return out

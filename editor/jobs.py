@@ -9,26 +9,37 @@ waits on the engine.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from PySide6.QtCore import Qt
 
-from engine import imageops
+from engine import EditRequest, imageops
+from engine.engine import INTERRUPTED
+from engine.methods import METHODS as ENGINE_METHODS
 
 from . import project
 from .document import image_key
 from .methods import (
     ATTENTION,
+    COMMON,
     MASKED,
     METHODS,
+    PER_METHOD,
     NeedsInput,
+    Param,
     SettingsError,
     build_request,
     check_setting,
     random_seed,
+    seed_matters,
+    set_value,
     word_key,
 )
+
+SEED_RANGE = 2**31  # the seed box's: a batch's seeds wrap around within it
 
 
 @dataclass
@@ -43,6 +54,12 @@ class RunningJob:
     started: float = field(default_factory=time.monotonic)
     state: str = "waiting"  # waiting → running (first step) → gone when it ends
     options: dict = field(default_factory=dict)  # plain options sent, kept in the history
+    request: EditRequest | None = None
+    # only-masked inpainting works on this crop (y0, x0, y1, x1); previews cover only it
+    box: tuple[int, int, int, int] | None = None
+    interrupted: object = None  # the engine's decoded last x̂₀ of a cancelled job (a Step)
+    batch: list = field(default_factory=list)  # requests still to run after this one
+    batch_size: int = 1  # pictures this Run makes
 
 
 class JobController:
@@ -77,16 +94,33 @@ class JobController:
         if win.bridge.model_info is None:
             win.show_error("No model is loaded; choose one in the Model menu.")
             return None
-        if not doc.settings.get("seed_locked") and not METHODS[method].from_image:
+        if not doc.settings.get("seed_locked") and METHODS[method].seeded:
             doc.update_settings(seed=random_seed())  # (Edit prompt replays the image's seed)
         try:
             request = build_request(doc, method, stage)
         except NeedsInput as e:
             win.show_error(str(e))
             return None
+        count = int(doc.settings.get("batch_count", 1)) if seed_matters(request) else 1
+        if stage not in (-1, len(METHODS[method].engine) - 1):
+            count = 1  # a preparation stage (Make mask) makes one
+        batch = [
+            dataclasses.replace(request, seed=(request.seed + k) % SEED_RANGE) for k in range(count)
+        ]
         win.banner_host.hide()
+        return self._submit(method, batch[0], batch[1:], count)
+
+    def _submit(self, method: str, request: EditRequest, rest: list, size: int) -> int:
+        """Run one request (of a batch of ``size``, with ``rest`` still to come)."""
+        win = self.win
         masked = request.method in MASKED and request.mask is not None
         job = RunningJob(method, request.method, mask=request.mask if masked else None)
+        job.request, job.batch, job.batch_size = request, rest, size
+        if request.method == "repaint" and masked and request.options.get("only_masked"):
+            pad = request.options.get(
+                "padding", ENGINE_METHODS["repaint"].options["padding"].default
+            )
+            job.box = imageops.crop_box(request.mask > 0, pad)
         if request.method == "invert":
             job.source_key = image_key(request.image)
         if request.method in ATTENTION:  # what the engine's parameters leave out (control…)
@@ -98,10 +132,25 @@ class JobController:
         self.current, self._preview_alpha = job, None
         win.canvas.show_heat(None)
         win.history_panel.select(None)
+        win.history_panel.compare.setChecked(False)
         win.canvas.set_layer_visible("preview", True)
-        win.prompt_panel.set_busy(True, f"{request.method}: waiting…")
+        note = f"picture {size - len(rest)} of {size}" if size > 1 else ""
+        text = f"{request.method}{' · ' + note if note else ''}: waiting…"
+        win.prompt_panel.set_busy(True, text, self._phases(request), note)
         job.job_id = win.bridge.submit(request)
         return job.job_id
+
+    @staticmethod
+    def _phases(request: EditRequest) -> int:
+        """How many model-call phases the job runs one after the other (one progress bar
+        spans them): DiffEdit without a mask finds one first; null-text inversion inverts,
+        optimises, and makes a second pass when its check asks for one."""
+        if request.method == "diffedit" and request.mask is None:
+            return 2
+        if request.method == "invert":
+            inversion = str(request.options.get("inversion", "null_text"))
+            return 3 if inversion == "null_text" else 2 if inversion.startswith("null") else 1
+        return 1
 
     def cancel(self) -> None:
         if self.win.bridge.busy:
@@ -123,14 +172,19 @@ class JobController:
         return job
 
     def _on_started(self, ev) -> None:
-        self.win.prompt_panel.set_busy(True, f"{ev.kind}…")
+        self.win.prompt_panel.show_started(f"{ev.kind}…")
 
     def _on_step(self, ev) -> None:
+        if ev.label == INTERRUPTED:  # the cancelled job's last x̂₀, decoded: kept on cancel
+            if self.current is not None:
+                self.current.interrupted = ev
+            return
         if self.current is not None:
             self.current.state = "running"
         self.win.prompt_panel.show_step(ev.i, ev.n, ev.label)
         if ev.preview is not None:
-            self.win.canvas.show_preview(self._masked_preview(ev.preview))
+            box = self.current.box if self.current is not None else None
+            self.win.canvas.show_preview(self._masked_preview(ev.preview), box)
         mask = getattr(ev, "mask", None)
         if mask is not None and self.current is not None and self.current.method in ATTENTION:
             self.win.canvas.show_mask_preview(mask)  # the local-blend mask as it forms
@@ -142,6 +196,9 @@ class JobController:
             return preview
         hw = preview.shape[:2]
         if self._preview_alpha is None or self._preview_alpha.shape != hw:
+            if self.current.box is not None:  # only masked: the preview is of the crop
+                y0, x0, y1, x1 = self.current.box
+                mask = mask[y0:y1, x0:x1]
             self._preview_alpha = imageops.resize(mask, hw)
         return np.dstack([preview, self._preview_alpha])
 
@@ -164,10 +221,28 @@ class JobController:
         if ev.image is None or ev.image.shape != doc.image.shape:
             return  # the document changed size while the job ran
         parameters = {**(job.options if job else {}), **dict(ev.parameters)}
+        parameters.update(self._resized(ev.image.shape[:2], job))
         entry = doc.add_result(ev.image, project.plain(parameters))
         win.history_panel.select(entry)
         if kind in ATTENTION:
             self._attention_result(ev)
+        if job is not None and job.batch:  # the batch's next picture
+            self._submit(job.ui_method, job.batch[0], job.batch[1:], job.batch_size)
+
+    def _resized(self, hw: tuple[int, int], job: RunningJob | None) -> dict:
+        """How the result reached the canvas: made at the model's working size and resized
+        (said in its tooltip: "resized: upscaled from 128x128")."""
+        info = self.win.bridge.model_info
+        if info is None:
+            return {}
+        if job is not None and job.box is not None:  # only masked: the crop was resized
+            y0, x0, y1, x1 = job.box
+            hw = (y1 - y0, x1 - x0)
+        wh, ww = imageops.working_size(*hw, info.native_size, 8)
+        if (wh, ww) == tuple(hw):
+            return {}
+        way = "upscaled" if wh * ww < hw[0] * hw[1] else "downscaled"
+        return {"resized": f"{way} from {ww}x{wh}"}
 
     def _attention_result(self, ev) -> None:
         """Keep the word maps for the heat map; an empty mask layer takes the blend mask
@@ -215,8 +290,44 @@ class JobController:
         self.win.show_error(ev.message)
 
     def _on_cancelled(self, ev) -> None:
-        self._end("cancelled")
-        self.win.status("Cancelled; nothing was changed.")
+        job = self._end("cancelled")
+        entry = self._keep_interrupted(job) if ev is not None else None
+        if entry is None:
+            self.win.status("Cancelled; nothing was changed.")
+            return
+        self.win.history_panel.select(entry)
+        self.win.status(
+            f"Cancelled: the picture as it was at {entry.parameters['interrupted']} is under "
+            "Results (Apply to use it, Discard to drop it)."
+        )
+
+    def _keep_interrupted(self, job: RunningJob | None):
+        """A cancelled job's last prediction as a result marked "interrupted at step k/n"
+        (as A1111's Interrupt keeps the current image); not applied. Outside the job's mask
+        (and an only-masked crop) the pixels are the picture's. None if there is none."""
+        doc = self.win.doc
+        if job is None or job.interrupted is None or job.request is None:
+            return None
+        req, ev = job.request, job.interrupted
+        if req.image is not None:
+            original = imageops.composite_strokes(req.image, req.strokes)
+        else:
+            original = None
+        if original is None or original.shape != doc.image.shape:
+            if req.method not in ("generate", "edit_generated"):
+                return None
+            original = np.zeros(doc.image.shape, np.uint8)
+        image = original.copy()
+        y0, x0, y1, x1 = job.box or (0, 0, *original.shape[:2])
+        part = imageops.resize(np.ascontiguousarray(ev.preview), (y1 - y0, x1 - x0))
+        if job.mask is not None:
+            mask = imageops.mask_to_float(job.mask, original.shape[:2])[y0:y1, x0:x1]
+            part = imageops.composite(original[y0:y1, x0:x1], part, mask)
+        image[y0:y1, x0:x1] = part
+        params = {**job.options, **req.parameters(), "interrupted": f"step {ev.i}/{ev.n}"}
+        if req.method == "generate":
+            params["size"] = f"{doc.size[1]}x{doc.size[0]}"
+        return doc.add_result(image, project.plain(params))
 
     # ---- results --------------------------------------------------------------------------
 
@@ -227,6 +338,9 @@ class JobController:
             return
         win.doc.apply_result(entry)  # the image now carries the entry's parameters
         win.history_panel.select(None)
+        # the Apply button is disabled now: keep the focus off the form's fields (a typed
+        # key must not change Steps), on the canvas, where the keyboard shortcuts act
+        win.canvas.setFocus(Qt.FocusReason.OtherFocusReason)
         win.status(f"Applied {entry.title} (Ctrl+Z to undo)")
 
     def rerun(self, entry) -> None:
@@ -240,5 +354,9 @@ class JobController:
         ui = next((k for k, m in METHODS.items() if p.get("method") in m.engine), None)
         if ui:
             changes["method"] = ui
+        target = ui or self.win.prompt_panel.current_method()
+        for key in PER_METHOD:  # the method's own value
+            if key in changes:
+                set_value(self.win.doc, target, Param.of(key, COMMON[key], False), changes.pop(key))
         self.win.doc.update_settings(**changes, seed_locked=True)
-        self.run(ui or self.win.prompt_panel.current_method())
+        self.run(target)

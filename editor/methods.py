@@ -74,6 +74,15 @@ class Method:
     # the image layer's generation parameters fill the common fields and these options
     # (Edit prompt replays the generation): the form does not offer them
     from_image: tuple[str, ...] = ()
+    seed_tip: str = ""  # what the seed changes, where that is not the whole result
+    prep_tip: str = ""  # the preparation button's tooltip
+
+    @property
+    def seeded(self) -> bool:
+        """Whether the seed changes what this method makes: some stage is stochastic and
+        reads the seed (an image's own seed replays it: Edit prompt)."""
+        specs = [ENGINE_METHODS[e] for e in self.engine]
+        return not self.from_image and any(m.stochastic and "seed" in m.common for m in specs)
 
     @property
     def params(self) -> tuple[Param, ...]:
@@ -115,6 +124,11 @@ METHODS: dict[str, Method] = {
             "Make a mask from where the query and reference prompts disagree, touch it up, "
             "then edit inside it (Couairon et al. 2022). The prompt is the query.",
             prep_label="Make mask",
+            prep_tip="Find where the picture should change (where the prompt and Reference "
+            "disagree) and put that into the mask layer, to check and touch up with the mask "
+            "brush before Run edits inside it.",
+            seed_tip="The seed changes the mask Make mask finds; the edit inside a mask is "
+            "the same for every seed.",
         ),
         Method(
             "reedit",
@@ -123,6 +137,9 @@ METHODS: dict[str, Method] = {
             "Invert the photo once under the source prompt, then re-edit it with changed "
             "prompts reusing that inversion (Mokady et al. 2022).",
             prep_label="Invert",
+            prep_tip="Turn the picture into the noise that redraws it under the Source "
+            "prompt (once per picture; takes a while). Then change the prompt and Run, as "
+            "often as you like.",
         ),
         Method(
             "edit_generated",
@@ -149,20 +166,56 @@ def panel_method(engine_method: str | None) -> Method | None:
 MASKED = tuple(name for name, m in ENGINE_METHODS.items() if m.mask != "unused")
 
 
+# common fields each method keeps its own value of (SDEdit's strength is not DiffEdit's);
+# a method that has none yet takes the document's (a project's, a PNG's) or the default
+PER_METHOD = ("strength",)
+
+
 def value(doc: Document, method: str, p: Param) -> Any:
+    own = doc.settings.get("options", {}).get(method, {})
     if not p.option:
+        if p.key in PER_METHOD and p.key in own:
+            return own[p.key]
         return doc.settings.get(p.key, p.default)
-    return doc.settings.get("options", {}).get(method, {}).get(p.key, p.default)
+    return own.get(p.key, p.default)
+
+
+def common_value(doc: Document, method: str, key: str) -> Any:
+    """A common request field as ``method`` runs it (its own value where it keeps one)."""
+    return COMMON[key].kind(value(doc, method, Param.of(key, COMMON[key], option=False)))
 
 
 def set_value(doc: Document, method: str, p: Param, v: Any) -> None:
-    if not p.option:
+    if not p.option and p.key not in PER_METHOD:
         doc.update_settings(**{p.key: v})
         return
     opts = doc.settings.setdefault("options", {}).setdefault(method, {})
     if opts.get(p.key) != v:
         opts[p.key] = v
         doc.mark_dirty()
+
+
+def seed_matters(request: EditRequest) -> bool:
+    """Whether another seed would change this request's result (a batch makes sense):
+    DiffEdit's edit inside a given mask is deterministic, its seed only finds a mask."""
+    spec = ENGINE_METHODS[request.method]
+    if request.method == "diffedit" and request.mask is not None:
+        return False
+    return spec.stochastic and "seed" in spec.common
+
+
+# how many pictures one Run makes (seed, seed + 1, …), one job after the other
+BATCH_COUNT = Param(
+    "batch_count",
+    "Batch count",
+    1,
+    "How many pictures one Run makes, with seeds seed, seed + 1, …: all land under Results "
+    "to pick from.",
+    1,
+    16,
+    kind=int,
+    option=False,
+)
 
 
 class NeedsInput(Exception):
@@ -182,7 +235,7 @@ def build_request(doc: Document, method: str, stage: int = -1) -> EditRequest:
     common = {
         "prompt": s.get("prompt", ""),
         "negative_prompt": s.get("negative_prompt", ""),
-        **{k: spec.kind(s.get(k, spec.default)) for k, spec in COMMON.items()},
+        **{k: common_value(doc, method, k) for k in COMMON},
     }
     image = doc.image
     strokes = doc.strokes if has_strokes else None
@@ -196,7 +249,7 @@ def build_request(doc: Document, method: str, stage: int = -1) -> EditRequest:
             raise NeedsInput(
                 "Edit the prompt first: it is still the one the image was generated with."
             )
-        opts = {**opts, "source_prompt": source.pop("prompt")}
+        opts = {**opts, "source_prompt": source.pop("prompt"), "eta": replay_eta(doc)}
         return EditRequest("edit_generated", mask=mask, options=opts, **{**common, **source})
     # the panel's DiffEdit edits inside a mask (made by its first stage, or painted)
     needs_mask = ENGINE_METHODS[engine_method].mask == "required" or engine_method == "diffedit"
@@ -267,6 +320,19 @@ def generation_of(doc: Document) -> dict[str, Any]:
             "Edit prompt replays the generation at its size. Use Invert & re-edit instead."
         )
     return {**out, "width": w, "height": h}
+
+
+def replay_eta(doc: Document) -> float:
+    """The DDIM noise the image layer was generated with (its sampler: ddpm is η = 1), so
+    that Edit prompt replays the same chain."""
+    p = doc.image_parameters() or {}
+    if str(p.get("sampler", "")).lower() == "ddpm":
+        return 1.0
+    try:
+        eta = _number(p.get("eta", 0.0), float)
+    except (TypeError, ValueError):
+        return 0.0
+    return eta if 0.0 <= eta <= 1.0 else 0.0
 
 
 def _number(v: Any, kind: type) -> Any:
@@ -393,6 +459,8 @@ def check_setting(key: str, v: Any) -> Any:
         if not isinstance(v, bool):
             raise SettingsError(f"Seed lock is {v!r}; it must be true or false.")
         return v
+    if key == "batch_count":
+        return _check_param(BATCH_COUNT, v, "")
     if key == "options":
         return _check_options(v)
     raise SettingsError(f"{key!r} is not a setting.")
@@ -407,7 +475,7 @@ def _check_options(raw: Any) -> dict[str, dict[str, Any]]:
             continue  # options of a method this version lacks: dropped, not an error
         if not isinstance(opts, dict):
             raise SettingsError(f"The options of {METHODS[method].label} are not a table.")
-        params = {p.key: p for p in METHODS[method].params if p.option}
+        params = {p.key: p for p in METHODS[method].params if p.option or p.key in PER_METHOD}
         where = f"{METHODS[method].label} option "
         out[method] = {k: _check_param(params[k], v, where) for k, v in opts.items() if k in params}
     return out

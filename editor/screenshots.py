@@ -1,14 +1,19 @@
 """``python -m editor.screenshots OUTDIR [--model SPEC]`` — screenshots of the real window.
 
 Opens the main window on a demo-world render (upscaled to 512 px), paints colour strokes
-with real mouse events, and grabs the window from the screen (``QScreen.grabWindow``):
+and masks with real mouse events, and grabs the window (``QScreen.grabWindow`` on a real
+screen, ``QWidget.grab`` under ``QT_QPA_PLATFORM=offscreen``):
 
+- ``generate-batch.png``: a new canvas at the model's native size, a batch of four;
 - ``sdedit-live-preview.png``: mid-SDEdit, with that step's x̂₀ on the canvas;
+- ``interrupted.png``: SDEdit cancelled part-way, its last prediction kept as a result;
+- ``inpaint-only-masked.png``: a small area inpainted on a crop (Only masked);
 - ``diffedit-mask.png``: after DiffEdit's "Make mask", the mask tinted in the mask layer.
 
-It needs a display; without one it re-runs itself under ``xvfb-run`` (Debian: ``apt-get
-install xvfb libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1``; ``QT_DEBUG_PLUGINS=1`` names
-any other missing library). Uses ``builtin:demo`` when it is installed, else
+Without a display it renders offscreen when ``QT_QPA_PLATFORM=offscreen`` is set, else it
+re-runs itself under ``xvfb-run`` (Debian: ``apt-get install xvfb libxcb-cursor0
+libxcb-icccm4 libxcb-keysyms1``; ``QT_DEBUG_PLUGINS=1`` names any other missing library).
+Uses ``builtin:demo`` when it is installed, else
 ``builtin:tiny`` (random weights: the previews are then noise-like, the UI is real).
 """
 
@@ -121,14 +126,14 @@ class Shooter:
         doc.update_settings(steps=self.steps, strength=0.75, seed=7, seed_locked=True)
         w.canvas.brush.hardness = 0.9
         w.tools_panel.set_colour((200, 40, 35))  # a red house: walls, then a dark roof
-        w.tools_panel.size.setValue(26)
+        w.tools_panel.set_size(26)
         self.drag(
             [(190 + 12 * i, y) for y in (300, 325, 350, 375) for i in range(11)], tools.COLOUR
         )
         w.tools_panel.set_colour((60, 40, 40))
-        w.tools_panel.size.setValue(18)
+        w.tools_panel.set_size(18)
         self.drag([(180, 290), (250, 235), (320, 290)], tools.COLOUR)
-        w.tools_panel.size.setValue(60)  # a mask around the house: only there will it change
+        w.tools_panel.set_size(60)  # a mask around the house: only there will it change
         self.drag([(200, 250), (300, 250), (300, 390), (200, 390), (200, 250)], tools.MASK)
         shot = {"taken": False}
 
@@ -165,6 +170,82 @@ class Shooter:
             raise RuntimeError("DiffEdit made an empty mask")
         self.grab("diffedit-mask.png")
 
+    # ---- the flows of the README's guide -----------------------------------------------------
+
+    def start_over(self, image=None) -> None:
+        """A fresh document (no results, no mask), the photo unless ``image`` is given."""
+        doc = self.win.doc
+        self.win.history_panel.select(None)
+        doc.set_image(photo() if image is None else image)
+        doc.history.clear()
+        doc.history_changed.emit()
+        self.win.canvas.fit()
+        self.settle()
+
+    def generate_batch(self) -> None:
+        """File › New at the model's native size, then a batch of 4 (seeds 11-14)."""
+        w, doc = self.win, self.win.doc
+        native = w.bridge.model_info.native_size
+        w.new_document(native, native)
+        combo = w.prompt_panel.method
+        combo.setCurrentIndex(combo.findData("generate"))
+        doc.update_settings(prompt=PROMPT, negative_prompt="blurry", steps=self.steps)
+        doc.update_settings(seed=11, seed_locked=True, batch_count=4)
+        w.prompt_panel.load_settings()
+        w.run_method("generate")
+        self.wait(lambda: len(doc.history) == 4 and not w.bridge.busy, 900)
+        w.history_panel.select(doc.history[1])
+        self.grab("generate-batch.png")
+        doc.update_settings(batch_count=1)
+
+    def inpaint_only_masked(self) -> None:
+        """Inpaint a small area of the 512 px photo with Only masked (a crop at full working
+        size), Masked content fill."""
+        from . import tools
+        from .methods import METHODS, set_value
+
+        w, doc = self.win, self.win.doc
+        self.start_over()
+        doc.update_settings(
+            method="repaint", prompt="a boulder on sand dunes, dusk", steps=self.steps, seed=3
+        )
+        params = {p.key: p for p in METHODS["repaint"].params}
+        set_value(doc, "repaint", params["only_masked"], True)
+        set_value(doc, "repaint", params["padding"], 48)
+        w.prompt_panel.load_settings()
+        w.tools_panel.set_size(50)
+        self.drag([(330, 400), (380, 400), (380, 430), (330, 430)], tools.MASK)
+        w.run_method("repaint")
+        self.wait(lambda: not w.bridge.busy, 900)
+        if not doc.history:
+            raise RuntimeError(f"inpainting made no result: {w.banner.text()}")
+        self.grab("inpaint-only-masked.png")
+
+    def interrupted(self) -> None:
+        """SDEdit cancelled part-way: the last prediction kept as a marked result."""
+        w, doc = self.win, self.win.doc
+        self.start_over()
+        doc.update_settings(
+            method="sdedit", prompt="the moon, a red house on sand dunes, night", steps=100
+        )
+        from .methods import METHODS, set_value
+
+        strength = {p.key: p for p in METHODS["sdedit"].params}["strength"]
+        set_value(doc, "sdedit", strength, 0.8)
+        w.prompt_panel.load_settings()
+
+        def on_step(ev):
+            if ev.i >= 30 and ev.label != "interrupted":
+                w.cancel_job()
+
+        w.bridge.step.connect(on_step)
+        w.run_method("sdedit")
+        self.wait(lambda: not w.bridge.busy, 600)
+        w.bridge.step.disconnect(on_step)
+        if not doc.history:
+            raise RuntimeError("the cancelled job left no interrupted result")
+        self.grab("interrupted.png")
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m editor.screenshots", description=__doc__)
@@ -183,7 +264,12 @@ def main(argv=None) -> int:
     args.outdir.mkdir(parents=True, exist_ok=True)
     s = Shooter(app, args.outdir, args.model or _default_model())
     try:
+        s.generate_batch()
+        s.start_over()
         s.sdedit_live()
+        s.interrupted()
+        s.inpaint_only_masked()
+        s.start_over()
         s.diffedit_mask()
     finally:
         s.close()

@@ -465,7 +465,7 @@ METHODS: dict[str, MethodSpec] = {
                 "depth": OptionSpec(
                     float,
                     1.0,
-                    "How much of the inverted chain to regenerate: 1 can change anything (time "
+                    "How much of the picture may change: 1 can change anything (time "
                     "of day, new objects); about 0.4 keeps shapes and changes colours.",
                     0.01,
                     1.0,

@@ -48,13 +48,21 @@ class HistoryPanel(QWidget):
         lay.addWidget(self.list)
         row = QHBoxLayout()
         self.apply = QPushButton("Apply")
-        self.apply.setToolTip("Put the selected result into the image (undoable)")
+        self.apply.setToolTip(
+            "Put the selected result into the picture, replacing it (Ctrl+Z undoes it)"
+        )
         self.compare = QPushButton("Compare")
         self.compare.setCheckable(True)
-        self.compare.setToolTip("Show the original instead of the result (or hold C)")
+        self.compare.setToolTip(
+            "Show the picture without the selected result, to compare (or hold C)"
+        )
         self.discard = QPushButton("Discard")
+        self.discard.setToolTip("Remove the selected result from this list (the picture stays)")
         self.rerun = QPushButton("Re-run")
-        self.rerun.setToolTip("Run again with this result's settings")
+        self.rerun.setToolTip(
+            "Run again with exactly this result's prompt, settings and seed (the seed is "
+            "then locked)"
+        )
         for b in (self.apply, self.compare, self.discard, self.rerun):
             row.addWidget(b)
         row.addStretch(1)

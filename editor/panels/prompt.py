@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
+    QSizePolicy,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -24,6 +25,7 @@ from PySide6.QtWidgets import (
 
 from ..document import Document
 from ..methods import (
+    BATCH_COUNT,
     METHODS,
     NeedsInput,
     Param,
@@ -33,12 +35,19 @@ from ..methods import (
     set_value,
     value,
 )
+from .new_document import size_note
+
+SEED_TIP = (
+    "The random start of the picture: the same seed and settings give the same picture on "
+    "this machine; another seed gives a variation."
+)
 
 
 class PromptPanel(QWidget):
     run_requested = Signal(str, int)  # method key, stage (-1 = main, 0 = preparation)
     cancel_requested = Signal()
     word_selected = Signal(str)  # the text selected in the prompt ("" when none)
+    native_requested = Signal(int)  # a new canvas at the model's native size (px)
 
     def __init__(self, doc: Document, available: list[str], parent=None):
         super().__init__(parent)
@@ -52,6 +61,8 @@ class PromptPanel(QWidget):
         self._source_label: QLabel | None = None  # what Edit prompt edits
         self._source: str | None = None  # the prompt the edit starts from, if known
         self._selected = ""
+        self._phases, self._phase, self._last, self._note = 1, 0, None, ""
+        self._native: int | None = None  # the loaded model's native size (px)
         lay = QVBoxLayout(self)
         self.prompt = QPlainTextEdit()
         self.prompt.setPlaceholderText("Prompt: what the result should show")
@@ -70,19 +81,60 @@ class PromptPanel(QWidget):
         self.form = QFormLayout(self.form_host)
         self.form.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.form_host)
+        # the size the model works at, and how results reach the canvas
+        size_row = QVBoxLayout()
+        self.size_info = QLabel()
+        self.size_info.setObjectName("size_info")
+        # its text changes with the canvas and model: it must not resize the dock (and the
+        # canvas with it) when it does
+        self.size_info.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.size_info.setToolTip(
+            "Every method works at about the model's native size (each side a multiple of 8) "
+            "and resizes its result to the canvas: a canvas much larger than that gives "
+            "softer, upscaled results; File › New or the button below start at the native size."
+        )
+        self.native_button = QPushButton("New at native size")
+        self.native_button.setObjectName("native_size")
+        self.native_button.setToolTip(
+            "Start a new blank canvas at the model's native size (the sharpest results)"
+        )
+        self.native_button.clicked.connect(lambda: self.native_requested.emit(self._native or 0))
+        size_row.addWidget(self.size_info)
+        size_row.addWidget(self.native_button)
+        lay.addLayout(size_row)
+        # the seed and the batch: only for methods the seed changes (hidden for the others)
+        self.seed_host = QWidget()
+        seed_rows = QVBoxLayout(self.seed_host)
+        seed_rows.setContentsMargins(0, 0, 0, 0)
         seed_row = QHBoxLayout()
         self.seed = QSpinBox()
         self.seed.setRange(0, 2**31 - 1)
-        self.seed.setToolTip("Same seed and settings give the same image on the same device.")
+        self.seed.setToolTip(SEED_TIP)
         self.seed_lock = QCheckBox("Lock")
-        self.seed_lock.setToolTip("Locked: keep this seed. Unlocked: a new seed every run.")
+        self.seed_lock.setToolTip(
+            "Locked: every Run uses this seed (to change only the prompt or a setting). "
+            "Unlocked: each Run picks a new seed, for a new variation."
+        )
         self.dice = QPushButton("Random")
-        self.dice.setToolTip("Randomise the seed now")
-        seed_row.addWidget(QLabel("Seed"))
+        self.dice.setToolTip("Pick a new random seed now")
+        self.seed_label = QLabel("Seed")
+        self.seed_label.setToolTip(SEED_TIP)
+        seed_row.addWidget(self.seed_label)
         seed_row.addWidget(self.seed, 1)
         seed_row.addWidget(self.seed_lock)
         seed_row.addWidget(self.dice)
-        lay.addLayout(seed_row)
+        seed_rows.addLayout(seed_row)
+        batch_row = QHBoxLayout()
+        self.batch = QSpinBox()
+        self.batch.setObjectName("batch_count")
+        self.batch.setRange(int(BATCH_COUNT.lo), int(BATCH_COUNT.hi))
+        self.batch.setToolTip(BATCH_COUNT.tooltip)
+        batch_label = QLabel(BATCH_COUNT.label)
+        batch_label.setToolTip(BATCH_COUNT.tooltip)
+        batch_row.addWidget(batch_label)
+        batch_row.addWidget(self.batch, 1)
+        seed_rows.addLayout(batch_row)
+        lay.addWidget(self.seed_host)
         buttons = QHBoxLayout()
         self.prep = QPushButton("Make mask")
         self.run = QPushButton("Run")
@@ -112,6 +164,7 @@ class PromptPanel(QWidget):
         self.method.currentIndexChanged.connect(self._on_method)
         self.seed.valueChanged.connect(lambda v: self._save(seed=int(v)))
         self.seed_lock.toggled.connect(lambda v: self._save(seed_locked=bool(v)))
+        self.batch.valueChanged.connect(lambda v: self._save(batch_count=int(v)))
         self.dice.clicked.connect(lambda: self.seed.setValue(random_seed()))
         self.run.clicked.connect(lambda: self.run_requested.emit(self.current_method(), -1))
         self.prep.clicked.connect(lambda: self.run_requested.emit(self.current_method(), 0))
@@ -124,10 +177,20 @@ class PromptPanel(QWidget):
         self._source_timer.setInterval(0)
         self._source_timer.timeout.connect(self._refresh_source)
         doc.reset.connect(self._source_timer.start)
+        doc.reset.connect(self._update_size_info)
         doc.layer_changed.connect(lambda name, _: name == "image" and self._source_timer.start())
         self.load_settings()
 
     # ---- settings <-> widgets -----------------------------------------------------------
+
+    def set_native(self, native: int | None) -> None:
+        self._native = native
+        self._update_size_info()
+
+    def _update_size_info(self) -> None:
+        h, w = self.doc.size
+        self.size_info.setText(size_note(h, w, self._native))
+        self.native_button.setVisible(bool(self._native) and (h, w) != (self._native,) * 2)
 
     def current_method(self) -> str:
         return self.method.currentData()
@@ -154,6 +217,7 @@ class PromptPanel(QWidget):
         self.negative.setText(s["negative_prompt"])
         self.seed.setValue(int(s["seed"]))
         self.seed_lock.setChecked(bool(s["seed_locked"]))
+        self.batch.setValue(int(s.get("batch_count", 1)))
         idx = self.method.findData(s["method"])
         self.method.setCurrentIndex(max(0, idx))
         self._loading = False
@@ -197,6 +261,11 @@ class PromptPanel(QWidget):
         self.prep.setVisible(bool(m.prep_label))
         self.prep.setText(m.prep_label or "")
         self.method.setToolTip(m.tooltip)
+        self.seed_host.setVisible(m.seeded)
+        tip = SEED_TIP + (f"\n{m.seed_tip}" if m.seed_tip else "")
+        self.seed.setToolTip(tip)
+        self.seed_label.setToolTip(tip)
+        self.prep.setToolTip(m.prep_tip)
         self._refresh_source()
         self._update_dependents()
         self.run.setToolTip(
@@ -329,9 +398,13 @@ class PromptPanel(QWidget):
         self.prep.setEnabled(ok and not self._busy)
         self.cancel.setEnabled(self._busy)
 
-    def set_busy(self, busy: bool, text: str = "") -> None:
+    def set_busy(self, busy: bool, text: str = "", phases: int = 1, note: str = "") -> None:
+        """A job starts (``phases``: how many model-call phases it runs one after the other,
+        all under one bar; ``note``: shown with every step, e.g. "picture 2 of 4") or ends."""
         self._busy = busy
         self._update_buttons()
+        self._phases, self._phase, self._last, self._note = max(1, phases), 0, None, note
+        self._base, self._span = 0.0, 1.0 / self._phases  # the current phase's share
         if busy:
             self._t0 = time.monotonic()
             self.progress.setRange(0, 0)  # busy until the first step
@@ -343,11 +416,32 @@ class PromptPanel(QWidget):
             self.progress.setFormat(text or "idle")
             self.eta.setText("")
 
+    def show_started(self, text: str) -> None:
+        if self._last is None:
+            self.progress.setFormat(text)
+
     def show_step(self, i: int, n: int, label: str = "") -> None:
-        self.progress.setRange(0, max(n, 1))
-        self.progress.setValue(i)
-        self.progress.setFormat(f"{label or 'step'} {i}/{n}")
+        """One bar over all of a job's phases: a phase ends where the step count starts
+        again (or changes its total) and gets an equal share of what is left of the bar;
+        the time left counts the phases still expected. The bar never goes back: a phase
+        beyond those expected (a second pass) runs at the bar's end."""
+        if self._last is not None and (i < self._last[0] or n != self._last[1]):
+            self._phase += 1
+            self._base += self._span
+            self._span = (1.0 - self._base) / max(1, self._phases - self._phase)
+        self._last = (i, max(n, 1))
+        done = min(1.0, self._base + self._span * min(i, n) / max(n, 1))
+        self.progress.setRange(0, 1000)
+        self.progress.setValue(round(done * 1000))
+        text = f"{label or 'step'} {i}/{n}"
+        if max(self._phases, self._phase + 1) > 1:
+            text += f" · phase {self._phase + 1}"
+        if self._note:
+            text += f" · {self._note}"
+        self.progress.setFormat(text)
         elapsed = time.monotonic() - self._t0
-        if i > 0:
-            left = elapsed / i * (n - i)
+        if done >= 1:
+            self.eta.setText(f"{elapsed:.1f} s elapsed · finishing…")
+        elif done > 0:
+            left = elapsed / done * (1 - done)
             self.eta.setText(f"{elapsed:.1f} s elapsed · about {left:.1f} s left")

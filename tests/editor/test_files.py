@@ -76,8 +76,8 @@ def test_a1111_parameters_round_trip(tmp_path):
         "steps": 25,
         "guidance": 7.5,
         "seed": 1,
-        "strength": 0.6,
         "method": "sdedit",
+        "options": {"sdedit": {"strength": 0.6}},  # each method has its own strength
     }
     # a method option comes back under the panel method that runs it, read through its spec
     params.update(method="diffedit_mask", n_samples=7, steps="x")
@@ -85,7 +85,7 @@ def test_a1111_parameters_round_trip(tmp_path):
     problems: list[str] = []
     settings = files.settings_from_parameters(files.read_parameters(tmp_path / "d.png"), problems)
     assert settings["method"] == "diffedit"
-    assert settings["options"] == {"diffedit": {"n_samples": 7}}
+    assert settings["options"] == {"diffedit": {"n_samples": 7, "strength": 0.6}}
     assert "steps" not in settings and problems == [
         "Steps is 'x'; it must be a whole number from 1 to 1000."
     ]

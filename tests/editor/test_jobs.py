@@ -70,9 +70,15 @@ def test_escape_cancels_within_one_step_and_ui_stays_usable(window, qtbot):
     with qtbot.waitSignal(win.bridge.cancelled, timeout=30_000):
         qtbot.keyClick(win.canvas, Qt.Key.Key_Escape)
     win.engine.remove_listener(raw.append)
-    late_steps = [e for e in raw if type(e).__name__ == "Step"]
+    late_steps = [e for e in raw if type(e).__name__ == "Step" and e.label != "interrupted"]
     assert len(late_steps) <= 1
-    assert max(steps) < 300 and not win.doc.history
+    # nothing applied; the last prediction is kept as a result marked interrupted
+    assert max(steps) < 300 and [e.parameters["interrupted"] for e in win.doc.history] == [
+        f"step {max(steps)}/300"
+    ]
+    assert win.canvas.preview.array is win.doc.history[0].image  # shown, selected
+    qtbot.mouseClick(win.history_panel.discard, Qt.MouseButton.LeftButton)
+    assert not win.doc.history
     assert win.prompt_panel.run.isEnabled() and not win.prompt_panel.cancel.isEnabled()
     assert win.canvas.preview.qimage is None
     # still usable: another job runs to the end

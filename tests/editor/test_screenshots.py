@@ -30,3 +30,22 @@ def test_screenshots_are_taken_mid_job_and_after_the_mask(qtbot, engine, data_di
         with Image.open(path) as im:
             assert im.size == SIZE
             assert np.asarray(im.convert("RGB")).std() > 20
+
+
+@pytest.mark.slow
+def test_the_guides_flows_are_shot_too(qtbot, engine, data_dir, tmp_path):
+    s = Shooter(QApplication.instance(), tmp_path, "builtin:tiny", engine=engine)
+    s.steps = 4
+    try:
+        s.generate_batch()
+        seeds = [e.parameters["seed"] for e in s.win.doc.history]
+        assert seeds == [11, 12, 13, 14]
+        s.interrupted()
+        assert s.win.doc.history[-1].parameters["interrupted"].startswith("step ")
+        s.inpaint_only_masked()
+        assert "crop" in s.win.doc.history[-1].parameters
+    finally:
+        s.close()
+    for name in ("generate-batch.png", "interrupted.png", "inpaint-only-masked.png"):
+        with Image.open(tmp_path / name) as im:
+            assert im.size == SIZE and np.asarray(im.convert("RGB")).std() > 20
