@@ -341,6 +341,7 @@ class MainWindow(FileActions, QMainWindow):
         note = self.model_note if info.name == FALLBACK_MODEL else ""
         self.model_label.setText(f"Model: {info.name} · {info.device} · {info.dtype}{note}")
         self.prompt_panel.set_available(self.engine.methods())
+        self.prompt_panel.set_model_parts(info.parts)  # e.g. classifier guidance
 
     def _on_load_failed(self, ev) -> None:
         self.loading_bar.hide()

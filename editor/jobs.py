@@ -97,7 +97,7 @@ class JobController:
         if not doc.settings.get("seed_locked") and METHODS[method].seeded:
             doc.update_settings(seed=random_seed())  # (Edit prompt replays the image's seed)
         try:
-            request = build_request(doc, method, stage)
+            request = build_request(doc, method, stage, win.bridge.model_info.parts)
         except NeedsInput as e:
             win.show_error(str(e))
             return None

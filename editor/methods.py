@@ -38,6 +38,7 @@ class Param:
     choices: tuple[str, ...] = ()
     option: bool = True  # False: a top-level request field (steps, guidance, strength)
     kind: type | None = None
+    requires: str = ""  # a part the model must ship (OptionSpec.requires), else not offered
 
     @classmethod
     def of(cls, key: str, spec: OptionSpec, option: bool = True) -> Param:
@@ -52,6 +53,7 @@ class Param:
             tuple(spec.choices),
             option,
             spec.kind,
+            spec.requires,
         )
 
 
@@ -222,13 +224,21 @@ class NeedsInput(Exception):
     """The document lacks something this method needs; the message says what."""
 
 
-def build_request(doc: Document, method: str, stage: int = -1) -> EditRequest:
-    """Snapshot the document into a request for ``METHODS[method].engine[stage]``."""
+def offered(p: Param, parts: tuple[str, ...] | None) -> bool:
+    """Whether the loaded model (which ships ``parts``; None: not known) can use ``p``."""
+    return not p.requires or parts is None or p.requires in parts
+
+
+def build_request(
+    doc: Document, method: str, stage: int = -1, parts: tuple[str, ...] | None = None
+) -> EditRequest:
+    """Snapshot the document into a request for ``METHODS[method].engine[stage]``; options
+    the loaded model cannot use (a part they need is not in ``parts``) are left out."""
     m = METHODS[method]
     engine_method = m.engine[stage]
     s = doc.settings
     declared = ENGINE_METHODS[engine_method].options
-    params = m.params
+    params = [p for p in m.params if offered(p, parts)]
     opts = {p.key: value(doc, method, p) for p in params if p.option and p.key in declared}
     has_mask = bool(doc.mask.any())
     has_strokes = bool(doc.strokes[..., 3].any())

@@ -31,6 +31,7 @@ from ..methods import (
     Param,
     changed_words,
     generation_of,
+    offered,
     random_seed,
     set_value,
     value,
@@ -53,6 +54,7 @@ class PromptPanel(QWidget):
         super().__init__(parent)
         self.doc = doc
         self.available = set(available)
+        self.model_parts: tuple[str, ...] = ()  # what the loaded model ships (ModelInfo.parts)
         self._loading = False
         self._internal = False
         self._busy = False  # a job runs: the window's job controller says so through set_busy
@@ -223,6 +225,13 @@ class PromptPanel(QWidget):
         self._loading = False
         self._build_form()
 
+    def set_model_parts(self, parts: tuple[str, ...]) -> None:
+        """Offer the options that need a part of the model (classifier guidance) only when
+        the loaded model ships it."""
+        if tuple(parts) != self.model_parts:
+            self.model_parts = tuple(parts)
+            self._build_form()
+
     def set_available(self, methods: list[str]) -> None:
         self.available = set(methods)
         for i in range(self.method.count()):
@@ -252,6 +261,8 @@ class PromptPanel(QWidget):
             self._source_label.setObjectName("source_info")
             self.form.addRow(QLabel("Source"), self._source_label)
         for p in m.params:
+            if not offered(p, self.model_parts):
+                continue
             w = self._editor(key, p)
             w.setToolTip(p.tooltip)
             label = QLabel(p.label)

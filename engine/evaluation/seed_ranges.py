@@ -40,8 +40,9 @@ CALIBRATION = SeedRange(500_000, 1_000_000)
 # up to issue 21; 2,000,000+ was re-measured by a reviewer (issue 20); 3,000,000+ was the
 # final range of issue 21's report: all looked at
 DEVELOPMENT = SeedRange(1_000_000, 4_000_000)
-# 4,000,000–4,399,999 looked at once, for the Prompt-to-Prompt figures (evaluate_p2p); the
-# next report starts at 4,400,000
+# 4,000,000–4,399,999 looked at once, for the Prompt-to-Prompt figures (evaluate_p2p);
+# 4,400,000–4,499,999 once, for the classifier-guidance figures (evaluate_guidance); the next
+# report starts at 4,500,000
 FINAL = SeedRange(4_000_000, 5_000_000)
 NAMED = {"calibration": CALIBRATION, "development": DEVELOPMENT, "final": FINAL}
 
