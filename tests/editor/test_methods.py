@@ -157,6 +157,11 @@ def _form(qtbot, doc, method):
 
     panel = PromptPanel(doc, list(NAMES))
     qtbot.addWidget(panel)
+    # as for a model that ships every part an option needs (the demo model's classifier)
+    from engine.methods import METHODS as ENGINE_SPECS
+
+    parts = {o.requires for m in ENGINE_SPECS.values() for o in m.options.values() if o.requires}
+    panel.set_model_parts(tuple(sorted(parts)))
     panel.method.setCurrentIndex(panel.method.findData(method))
     return panel
 
