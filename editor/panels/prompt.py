@@ -322,6 +322,8 @@ class PromptPanel(QWidget):
         elif p.kind is str:
             w = QLineEdit(str(v))
             w.textChanged.connect(put)
+            if p.key == "classifier_targets":  # what a target looks like
+                w.setPlaceholderText("e.g. night, snow ground, 2 houses")
             if p.key == "blend_words":
                 self._blend_words = w
             elif p.key == "source_prompt":  # the diff the blend words default to

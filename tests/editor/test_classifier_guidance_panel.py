@@ -48,6 +48,7 @@ def test_generate_with_classifier_guidance_then_a_model_without_a_classifier(qtb
     sent = sent_requests(win)
     choose(win, "generate", qtbot, classifier_targets="night, snow ground", classifier_scale=4.0)
     assert _field(win, "classifier_scale") is not None  # offered in the form
+    assert "night" in _field(win, "classifier_targets").placeholderText()
     set_prompt(win, qtbot, "a red house")
     done = click_and_wait(qtbot, win, win.prompt_panel.run)
     assert type(done).__name__ == "Finished", done
