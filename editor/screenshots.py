@@ -8,7 +8,9 @@ screen, ``QWidget.grab`` under ``QT_QPA_PLATFORM=offscreen``):
 - ``sdedit-live-preview.png``: mid-SDEdit, with that step's x̂₀ on the canvas;
 - ``interrupted.png``: SDEdit cancelled part-way, its last prediction kept as a result;
 - ``inpaint-only-masked.png``: a small area inpainted on a crop (Only masked);
-- ``diffedit-mask.png``: after DiffEdit's "Make mask", the mask tinted in the mask layer.
+- ``diffedit-mask.png``: after DiffEdit's "Make mask", the mask tinted in the mask layer;
+- ``invert-reedit.png``: the photo inverted under its caption, re-edited to night;
+- ``classifier-guidance.png``: a batch steered by the classifier towards "night, snow ground".
 
 Without a display it renders offscreen when ``QT_QPA_PLATFORM=offscreen`` is set, else it
 re-runs itself under ``xvfb-run`` (Debian: ``apt-get install xvfb libxcb-cursor0
@@ -32,6 +34,7 @@ import numpy as np
 SIZE = (1500, 950)
 PROMPT = "the sun, a red house with a black roof on sand dunes, dusk"
 REFERENCE = "the sun, a leafy tree on sand dunes, dusk"
+PHOTO_CAPTION = REFERENCE  # the caption of ``photo()``'s scene (seed 3)
 
 
 def _default_model() -> str:
@@ -246,6 +249,49 @@ class Shooter:
             raise RuntimeError("the cancelled job left no interrupted result")
         self.grab("interrupted.png")
 
+    def invert_reedit(self) -> None:
+        """Invert & re-edit: Invert the photo under its caption, then Run with night."""
+        from .methods import METHODS, set_value
+
+        w, doc = self.win, self.win.doc
+        self.start_over()
+        night = PHOTO_CAPTION.replace("the sun", "the moon").replace("dusk", "night")
+        doc.update_settings(method="reedit", prompt=night)
+        doc.update_settings(steps=self.steps)
+        params = {p.key: p for p in METHODS["reedit"].params}
+        set_value(doc, "reedit", params["source_prompt"], PHOTO_CAPTION)
+        w.prompt_panel.load_settings()
+        w.run_method("reedit", stage=0)
+        self.wait(lambda: not w.bridge.busy, 900)
+        w.run_method("reedit")
+        self.wait(lambda: not w.bridge.busy, 900)
+        if not doc.history:
+            raise RuntimeError(f"the re-edit made no result: {w.banner.text()}")
+        w.history_panel.select(doc.history[-1])
+        self.grab("invert-reedit.png")
+
+    def classifier_guidance(self) -> None:
+        """Generate from an empty prompt, a batch of 4, steered to "night, snow ground"."""
+        from .methods import METHODS, set_value
+
+        w, doc = self.win, self.win.doc
+        if "classifier" not in w.bridge.model_info.parts:
+            return  # a model without a classifier does not offer it
+        native = w.bridge.model_info.native_size
+        w.new_document(native, native)
+        doc.update_settings(method="generate", prompt="", negative_prompt="", steps=self.steps)
+        doc.update_settings(seed=21, seed_locked=True, batch_count=4)
+        params = {p.key: p for p in METHODS["generate"].params}
+        set_value(doc, "generate", params["classifier_targets"], "night, snow ground")
+        set_value(doc, "generate", params["classifier_scale"], 4.0)
+        w.prompt_panel.load_settings()
+        w.run_method("generate")
+        self.wait(lambda: len(doc.history) == 4 and not w.bridge.busy, 900)
+        w.history_panel.select(doc.history[0])
+        self.grab("classifier-guidance.png")
+        set_value(doc, "generate", params["classifier_scale"], 0.0)
+        doc.update_settings(batch_count=1)
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m editor.screenshots", description=__doc__)
@@ -271,6 +317,8 @@ def main(argv=None) -> int:
         s.inpaint_only_masked()
         s.start_over()
         s.diffedit_mask()
+        s.invert_reedit()
+        s.classifier_guidance()
     finally:
         s.close()
     return 0

@@ -44,8 +44,13 @@ def test_the_guides_flows_are_shot_too(qtbot, engine, data_dir, tmp_path):
         assert s.win.doc.history[-1].parameters["interrupted"].startswith("step ")
         s.inpaint_only_masked()
         assert "crop" in s.win.doc.history[-1].parameters
+        s.invert_reedit()
+        assert [e.parameters["method"] for e in s.win.doc.history] == ["invert", "reedit"]
+        s.classifier_guidance()  # tiny ships no classifier: not offered, no shot
     finally:
         s.close()
-    for name in ("generate-batch.png", "interrupted.png", "inpaint-only-masked.png"):
+    assert not (tmp_path / "classifier-guidance.png").exists()
+    names = ("generate-batch.png", "interrupted.png", "inpaint-only-masked.png")
+    for name in (*names, "invert-reedit.png"):
         with Image.open(tmp_path / name) as im:
             assert im.size == SIZE and np.asarray(im.convert("RGB")).std() > 20
