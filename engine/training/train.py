@@ -175,15 +175,20 @@ def load_vae(run: Path, device="cpu"):
 
 
 @torch.no_grad()
-def encode_dataset(vae, cache: WorldCache, dev, n: int, batch: int = 64) -> torch.Tensor:
-    """Posterior mean and std of the first n images, n x 8 x h x w, fp16 (sampled later)."""
+def encode_dataset(vae, images: np.ndarray, dev, batch: int = 64, log=None) -> torch.Tensor:
+    """Posterior mean and std of uint8 N x H x W x 3 images (a cache's memmap or an array),
+    N x 8 x h x w, fp16 (sampled later)."""
     out = []
-    for lo in range(0, n, batch):
-        x = _batch_images(cache, np.arange(lo, min(n, lo + batch)), cache.size, None)
-        d = vae.encode(x.to(dev)).latent_dist
+    for lo in range(0, len(images), batch):
+        x = torch.from_numpy(np.array(images[lo : lo + batch])).permute(0, 3, 1, 2)
+        d = vae.encode(x.float().to(dev) / 127.5 - 1.0).latent_dist
         out.append(torch.cat([d.mean, d.std], 1).half().cpu())
         if lo // batch % 20 == 0:
-            print(f"encoded {lo + len(x)}/{n}", flush=True)
+            msg = f"encoded {lo + len(x)}/{len(images)}"
+            if log is None:
+                print(msg, flush=True)  # training logs are read while they run
+            else:
+                log(msg)
     return torch.cat(out)
 
 
@@ -232,7 +237,7 @@ def train_unet(
     if not latents_path.exists():
         n = min(n_images or len(cache), len(cache))
         vae, batch_enc = load_vae(run, dev), 512 if dev.type == "cuda" else 64
-        _save(latents_path, {"latents": encode_dataset(vae, cache, dev, n, batch_enc)})
+        _save(latents_path, {"latents": encode_dataset(vae, cache.images[:n], dev, batch_enc)})
     lat = torch.load(latents_path)["latents"]
     captions = cache.captions[: len(lat)]
     # the whole set lives on the training device: per-step host-to-device copies and CPU

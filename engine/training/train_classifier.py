@@ -35,23 +35,10 @@ from ..classifier import LatentClassifier, load_classifier, save_classifier
 from ..evaluation.seed_ranges import CALIBRATION
 from ..world.scene import ATTRIBUTE_SPEC, render_seed
 from .dataset import WorldCache
-from .train import _ema_update, lr_factor
+from .train import _ema_update, encode_dataset, lr_factor
 
 EVAL_SEED = CALIBRATION.start + 300_000  # 800,000+: a calibration slice no one else used
 T_GRID = (0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999)
-
-
-@torch.no_grad()
-def encode_images(bundle, images: np.ndarray, batch: int = 64, log=print) -> torch.Tensor:
-    """uint8 N x H x W x 3 → the VAE posterior's mean and std, N x 2C x h x w (fp16)."""
-    out = []
-    for lo in range(0, len(images), batch):
-        x = torch.from_numpy(np.array(images[lo : lo + batch])).permute(0, 3, 1, 2)
-        d = bundle.vae.encode(x.float().to(bundle.device) / 127.5 - 1.0).latent_dist
-        out.append(torch.cat([d.mean, d.std], 1).half().cpu())
-        if lo // batch % 50 == 0:
-            log(f"encoded {lo + len(x)}/{len(images)}")
-    return torch.cat(out)
 
 
 def attributes_list() -> list[tuple[str, list[str]]]:
@@ -62,7 +49,7 @@ def _latents(bundle, cache: WorldCache, run: Path, n: int) -> tuple[torch.Tensor
     path = run / "latents.pt"
     if not path.exists():
         n = min(n, len(cache))
-        lat = encode_images(bundle, cache.images[:n])
+        lat = encode_dataset(bundle.vae, cache.images[:n], bundle.device)
         attrs = torch.from_numpy(np.array(cache.attributes[:n], dtype=np.int64))
         torch.save({"latents": lat, "attributes": attrs, "start_seed": cache.start_seed}, path)
     state = torch.load(path)
@@ -137,7 +124,8 @@ def accuracy_against_t(model, bundle, n: int = 1000, start: int = EVAL_SEED) -> 
     """Accuracy per attribute at each timestep of ``T_GRID`` on renders of seeds
     ``start .. start + n - 1``, with fixed noise (seed 0) so runs compare."""
     renders = [render_seed(start + i, 128) for i in range(n)]
-    lat = encode_images(bundle, np.stack([r.image for r in renders]), log=lambda *_: None)
+    images = np.stack([r.image for r in renders])
+    lat = encode_dataset(bundle.vae, images, bundle.device, log=lambda *_: None)
     z0 = lat[:, :4].float() * bundle.vae_scale
     y = torch.from_numpy(np.stack([r.attribute_vector for r in renders]).astype(np.int64))
     noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(0))
