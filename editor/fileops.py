@@ -192,21 +192,9 @@ class FileActions:
         self.status(f"Opened {name}")
         return True
 
-    def new_document(self, width: int, height: int) -> bool:
-        """A blank white canvas of ``width`` x ``height`` px (unsaved work asked about)."""
-        if not self.confirm_discard():
-            return False
-        self.drop_job()
-        self.banner_host.hide()
-        self.doc.set_image(np.full((int(height), int(width), 3), 255, np.uint8))
-        self.doc.history.clear()
-        self.doc.history_changed.emit()
-        self.doc.path = self.doc.project_path = None
-        self.doc.mark_saved()
-        self.status(f"New {width}x{height} canvas")
-        return True
-
-    def open_array(self, image: np.ndarray, name: str) -> bool:
+    def _replace_document(self, image: np.ndarray) -> bool:
+        """``image`` as a new, unnamed document with no results (unsaved work asked about
+        first); False when the user keeps the current one."""
         if not self.confirm_discard():
             return False
         self.drop_job()
@@ -214,7 +202,21 @@ class FileActions:
         self.doc.history.clear()
         self.doc.history_changed.emit()
         self.doc.path = self.doc.project_path = None
-        self.doc.mark_dirty()
+        return True
+
+    def new_document(self, width: int, height: int) -> bool:
+        """A blank white canvas of ``width`` x ``height`` px (unsaved work asked about)."""
+        if not self._replace_document(np.full((int(height), int(width), 3), 255, np.uint8)):
+            return False
+        self.banner_host.hide()
+        self.doc.mark_saved()  # nothing on a blank canvas to lose
+        self.status(f"New {width}x{height} canvas")
+        return True
+
+    def open_array(self, image: np.ndarray, name: str) -> bool:
+        if not self._replace_document(image):
+            return False
+        self.doc.mark_dirty()  # an image from outside a project: not saved anywhere yet
         self.status(f"Opened {name}")
         return True
 

@@ -104,6 +104,14 @@ class Shooter:
         print(f"{path}: {pix.width()}x{pix.height()}, {path.stat().st_size // 1024} KB")
         return path
 
+    def set_options(self, method: str, **values) -> None:
+        """Set fields of ``method``'s form in the document (as its widgets would)."""
+        from .methods import METHODS, set_value
+
+        params = {p.key: p for p in METHODS[method].params}
+        for key, v in values.items():
+            set_value(self.win.doc, method, params[key], v)
+
     def drag(self, points, tool: str) -> None:
         from PySide6.QtCore import QEvent, QPoint, Qt
         from PySide6.QtTest import QTest
@@ -160,11 +168,7 @@ class Shooter:
         )
         combo = w.prompt_panel.method
         combo.setCurrentIndex(combo.findData("diffedit"))
-        from .methods import METHODS, set_value
-
-        params = {p.key: p for p in METHODS["diffedit"].params}
-        set_value(doc, "diffedit", params["reference_prompt"], REFERENCE)
-        set_value(doc, "diffedit", params["n_samples"], 4)
+        self.set_options("diffedit", reference_prompt=REFERENCE, n_samples=4)
         doc.clear_layer("mask")
         w.prompt_panel.load_settings()
         w.run_method("diffedit", stage=0)
@@ -205,16 +209,13 @@ class Shooter:
         """Inpaint a small area of the 512 px photo with Only masked (a crop at full working
         size), Masked content fill."""
         from . import tools
-        from .methods import METHODS, set_value
 
         w, doc = self.win, self.win.doc
         self.start_over()
         doc.update_settings(
             method="repaint", prompt="a boulder on sand dunes, dusk", steps=self.steps, seed=3
         )
-        params = {p.key: p for p in METHODS["repaint"].params}
-        set_value(doc, "repaint", params["only_masked"], True)
-        set_value(doc, "repaint", params["padding"], 48)
+        self.set_options("repaint", only_masked=True, padding=48)
         w.prompt_panel.load_settings()
         w.tools_panel.set_size(50)
         self.drag([(330, 400), (380, 400), (380, 430), (330, 430)], tools.MASK)
@@ -231,10 +232,7 @@ class Shooter:
         doc.update_settings(
             method="sdedit", prompt="the moon, a red house on sand dunes, night", steps=100
         )
-        from .methods import METHODS, set_value
-
-        strength = {p.key: p for p in METHODS["sdedit"].params}["strength"]
-        set_value(doc, "sdedit", strength, 0.8)
+        self.set_options("sdedit", strength=0.8)
         w.prompt_panel.load_settings()
 
         def on_step(ev):
@@ -251,15 +249,12 @@ class Shooter:
 
     def invert_reedit(self) -> None:
         """Invert & re-edit: Invert the photo under its caption, then Run with night."""
-        from .methods import METHODS, set_value
-
         w, doc = self.win, self.win.doc
         self.start_over()
         night = PHOTO_CAPTION.replace("the sun", "the moon").replace("dusk", "night")
         doc.update_settings(method="reedit", prompt=night)
         doc.update_settings(steps=self.steps)
-        params = {p.key: p for p in METHODS["reedit"].params}
-        set_value(doc, "reedit", params["source_prompt"], PHOTO_CAPTION)
+        self.set_options("reedit", source_prompt=PHOTO_CAPTION)
         w.prompt_panel.load_settings()
         w.run_method("reedit", stage=0)
         self.wait(lambda: not w.bridge.busy, 900)
@@ -272,8 +267,6 @@ class Shooter:
 
     def classifier_guidance(self) -> None:
         """Generate from an empty prompt, a batch of 4, steered to "night, snow ground"."""
-        from .methods import METHODS, set_value
-
         w, doc = self.win, self.win.doc
         if "classifier" not in w.bridge.model_info.parts:
             return  # a model without a classifier does not offer it
@@ -281,15 +274,13 @@ class Shooter:
         w.new_document(native, native)
         doc.update_settings(method="generate", prompt="", negative_prompt="", steps=self.steps)
         doc.update_settings(seed=21, seed_locked=True, batch_count=4)
-        params = {p.key: p for p in METHODS["generate"].params}
-        set_value(doc, "generate", params["classifier_targets"], "night, snow ground")
-        set_value(doc, "generate", params["classifier_scale"], 4.0)
+        self.set_options("generate", classifier_targets="night, snow ground", classifier_scale=4.0)
         w.prompt_panel.load_settings()
         w.run_method("generate")
         self.wait(lambda: len(doc.history) == 4 and not w.bridge.busy, 900)
         w.history_panel.select(doc.history[0])
         self.grab("classifier-guidance.png")
-        set_value(doc, "generate", params["classifier_scale"], 0.0)
+        self.set_options("generate", classifier_scale=0.0)
         doc.update_settings(batch_count=1)
 
 
