@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -182,6 +183,10 @@ def plan_outputs(method: str, a: argparse.Namespace) -> dict[str, Path]:
         inputs.append(options["inversion"])  # a re-edit's inversion file is an input too
     out = Path(a.output or f"{method}.png")
     plan = {"image": check_output(out, inputs)}
+    n = options.get("batch_size", 1)
+    for k in range(2, n + 1 if isinstance(n, int) else 0):  # a batch: sdedit-2.png, …
+        taken = [*inputs, *plan.values()]
+        plan[f"image{k}"] = check_output(out.with_name(f"{out.stem}-{k}{out.suffix}"), taken)
     if method in ("diffedit_mask", "diffedit"):
         mask = out.with_name(out.stem + "-mask.png")
         plan["mask"] = check_output(mask, [*inputs, out], what="mask output")
@@ -239,6 +244,9 @@ def run_method(method: str, a: argparse.Namespace) -> int:
         writes = []
         if result.image is not None:
             writes.append((plan["image"], lambda p: save_png(result.image, p, result.parameters)))
+        for k, more in enumerate(result.extras.get("batch", ()), start=2):
+            params = {**result.parameters, "seed": more["seed"]}
+            writes.append((plan[f"image{k}"], partial(save_png, more["image"], params=params)))
         if result.extras.get("mask") is not None and "mask" in plan:
             writes.append((plan["mask"], lambda p: _save_mask(result.extras["mask"], p)))
         for path, write in writes:

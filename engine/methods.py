@@ -116,6 +116,17 @@ SAMPLER = OptionSpec(
     choices=("ddim", "ddpm"),
     label="Sampler",
 )
+# several pictures from one pass of the model (A1111's batch size); the seeds follow on
+BATCH_SIZE = OptionSpec(
+    int,
+    1,
+    "How many pictures one pass of the model makes, with seeds seed, seed + 1, …: faster "
+    "per picture than one after the other where the device has memory for all of them.",
+    1,
+    8,
+    label="Batch size",
+    form=False,  # the editor shows it beside the batch count
+)
 # Classifier guidance (Dhariwal & Nichol 2021): offered where the model ships a noise-aware
 # classifier (the demo model does); combines with classifier-free guidance
 CLASSIFIER_GUIDANCE = {
@@ -298,6 +309,7 @@ METHODS: dict[str, MethodSpec] = {
                 "sampler": SAMPLER,
                 "eta": dataclasses.replace(ETA, form=False),
                 **CLASSIFIER_GUIDANCE,
+                "batch_size": BATCH_SIZE,
             },
             common=("steps", "guidance", "seed"),
             image=False,
@@ -313,6 +325,7 @@ METHODS: dict[str, MethodSpec] = {
                 "sampler": SAMPLER,
                 "eta": dataclasses.replace(ETA, form=False),
                 **CLASSIFIER_GUIDANCE,
+                "batch_size": BATCH_SIZE,
             },
             strokes=True,
         ),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -60,6 +60,20 @@ def run_to_end(gen: Generator[Progress, None, R]) -> R:
     return drive(gen)
 
 
-def randn(shape, generator: torch.Generator, device, dtype=torch.float32) -> torch.Tensor:
-    """Gaussian noise drawn on the CPU generator, so a seed means the same noise on any device."""
-    return torch.randn(shape, generator=generator, dtype=torch.float32).to(device, dtype)
+Generators = torch.Generator | Sequence[torch.Generator]
+
+
+def randn(shape, generator: Generators, device, dtype=torch.float32) -> torch.Tensor:
+    """Gaussian noise drawn on the CPU generator, so a seed means the same noise on any device.
+
+    ``generator`` may be one per sample of the batch: each sample's noise is then what its
+    generator alone draws for a batch of one, so a picture made in a batch is the picture
+    its seed makes alone."""
+    if isinstance(generator, torch.Generator):
+        z = torch.randn(shape, generator=generator, dtype=torch.float32)
+    else:
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+        one = (1, *shape[1:])
+        z = torch.cat([torch.randn(one, generator=g, dtype=torch.float32) for g in generator])
+    return z.to(device, dtype)

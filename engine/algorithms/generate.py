@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..denoiser import Conditioning, Denoiser
-from .common import Algorithm, randn
+from .common import Algorithm, Generators, randn
 from .sampling import ddim_sample
 
 
@@ -15,7 +15,7 @@ def generate(
     latent_shape: tuple[int, int, int, int],
     steps: int,
     guidance: float,
-    generator: torch.Generator,
+    generator: Generators,
     eta: float = 0.0,
 ) -> Algorithm[torch.Tensor]:
     """Sample latents of ``latent_shape`` for the prompt in ``cond``; returns x_0 latents."""

@@ -6,7 +6,7 @@ import torch
 
 from ..denoiser import Conditioning, Denoiser
 from ..schedule import prev_timesteps
-from .common import Algorithm, Progress, randn
+from .common import Algorithm, Generators, Progress, randn
 
 
 def ddim_sample(
@@ -15,7 +15,7 @@ def ddim_sample(
     timesteps: list[int],
     cond: Conditioning,
     guidance: float,
-    generator: torch.Generator,
+    generator: Generators,
     eta: float = 0.0,
     keep: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     label: str = "",

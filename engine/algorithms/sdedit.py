@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..denoiser import Conditioning, Denoiser
-from .common import Algorithm, randn
+from .common import Algorithm, Generators, randn
 from .sampling import ddim_sample
 
 
@@ -16,7 +16,7 @@ def sdedit(
     steps: int,
     strength: float,
     guidance: float,
-    generator: torch.Generator,
+    generator: Generators,
     mask: torch.Tensor | None = None,
     eta: float = 0.0,
 ) -> Algorithm[torch.Tensor]:

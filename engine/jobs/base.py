@@ -253,3 +253,33 @@ def paste_into(
 
 def seeded(req: EditRequest) -> torch.Generator:
     return torch.Generator("cpu").manual_seed(int(req.seed))
+
+
+def batch_seeds(req: EditRequest) -> list[int]:
+    """The seeds of the ``batch_size`` pictures one pass makes: seed, seed + 1, … (as A1111
+    numbers a batch), wrapping within what ``manual_seed`` accepts (-2⁶³ … 2⁶⁴ − 1)."""
+    n = int(req.options.get("batch_size", 1))
+    return [int(req.seed) + k - (2**64 if int(req.seed) + k >= 2**64 else 0) for k in range(n)]
+
+
+def generators(seeds: list[int]) -> list[torch.Generator]:
+    """One CPU generator per picture, so each is what its seed makes alone."""
+    return [torch.Generator("cpu").manual_seed(s) for s in seeds]
+
+
+def batch_result(
+    ctx: JobContext,
+    latents: torch.Tensor,
+    prep: Prepared | None,
+    size: tuple[int, int],
+    seeds: list[int],
+    parameters: dict[str, Any],
+    feather_px: float = 0.0,
+) -> JobResult:
+    """One picture per sample of ``latents`` (``finish_image`` each): the first is the
+    result, the others go to ``extras["batch"]`` as {"image", "seed"} in seed order."""
+    images = [
+        finish_image(ctx, latents[k : k + 1], prep, size, feather_px) for k in range(len(seeds))
+    ]
+    more = [{"image": im, "seed": s} for im, s in zip(images[1:], seeds[1:], strict=True)]
+    return JobResult(images[0], parameters, {"batch": more} if more else {})

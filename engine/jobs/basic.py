@@ -6,7 +6,16 @@ from .. import imageops
 from ..algorithms.generate import generate
 from ..algorithms.sdedit import sdedit
 from ..types import EditRequest
-from .base import JobContext, JobResult, Options, finish_image, job, prepare, seeded, start_job
+from .base import (
+    JobContext,
+    Options,
+    batch_result,
+    batch_seeds,
+    generators,
+    job,
+    prepare,
+    start_job,
+)
 from .guidance import guided_denoiser
 
 # options and inputs: engine.methods
@@ -25,12 +34,14 @@ def run_generate(ctx: JobContext, req: EditRequest):
     h, w = req.height or b.native_size, req.width or b.native_size
     hw = imageops.working_size(h, w, b.native_size, b.vae_factor)
     f = b.vae_factor
-    shape = (1, b.latent_channels, hw[0] // f, hw[1] // f)
+    seeds = batch_seeds(req)
+    shape = (len(seeds), b.latent_channels, hw[0] // f, hw[1] // f)
     cond = ctx.denoiser.condition(req.prompt, req.negative_prompt, req.guidance)
     den = guided_denoiser(ctx, o, eta_of(o))  # classifier guidance, when asked for
-    latents = yield from generate(den, cond, shape, req.steps, req.guidance, seeded(req), eta_of(o))
-    image = finish_image(ctx, latents, None, (h, w))
-    return JobResult(image, {"size": f"{w}x{h}"})
+    latents = yield from generate(
+        den, cond, shape, req.steps, req.guidance, generators(seeds), eta_of(o)
+    )
+    return batch_result(ctx, latents, None, (h, w), seeds, {"size": f"{w}x{h}"})
 
 
 @job("sdedit")
@@ -39,17 +50,18 @@ def run_sdedit(ctx: JobContext, req: EditRequest):
     prep = prepare(ctx, req, grow=o.number("mask_grow"))
     cond = ctx.denoiser.condition(req.prompt, req.negative_prompt, req.guidance)
     den = guided_denoiser(ctx, o, eta_of(o))  # classifier guidance, when asked for
+    seeds = batch_seeds(req)
     latents = yield from sdedit(
         den,
-        prep.latents,
+        prep.latents.expand(len(seeds), -1, -1, -1),
         cond,
         req.steps,
         req.strength,
         req.guidance,
-        seeded(req),
+        generators(seeds),
         prep.mask_latent,
         eta_of(o),
     )
-    image = finish_image(ctx, latents, prep, prep.original.shape[:2], o.number("feather"))
     h, w = prep.original.shape[:2]
-    return JobResult(image, {"size": f"{w}x{h}"})
+    size = {"size": f"{w}x{h}"}
+    return batch_result(ctx, latents, prep, (h, w), seeds, size, o.number("feather"))
