@@ -1,6 +1,8 @@
 """The denoiser: UNet + text conditioning + classifier-free guidance → (ε̂, x̂₀).
 
 Algorithms see only this object: they never touch the UNet, the tokenizer or the device.
+Nor do they learn the model family: an SDXL embedding carries its pooled text vector and
+aesthetic score as two extra rows (``engine.sdxl``), unpacked only in ``model_output``.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import sdxl
 from .errors import InputError
 from .models import ModelBundle
 from .prompts import plain_text, token_weights
@@ -19,7 +22,7 @@ from .prompts import plain_text, token_weights
 class Conditioning:
     """Text embeddings for one job. ``uncond`` is None when guidance is off."""
 
-    cond: torch.Tensor  # 1 x L x D
+    cond: torch.Tensor  # 1 x L x D (SDXL: 1 x (L + 2) x D, see engine.sdxl)
     uncond: torch.Tensor | None = None
 
 
@@ -43,6 +46,8 @@ class Denoiser:
         self.device = bundle.device
         self.dtype = bundle.dtype
         self._cache: dict[tuple[str, int], torch.Tensor] = {}
+        self.xl = sdxl.is_sdxl(bundle)
+        self.refiner = bundle.family == sdxl.REFINER
         self.chunks = 1  # encoder windows every embedding of the current job is padded to
         self.unet_calls = 0  # counted per sample in the batch that a user asked for
 
@@ -90,6 +95,8 @@ class Denoiser:
             )
         k = max(n, self.chunks)
         key = (text, k)
+        if self.xl and key not in self._cache:
+            self._cache[key] = self._encode_xl(text, k)
         if key not in self._cache:
             plain = plain_text(text)
             tw = token_weights(self.bundle.tokenizer, text) if plain != text else None
@@ -107,6 +114,45 @@ class Denoiser:
                 parts += [self._encode_window("")] * (k - len(parts))
             self._cache[key] = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         return self._cache[key]
+
+    def _encode_xl(self, text: str, k: int) -> torch.Tensor:
+        """``encode_text`` for SDXL: the same windows, weights and padding as above, each
+        window through both encoders (``sdxl.encode_window``); the pooled vector is the first
+        window's (as AUTOMATIC1111 and ComfyUI do for long prompts; within 75 tokens it is
+        exactly diffusers'). Packed with ``sdxl.pack``."""
+        plain = plain_text(text)
+        tw = token_weights(self.bundle.tokenizer, text) if plain != text else None
+        w = self._window()
+        if tw is not None and tw.weighted:
+            ids, weights = tw.ids, tw.weights
+        else:
+            ids = self._windows(plain)
+            ids, weights = [i for c in ids for i in c], None
+        hidden, pooled = [], None
+        for start in range(0, max(1, len(ids)), w):
+            z, p = sdxl.encode_window(self.bundle, ids[start : start + w], self.device)
+            if weights is not None:
+                z = self._emphasize(z, weights[start : start + w])
+            hidden.append(z)
+            pooled = p if pooled is None else pooled
+        empty = sdxl.encode_window(self.bundle, [], self.device)[0]
+        hidden += [empty] * (k - len(hidden))
+        score = sdxl.AESTHETIC_SCORE if self.refiner else None
+        return sdxl.pack(torch.cat(hidden, dim=1), pooled, score).to(self.dtype)
+
+    @torch.no_grad()
+    def encode_negative(self, text: str) -> torch.Tensor:
+        """The unconditional branch's embedding for a negative prompt: ``encode_text``,
+        except on SDXL, where an empty negative prompt gives zeros (context and pooled
+        vector) when the model asks for it (``force_zeros_for_empty_prompt``: the base does,
+        as diffusers' pipeline with no negative prompt), and the refiner's negative
+        aesthetic score is 2.5 (diffusers' default) instead of 6."""
+        emb = self.encode_text(text)
+        if not self.xl:
+            return emb
+        if text == "" and self.bundle.zero_empty_negative:
+            emb = torch.zeros_like(emb)
+        return sdxl.with_aesthetic(emb, sdxl.NEGATIVE_AESTHETIC_SCORE) if self.refiner else emb
 
     def _encode_window(self, text: str) -> torch.Tensor:
         """One padded encoder pass (truncating at the window) of a plain text."""
@@ -167,7 +213,7 @@ class Denoiser:
         """Embeddings for a prompt; the negative prompt becomes the unconditional branch."""
         self.chunks = max(self.chunks, self.chunk_count(prompt), self.chunk_count(negative_prompt))
         cond = self.encode_text(prompt)
-        uncond = self.encode_text(negative_prompt) if guidance != 1.0 else None
+        uncond = self.encode_negative(negative_prompt) if guidance != 1.0 else None
         return Conditioning(cond, uncond)
 
     def mean_shift(self, x: torch.Tensor, t: int, variance: float) -> torch.Tensor | None:
@@ -182,7 +228,24 @@ class Denoiser:
         if emb.shape[0] != x.shape[0]:
             emb = emb.expand(x.shape[0], -1, -1)
         tt = torch.full((x.shape[0],), int(t), device=self.device, dtype=torch.long)
+        if self.xl:
+            return self._model_output_xl(x, tt, emb)
         out = self.bundle.unet(x.to(self.dtype), tt, encoder_hidden_states=emb.to(self.dtype))
+        return out.sample.to(x.dtype)
+
+    def _model_output_xl(self, x: torch.Tensor, tt: torch.Tensor, emb: torch.Tensor):
+        """The SDXL UNet call: context, pooled vector and micro-conditioning ids."""
+        pooled_dim = int(self.bundle.text_encoder_2.config.projection_dim)
+        context, pooled, score = sdxl.unpack(emb, pooled_dim)
+        f = self.bundle.vae_factor
+        ids = sdxl.time_ids((x.shape[-2] * f, x.shape[-1] * f), score, self.refiner)
+        added = {"text_embeds": pooled.to(self.dtype), "time_ids": ids.to(self.dtype)}
+        out = self.bundle.unet(
+            x.to(self.dtype),
+            tt,
+            encoder_hidden_states=context.to(self.dtype),
+            added_cond_kwargs=added,
+        )
         return out.sample.to(x.dtype)
 
     def outputs(self, x: torch.Tensor, t: int, emb: torch.Tensor) -> torch.Tensor:

@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from . import sdxl
 from .errors import ModelLoadError, OutOfMemoryError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -59,8 +60,10 @@ FAMILIES = {
     "sd15": "Stable Diffusion 1.x (512 px, epsilon)",
     "sd2": "Stable Diffusion 2.x base (512 px, epsilon)",
     "sd2-v": "Stable Diffusion 2.x (768 px, v-prediction)",
+    "sdxl": "Stable Diffusion XL base (1024 px, two text encoders)",
+    "sdxl-refiner": "Stable Diffusion XL refiner (1024 px, one text encoder)",
 }
-SUPPORTED = "Stable Diffusion 1.x and 2.x (including 2.x v-prediction)"
+SUPPORTED = "Stable Diffusion 1.x and 2.x (including v-prediction), and SDXL (base and refiner)"
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 _FOLDER_PARTS = {
     "unet": "the denoising UNet",
@@ -129,7 +132,10 @@ def load_diffusers_folder(
                 f"{path} is not a diffusers model folder: it has no model_index.json. Choose the "
                 "folder that contains model_index.json, unet/ and vae/, or a .safetensors file."
             )
-        _check_pipeline_kind(_read_json(index_file), path)
+        index = _read_json(index_file)
+        _check_pipeline_kind(index, path)
+        if sdxl.is_sdxl_index(index):
+            return sdxl.load_folder(path, index, prediction_type)
         for part, role in _FOLDER_PARTS.items():
             if not (path / part).is_dir():
                 raise ModelLoadError(
@@ -177,6 +183,8 @@ def load_single_file(
                     f"The config folder {config_dir} has no unet/config.json; it must be laid "
                     "out like a diffusers model folder (unet/, vae/, text_encoder/, scheduler/)."
                 )
+        if sdxl.is_sgm(checkpoint):
+            return sdxl.load_single_file(path, checkpoint, config_dir, prediction_type)
         configs = _read_configs(config_dir)
         _check_unet_config(configs["unet"], path)
         _check_components_present(checkpoint, path.name)
@@ -222,17 +230,18 @@ def detect_family(
 ) -> str:
     """Recognise a single-file checkpoint's family from its keys and shapes only.
 
-    Returns a key of ``FAMILIES``. SD 1.x and 2.x differ in the text context width of the
+    Returns a key of ``FAMILIES``. SDXL has an added embedding (``label_emb``) and its text
+    encoders under ``conditioner.embedders.*``; base and refiner differ in its width
+    (``sdxl.detect``). SD 1.x and 2.x differ in the text context width of the
     UNet's cross-attention (768 for CLIP ViT-L, 1024 for OpenCLIP ViT-H). SD 2.x epsilon vs
     v-prediction cannot be told from weights: "base" in the file name or
     ``prediction_type="epsilon"`` selects ``sd2``, anything else ``sd2-v``.
     """
     name = filename or "This checkpoint"
-    if any(k.startswith("conditioner.embedders.") for k in checkpoint):
-        raise ModelLoadError(
-            f"{name} is an SDXL checkpoint; SDXL isn't supported yet. Supported: {SUPPORTED}."
-        )
+    _check_other_family(checkpoint, name)
     _check_sd_layout(checkpoint, filename)
+    if sdxl.is_sgm(checkpoint):
+        return sdxl.detect(checkpoint)
     if CONTEXT_KEY not in checkpoint:
         raise ModelLoadError(
             f"{name} has a UNet, but not one of the supported layouts (no cross-attention "
@@ -393,11 +402,6 @@ def _load_tokenizer(folder: Path, require_files: bool):
 
 def _check_pipeline_kind(index: dict[str, Any], path: Path) -> None:
     kind = str(index.get("_class_name", "an unknown pipeline"))
-    if "XL" in kind or "text_encoder_2" in index:
-        raise ModelLoadError(
-            f"{path.name} is an SDXL model ({kind}); SDXL isn't supported yet. Supported: "
-            f"{SUPPORTED}."
-        )
     if "unet" not in index and "transformer" in index:
         raise ModelLoadError(
             f"{path.name} is a transformer-based model ({kind}), not Stable Diffusion. "
@@ -420,14 +424,30 @@ def _check_pipeline_kind(index: dict[str, Any], path: Path) -> None:
 
 
 def _check_unet_config(config: dict[str, Any], source: Path) -> None:
-    if config.get("addition_embed_type") == "text_time":
-        raise ModelLoadError(f"{source.name} is an SDXL model; SDXL isn't supported yet.")
     in_channels = config.get("in_channels", 4)
     if in_channels != 4:
         raise ModelLoadError(
             f"{source.name} has a UNet with {in_channels} input channels (an inpainting, depth "
             "or instruction variant); only regular text-to-image checkpoints are supported."
         )
+
+
+# key prefixes of diffusion models that are not Stable Diffusion UNets, with their names
+_OTHER_FAMILIES = (
+    ("joint_blocks.", "Stable Diffusion 3 (MMDiT)"),
+    ("double_blocks.", "Flux"),
+    ("double_stream_blocks.", "a Flux-like DiT"),
+    ("model.diffusion_model.blocks.", "a DiT (PixArt, Wan or similar)"),
+)
+
+
+def _check_other_family(checkpoint: Mapping[str, Any], name: str) -> None:
+    """One sentence for the well-known families that are not supported."""
+    for prefix, family in _OTHER_FAMILIES:
+        if any(k.startswith(prefix) or ("." + prefix) in k for k in list(checkpoint)[:2000]):
+            raise ModelLoadError(
+                f"{name} is {family}, which isn't supported. Supported: {SUPPORTED}."
+            )
 
 
 def _check_sd_layout(checkpoint: Mapping[str, Any], filename: str) -> None:
@@ -473,25 +493,32 @@ def _check_components_present(checkpoint: Mapping[str, Any], filename: str) -> N
 
 def _instantiate(kind: str, config: dict[str, Any]):
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     with torch.device("meta"):  # no memory, no random init: weights are assigned afterwards
         if kind == "unet":
             return UNet2DConditionModel.from_config(config)
         if kind == "vae":
             return AutoencoderKL.from_config(config)
+        if kind == "text_encoder_2":  # SDXL's OpenCLIP bigG, with its pooled projection
+            return CLIPTextModelWithProjection(CLIPTextConfig.from_dict(config))
         return CLIPTextModel(CLIPTextConfig.from_dict(config))
 
 
 def _build(kind: str, config: dict[str, Any], state: dict[str, torch.Tensor], source: str):
     """Instantiate a component from its config and assign ``state`` to it, strictly."""
-    what = {"unet": "UNet", "vae": "VAE", "text_encoder": "text encoder"}[kind]
+    what = {
+        "unet": "UNet",
+        "vae": "VAE",
+        "text_encoder": "text encoder",
+        "text_encoder_2": "second text encoder",
+    }[kind]
     try:
         model = _instantiate(kind, config)
     except Exception as exc:
         raise ModelLoadError(f"The {what} config for {source} is invalid ({exc}).") from exc
     expected = model.state_dict()
-    if kind == "text_encoder":
+    if kind.startswith("text_encoder"):
         state = _match_clip_prefix(state, expected)
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]

@@ -2,6 +2,7 @@
 
 ``load_model(spec)`` accepts
 - ``builtin:tiny``  a tiny random-weight SD-architecture model built from config (tests);
+- ``builtin:tiny-xl``  the same for SDXL's architecture (``engine.sdxl``);
 - ``builtin:demo``  the project's trained demo model under ``assets/models/demo``;
 - a diffusers folder in the Stable Diffusion layout, or a single ``.safetensors``/``.ckpt``
   checkpoint in the original SD layout (see ``engine.loaders``).
@@ -10,6 +11,7 @@ Nothing here downloads: ``engine.offline`` sets the hub's offline switches first
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,9 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import sdxl
+from . import vae as vae_ops
 from .errors import ModelLoadError, NonFiniteError
-from .loaders import ASSETS, CLIP_TOKENIZER_DIR, load_diffusers_folder, load_path
+from .loaders import ASSETS, CLIP_TOKENIZER_DIR, FAMILIES, load_diffusers_folder, load_path
 from .schedule import Schedule
+
+log = logging.getLogger(__name__)
 
 DEMO_MODEL_DIR = ASSETS / "models" / "demo"
 
@@ -57,6 +63,15 @@ class ModelBundle:
     # a noise-aware latent classifier (engine.classifier) where the model ships one in
     # ``classifier/``: it enables classifier guidance
     classifier: Any = None
+    # SDXL (engine.sdxl): the second text encoder and its tokenizer (the refiner has only
+    # these; its ``text_encoder`` is None and ``tokenizer`` is ``tokenizer_2``), and whether
+    # an empty negative prompt means zero embeddings (diffusers' force_zeros_for_empty_prompt)
+    text_encoder_2: Any = None
+    tokenizer_2: Any = None
+    zero_empty_negative: bool = False
+    # a key of loaders.FAMILIES, or "sd" for an SD-architecture model of another size
+    family: str = "sd"
+    tile_above: int = vae_ops.TILE_ABOVE  # pixels; larger decodes run on tiles (engine.vae)
     schedule: Schedule = field(init=False)
 
     def __post_init__(self):
@@ -65,6 +80,11 @@ class ModelBundle:
     @property
     def prediction_type(self) -> str:
         return self.schedule.prediction_type
+
+    @property
+    def family_name(self) -> str:
+        """The model family in words, as the load is logged."""
+        return FAMILIES.get(self.family, "Stable-Diffusion-architecture model")
 
     @property
     def vae_factor(self) -> int:
@@ -85,14 +105,14 @@ class ModelBundle:
         """uint8 HxWx3 (sides multiples of ``vae_factor``) → scaled latents 1xCxhxw.
         Uses the posterior mean: editing wants a deterministic encoding."""
         x = torch.from_numpy(np.array(image, copy=True)).to(self.device)
-        x = x.permute(2, 0, 1)[None].to(self.dtype) / 127.5 - 1.0
-        return self.vae.encode(x).latent_dist.mean * self.vae_scale
+        x = x.permute(2, 0, 1)[None].float() / 127.5 - 1.0
+        return vae_ops.encode_mean(self.vae, x).to(self.dtype) * self.vae_scale
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, check_finite: bool = False) -> np.ndarray:
         """Scaled latents 1xCxhxw → uint8 HxWx3; ``check_finite``: NaN/inf pixels raise
         ``NonFiniteError`` instead of becoming black."""
-        x = self.vae.decode(latents.to(self.device, self.dtype) / self.vae_scale).sample
+        x = vae_ops.decode(self.vae, latents.to(self.device) / self.vae_scale, self.tile_above)
         if check_finite and not bool(torch.isfinite(x).all()):
             dtype = str(self.dtype).replace("torch.", "")
             raise NonFiniteError(
@@ -220,13 +240,33 @@ def _finish(name: str, parts: dict[str, Any], device: str | None, dtype: str | N
 
     diffusers_logging.set_verbosity_error()  # its casting notes are noise for our users
     dev, dt = pick_device(device, dtype)
-    for key in ("unet", "vae", "text_encoder"):
-        parts[key] = parts[key].to(dev, dt).eval().requires_grad_(False)
-    return ModelBundle(name=name, device=dev, dtype=dt, **parts)
+    for key in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        if parts.get(key) is not None:
+            parts[key] = parts[key].to(dev, dt).eval().requires_grad_(False)
+    parts.setdefault("family", _sd_family(parts))
+    parts["vae"] = vae_ops.prepare(parts["vae"], dt, upcast=parts["family"] in sdxl.FAMILIES)
+    bundle = ModelBundle(name=name, device=dev, dtype=dt, **parts)
+    log.info("Loaded %s: %s", name, bundle.family_name)
+    return bundle
+
+
+def _sd_family(parts: dict[str, Any]) -> str:
+    """SD 1.x / 2.x from the UNet's text width (768: CLIP ViT-L, 1024: OpenCLIP ViT-H)."""
+    width = parts["unet"].config.cross_attention_dim
+    if width == 768:
+        return "sd15"
+    if width == 1024:
+        v = parts["scheduler_config"].get("prediction_type") == "v_prediction"
+        return "sd2-v" if v else "sd2"
+    return "sd"
 
 
 def _load_tiny(device, dtype):
     return _finish("builtin:tiny", tiny_components(), device, dtype)
+
+
+def _load_tiny_xl(device, dtype):
+    return _finish("builtin:tiny-xl", sdxl.tiny_xl_components(), device, dtype)
 
 
 def demo_model_available() -> bool:
@@ -260,6 +300,7 @@ def _with_classifier(bundle: ModelBundle, folder: Path) -> ModelBundle:
 
 BUILTINS: dict[str, Callable[[str | None, str | None], ModelBundle]] = {
     "builtin:tiny": _load_tiny,
+    "builtin:tiny-xl": _load_tiny_xl,
     "builtin:demo": _load_demo,
 }
 DEFAULT_MODEL = "builtin:demo"

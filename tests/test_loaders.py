@@ -259,12 +259,12 @@ def test_tiny_single_file_without_configs_is_not_a_known_family(saved):
     _raises(saved["bare"], "32-wide text features", "Stable Diffusion 1.x and 2.x")
 
 
-def test_sdxl_folder(saved, tmp_path):
+def test_sdxl_folder_without_its_second_encoder(saved, tmp_path):
     folder = _copy(saved["folder"], tmp_path / "sdxl")
     index = json.loads((folder / "model_index.json").read_text())
     index.update(_class_name="StableDiffusionXLPipeline", text_encoder_2=["transformers", "X"])
     (folder / "model_index.json").write_text(json.dumps(index))
-    _raises(folder, "SDXL isn't supported yet")
+    _raises(folder, "SDXL model folder", "missing its text_encoder_2/ folder")
 
 
 def test_transformer_model_folder(tmp_path):
@@ -347,10 +347,8 @@ def test_detects_sd2_and_its_prediction_type():
 
 
 def test_detection_rejects_other_families():
-    with pytest.raises(ModelLoadError, match="SDXL isn't supported yet"):
-        detect_family(
-            _synthetic(2048, **{"conditioner.embedders.1.model.ln_final.weight": torch.empty(1)})
-        )
+    with pytest.raises(ModelLoadError, match="Stable Diffusion 3 .* isn't supported"):
+        detect_family({"model.diffusion_model.joint_blocks.0.attn.qkv.weight": torch.empty(1)})
     with pytest.raises(ModelLoadError, match="4096-wide text features"):
         detect_family(_synthetic(4096))
     with pytest.raises(ModelLoadError, match="9 input channels"):

@@ -287,7 +287,7 @@ def invert(
         raise ValueError(f"unknown inversion method {method!r}; expected one of {METHODS}")
     timesteps = denoiser.schedule.timesteps(steps)
     cond = denoiser.encode_text(prompt)
-    uncond = denoiser.encode_text(negative_prompt)
+    uncond = denoiser.encode_negative(negative_prompt)
     # 1. DDIM inversion with the source prompt at guidance 1: the pivot trajectory z*_t
     traj = yield from ddim_invert(denoiser, x0, cond, timesteps, fixed_point=fixed_point)
     inv = Inversion(traj, timesteps, [uncond] * steps, prompt, guidance, method, negative_prompt)

@@ -143,7 +143,7 @@ def run_edit_generated(ctx: JobContext, req: EditRequest):
     x = randn((1, b.latent_channels, hw[0] // f, hw[1] // f), generator, d.device)
     ts = d.schedule.timesteps(req.steps)
     control = attention_control(ctx, o, source_prompt, req.prompt, painted=req.mask is not None)
-    null = d.encode_text(req.negative_prompt) if req.guidance != 1.0 else None
+    null = d.encode_negative(req.negative_prompt) if req.guidance != 1.0 else None
     mask = None
     if req.mask is not None:
         m = imageops.mask_to_float(req.mask, (h, w))
