@@ -9,7 +9,12 @@ step. While they run, the target branch's attention is taken from the source bra
   have different token counts, each new token takes the mean of the old word's tokens);
   words added by a refinement keep their own maps; re-weighted tokens are scaled (eq. 5);
 - self-attention, for the first τ_s of the steps, at maps of ≤ 32×32 positions (the
-  authors' null-text editing code injects these; finer maps carry texture, not layout);
+  authors' null-text editing code injects these; finer maps carry texture, not layout), or
+  of at most half the latent side where that is more (``max_queries``: SDXL at 1024² has
+  attention only at 64² and 32², the same fractions of the image as SD 1.x's 32² and 16²
+  at 512², so both levels are injected there; at 512² and on the demo model nothing changes,
+  and at SD 1.x working sizes of other aspect ratios a half-side map just over 32×32
+  positions is now injected too);
 - local blend (§3.2 "Local editing"; the authors' code): the cross-attention maps of the
   changed words in both prompts, summed over layers and steps at a low resolution (here
   relative to the prompt's mean map, see ``_relative``), max-pooled, normalised,
@@ -37,8 +42,9 @@ from ..denoiser import Denoiser
 from ..schedule import prev_timesteps
 from .common import Algorithm, Progress, randn
 
-SELF_MAX_QUERIES = 32 * 32  # self-attention is injected at maps up to this many positions
-RECORD_MAX_QUERIES = 32 * 32  # cross-attention recorded for local blend and heat maps
+# self-attention is injected, and cross-attention recorded for local blend and heat maps, at
+# maps up to this many positions (or more on large latents: AttentionControl.max_queries)
+SELF_MAX_QUERIES = 32 * 32
 
 
 @dataclass(frozen=True)
@@ -144,16 +150,23 @@ class AttentionControl:
     def _self_now(self) -> bool:
         return self.step < self.self_until * self.steps
 
+    @property
+    def max_queries(self) -> int:
+        """The finest maps that are injected (self-attention) and recorded (cross-attention):
+        32×32 positions, or half the latent side where that is more (module docstring)."""
+        h, w = self.latent_hw
+        return max(SELF_MAX_QUERIES, (h // 2) * (w // 2))
+
     def wants(self, name: str, cross: bool, queries: int) -> bool:
         if cross:
-            return self._cross_now() or queries <= RECORD_MAX_QUERIES
-        return self._self_now() and queries <= SELF_MAX_QUERIES
+            return self._cross_now() or queries <= self.max_queries
+        return self._self_now() and queries <= self.max_queries
 
     def __call__(self, probs: torch.Tensor, name: str, cross: bool) -> torch.Tensor:
         # rows: [uncond src, uncond tgt,] cond src, cond tgt — the last two are controlled
         src, tgt = probs[-2], probs[-1]
         if cross:
-            if probs.shape[2] <= RECORD_MAX_QUERIES:
+            if probs.shape[2] <= self.max_queries:
                 self._record(src, tgt)
             if not self._cross_now():
                 return probs

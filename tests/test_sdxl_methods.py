@@ -1,0 +1,241 @@
+"""Every method on builtin:tiny-xl, so each runs on SDXL's code paths (two encoders, pooled
+vector and micro-conditioning, SDXL's attention layers) in CI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engine import sdxl
+from engine.algorithms.common import run_to_end
+from engine.algorithms.inversion import Inversion, ddim_invert, invert, regenerate
+from engine.algorithms.null_text import NullTextSettings, null_text_optimise
+from engine.algorithms.prompt_to_prompt import AttentionControl, align_tokens, prompt_to_prompt
+from engine.attention import hooked
+from engine.denoiser import Denoiser
+from engine.jobs import JOB_RUNNERS, JobContext
+from engine.prompts import token_weights
+from engine.types import EditRequest
+
+H, W = 48, 80  # non-square, not SDXL's native size
+PROMPT = "a red house beside two pine trees"
+
+
+@pytest.fixture(scope="module")
+def xl():
+    from engine.models import load_model
+
+    return load_model("builtin:tiny-xl", device="cpu")
+
+
+@pytest.fixture()
+def d(xl):
+    return Denoiser(xl)
+
+
+def image(h=H, w=W, seed=0):
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([x * 255 / w, y * 255 / h, np.full_like(x, 128.0)], -1)
+    return (base + rng.normal(0, 10, (h, w, 3))).clip(0, 255).astype(np.uint8)
+
+
+def box_mask(h=H, w=W):
+    m = np.zeros((h, w), np.uint8)
+    m[h // 4 : 3 * h // 4, w // 3 : 2 * w // 3] = 255
+    return m
+
+
+def run(bundle, denoiser, req):
+    """Drive a job as the engine does, without its thread: (result, steps)."""
+    gen = JOB_RUNNERS[req.method](JobContext(bundle, denoiser), req)
+    steps = []
+    with torch.no_grad():
+        while True:
+            try:
+                steps.append(next(gen))
+            except StopIteration as stop:
+                return stop.value, steps
+
+
+def outside_exact(out, src, mask):
+    keep = mask == 0
+    return keep.any() and np.array_equal(out[keep], src[keep])
+
+
+def test_generate_and_sdedit(xl, d):
+    res, steps = run(xl, d, EditRequest("generate", prompt=PROMPT, steps=3, width=W, height=H))
+    assert res.image.shape == (H, W, 3) and len(steps) == 3
+    src, mask = image(), box_mask()
+    req = EditRequest("sdedit", prompt=PROMPT, image=src, mask=mask, steps=4, strength=0.6)
+    res, steps = run(xl, d, req)
+    assert outside_exact(res.image, src, mask) and not np.array_equal(res.image, src)
+
+
+def test_repaint(xl, d):
+    src, mask = image(), box_mask()
+    options = {"jump_length": 2, "jump_n_sample": 2}
+    req = EditRequest("repaint", prompt=PROMPT, image=src, mask=mask, steps=4, options=options)
+    res, steps = run(xl, d, req)
+    assert res.parameters["unet_calls"] == 4 + 2 == len(steps)
+    assert outside_exact(res.image, src, mask) and not np.array_equal(res.image, src)
+
+
+def test_diffedit_mask_and_edit(xl, d):
+    src = image()
+    options = {"reference_prompt": "a house", "n_samples": 2}
+    req = EditRequest("diffedit_mask", prompt=PROMPT, image=src, steps=4, options=options)
+    res, _ = run(xl, d, req)
+    mask = res.extras["mask"]
+    assert mask.shape == (H, W) and 0 < (mask > 0).mean() < 1  # some of the image, not all
+    req = EditRequest("diffedit", prompt=PROMPT, image=src, steps=4, options=options)
+    res, steps = run(xl, d, req)
+    assert res.image.shape == (H, W, 3) and steps[0].label == "mask"
+
+
+@pytest.mark.parametrize(
+    "method", ["ddim", "negative_prompt", "null_text", "null_text_reference", "direct"]
+)
+def test_invert_then_reedit(xl, d, method):
+    src, mask = image(), box_mask()
+    options = {"inversion": method}
+    req = EditRequest("invert", prompt=PROMPT, image=src, steps=2, guidance=5.0, options=options)
+    res, steps = run(xl, d, req)
+    inv = res.extras["inversion"]
+    assert isinstance(inv, Inversion) and inv.method == method
+    # SDXL embeddings: 77 context rows, then the pooled and the aesthetic rows
+    assert all(e.shape == (1, 77 + sdxl.EXTRA_ROWS, 64) for e in inv.null_embeddings)
+    if method == "ddim":  # the base's empty negative prompt is the zero embedding
+        assert not any(e.any() for e in inv.null_embeddings)
+    if method.startswith("null_text"):
+        assert any(s.label.startswith("null-text") for s in steps)
+    for control in ("p2p", "none"):
+        edit = EditRequest(
+            "reedit",
+            prompt="a blue house beside two pine trees",
+            mask=mask,
+            options={"inversion": inv, "control": control},
+        )
+        out, steps = run(xl, d, edit)
+        assert len(steps) == 2 and outside_exact(out.image, src, mask)
+
+
+def test_null_text_optimises_the_pooled_vector_too(xl, d):
+    """Null-text inversion (Mokady et al. 2022, eq. 3) on SDXL optimises the whole
+    unconditional embedding: the context rows and the pooled vector (one Adam over one
+    tensor); the aesthetic-score row is detached, and the pooled row's zero padding gets no
+    gradient, so both stay as they were."""
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(1, 4, 6, 10, generator=g)
+    ts = d.schedule.timesteps(2)
+    cond, uncond = d.encode_text(PROMPT), d.encode_negative("")
+    traj = run_to_end(ddim_invert(d, x0, cond, ts))
+    settings = NullTextSettings(inner_steps=3, early_stop=0.0, early_stop_slope=0.0)
+    nulls, losses, _ = run_to_end(null_text_optimise(d, traj, ts, cond, uncond, 5.0, settings))
+    for step in losses:
+        assert step[-1] < step[0]
+    dim = xl.text_encoder_2.config.projection_dim
+    for null in nulls:
+        context, pooled, score = sdxl.unpack(null, dim)
+        assert context.abs().sum() > 0 and pooled.abs().sum() > 0  # moved off zero
+        assert not null[:, -2, dim:].any() and not null[:, -1].any()
+
+
+def _control(a: str, b: str, tok, **kw) -> AttentionControl:
+    ids = [token_weights(tok, p).ids for p in (a, b)]
+    return AttentionControl(align_tokens(*ids, tok.model_max_length - 2), steps=1, **kw)
+
+
+@pytest.fixture(scope="module")
+def inverted(xl):
+    d = Denoiser(xl)
+    latents = xl.encode(image(64, 64)).float()
+    return run_to_end(invert(d, latents, PROMPT, 4, 4.0, method="direct"))
+
+
+def _p2p(d, inv, target, control):
+    return run_to_end(
+        prompt_to_prompt(
+            d,
+            inv.trajectory[0],
+            inv.timesteps,
+            d.encode_text(inv.prompt),
+            d.encode_text(target),
+            inv.guidance,
+            inv.null_embeddings,
+            control,
+            anchor=inv.trajectory,
+            correct=True,
+        )
+    )
+
+
+def test_the_controller_sees_every_sdxl_attention_layer(xl, d, inverted):
+    """Every attention layer of the SDXL UNet (self and cross, in every transformer layer of
+    a block) hands its probabilities to the controller, with the 77 prompt positions as
+    keys; the same prompt under full injection gives the source back bit for bit."""
+    seen: dict[str, tuple[bool, int]] = {}
+
+    class Spy(AttentionControl):
+        def __call__(self, probs, name, cross):
+            seen[name] = (cross, probs.shape[-1])
+            return super().__call__(probs, name, cross)
+
+    ids = token_weights(xl.tokenizer, PROMPT).ids
+    spy = Spy(align_tokens(ids, ids, 75), steps=1, cross_until=1.0, self_until=1.0)
+    out = _p2p(d, inverted, PROMPT, spy)
+    assert torch.equal(out, inverted.trajectory[-1])
+    layers = list(xl.unet.attn_processors)
+    assert set(seen) == set(layers)
+    blocks = [n for n in layers if ".transformer_blocks.1." in n]  # the 2-layer inner block
+    assert blocks and all(n in seen for n in blocks)
+    assert {k for c, k in seen.values() if c} == {77}
+    assert sum(c for c, _ in seen.values()) == len(layers) // 2
+
+
+def test_the_hooked_path_matches_the_fused_one(xl, d, inverted):
+    """With no injection (τ = 0) the controlled target branch is an ordinary re-edit."""
+    edit = "a blue house beside two pine trees"
+    control = _control(PROMPT, edit, xl.tokenizer, cross_until=0.0, self_until=0.0)
+    ours = _p2p(d, inverted, edit, control)
+    plain = run_to_end(regenerate(d, inverted, d.encode_text(edit)))
+    torch.testing.assert_close(ours, plain, rtol=1e-4, atol=1e-4)
+    injected = _control(PROMPT, edit, xl.tokenizer)
+    assert not torch.allclose(_p2p(d, inverted, edit, injected), plain, atol=1e-3)
+
+
+def test_hook_restored_after_a_job(xl, d):
+    before = dict(xl.unet.attn_processors)
+    with hooked(xl.unet, _control(PROMPT, PROMPT, xl.tokenizer)):
+        assert dict(xl.unet.attn_processors) != before
+    assert {k: type(v) for k, v in xl.unet.attn_processors.items()} == {
+        k: type(v) for k, v in before.items()
+    }
+
+
+def test_edit_generated_with_its_own_prompt_gives_it_back(xl, d):
+    common = dict(prompt=PROMPT, steps=4, guidance=3.0, seed=3, width=64, height=64)
+    plain, _ = run(xl, d, EditRequest("generate", **common))
+    req = EditRequest("edit_generated", **common, options={"source_prompt": PROMPT})
+    same, _ = run(xl, d, req)
+    assert np.abs(same.image.astype(int) - plain.image.astype(int)).max() <= 2
+    edited = EditRequest(
+        "edit_generated",
+        **{**common, "prompt": "a blue house beside two pine trees"},
+        options={"source_prompt": PROMPT},
+    )
+    other, _ = run(xl, d, edited)
+    assert not np.array_equal(other.image, plain.image)
+
+
+def test_self_attention_is_injected_at_the_same_fractions_of_the_image():
+    """SD 1.x at 512² (64² latents): maps of 32² and coarser, as before; SDXL at 1024²
+    (128² latents): 64² and 32², its two attention levels; finer maps never."""
+    tokens = align_tokens([1, 2], [1, 2], 75)
+    sd = AttentionControl(tokens, steps=10, latent_hw=(64, 64))
+    xl = AttentionControl(tokens, steps=10, latent_hw=(128, 128))
+    assert sd.wants("a", False, 32 * 32) and not sd.wants("a", False, 64 * 64)
+    assert xl.wants("a", False, 64 * 64) and not xl.wants("a", False, 128 * 128)
+    demo = AttentionControl(tokens, steps=10, latent_hw=(16, 16))  # the demo model: all
+    assert demo.wants("a", False, 16 * 16)
