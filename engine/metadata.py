@@ -87,7 +87,11 @@ def _cast(spec, text: str) -> Any:
         return text == "True"
     value = spec.kind(text)
     if spec.choices and value not in spec.choices:
-        raise ValueError(text)
+        # A1111 capitalises its sampler names ("LCM", "DDIM"); ours are lower case
+        folded = {str(c).lower(): c for c in spec.choices}
+        if str(value).lower() not in folded:
+            raise ValueError(text)
+        value = folded[str(value).lower()]
     return value
 
 

@@ -107,13 +107,15 @@ ETA = OptionSpec(
     1.0,
     step=0.1,
 )
-# generate and SDEdit: ddpm is DDIM's step with eta = 1 (Song et al. 2021, eq. 16)
+# generate and SDEdit: ddpm is DDIM's step with eta = 1 (Song et al. 2021, eq. 16); lcm is
+# multistep consistency sampling (Luo et al. 2023, Alg. 3) for few-step models
 SAMPLER = OptionSpec(
     str,
     "ddim",
     "How each step removes noise: ddim is smooth and repeatable; ddpm adds fresh randomness "
-    "every step (more varied detail, wants more steps).",
-    choices=("ddim", "ddpm"),
+    "every step (more varied detail, wants more steps); lcm is for few-step models (LCM, "
+    "Turbo, Hyper, TCD or their LoRAs): 2-8 steps, and every step runs at any strength.",
+    choices=("ddim", "ddpm", "lcm"),
     label="Sampler",
 )
 # several pictures from one pass of the model (A1111's batch size); the seeds follow on

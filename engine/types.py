@@ -116,6 +116,12 @@ class ModelInfo:
     native_size: int
     # optional parts the model ships, which some options need (OptionSpec.requires)
     parts: tuple[str, ...] = ()
+    # a few-step model ("lcm", "lcm-lora", "turbo", "hyper", "tcd"; "" for an ordinary one,
+    # engine.few_step) and the form values it wants: {"sampler": "lcm", "steps", "guidance"}
+    few_step: str = ""
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    # the LoRAs fused into the model, in load order: (name, weight) (engine.lora)
+    loras: tuple[tuple[str, float], ...] = ()
 
 
 # ---- events (engine → receiver) ----------------------------------------------------------
