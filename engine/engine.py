@@ -37,8 +37,10 @@ from .algorithms.common import Progress, drive
 from .algorithms.inversion import Inversion
 from .denoiser import Denoiser
 from .errors import EngineError, InputError, OutOfMemoryError
+from .few_step import sampling_defaults
 from .jobs import JOB_RUNNERS, JobContext, JobResult
 from .jobs.edits import load_inversion
+from .lora import LoraError, describe, lora_list, run_lora_request
 from .methods import METHODS
 from .models import ModelBundle, load_model
 from .preview import Previewer
@@ -49,6 +51,8 @@ from .types import (
     Failed,
     Finished,
     LoadModelRequest,
+    LoraRequest,
+    LorasChanged,
     ModelInfo,
     ModelLoaded,
     Started,
@@ -57,7 +61,7 @@ from .types import (
 
 log = logging.getLogger(__name__)
 Listener = Callable[[Event], None]
-FINAL = (Finished, Failed, Cancelled, ModelLoaded)
+FINAL = (Finished, Failed, Cancelled, ModelLoaded, LorasChanged)
 LISTENER_GRACE = 5.0  # s the engine waits for a listener to take an event (once per stall)
 FINAL_BYTES = 64 * 2**20  # images kept in final events for ``wait`` (the newest always)
 INVERSION_BYTES = 256 * 2**20  # inversions kept for re-editing (the newest always)
@@ -289,6 +293,21 @@ class Engine:
             )
         )
 
+    def add_lora(self, path: str, weight: float = 1.0) -> int:
+        """Queue fusing a LoRA file into the loaded model (after the jobs before it); its
+        final event is ``LorasChanged`` or ``Failed`` (the model then stays as it was)."""
+        return self._enqueue(LoraRequest("add", path=str(path), weight=weight))
+
+    def set_lora_weight(self, name: str, weight: float) -> int:
+        return self._enqueue(LoraRequest("weight", name=name, weight=weight))
+
+    def remove_lora(self, name: str) -> int:
+        """Queue unfusing a LoRA: the weights return bit-exactly to what they were."""
+        return self._enqueue(LoraRequest("remove", name=name))
+
+    def clear_loras(self) -> int:
+        return self._enqueue(LoraRequest("clear"))
+
     def submit(self, request: EditRequest, supersede: bool = False) -> int:
         """Queue a job. ``supersede`` drops edit jobs still waiting in the queue."""
         if supersede and not self._stop:
@@ -394,6 +413,8 @@ class Engine:
         b = self.bundle
         if b is None:
             return None
+        loras = lora_list(b)
+        few = sampling_defaults(b.scheduler_config, b.unet.config, b.name, [n for n, _ in loras])
         return ModelInfo(
             b.name,
             str(b.device),
@@ -401,6 +422,9 @@ class Engine:
             b.prediction_type,
             b.native_size,
             ("classifier",) if b.classifier is not None else (),
+            few.kind,
+            MappingProxyType(dict(few.defaults)),
+            loras,
         )
 
     def shutdown(self, timeout: float = 10.0) -> None:
@@ -486,6 +510,10 @@ class Engine:
                 self._emit(Started(job_id, "load"))
                 self._load(request)
                 self._emit(ModelLoaded(job_id, self.model_info))
+            elif isinstance(request, LoraRequest):
+                self._emit(Started(job_id, "lora"))
+                self._change_loras(request)
+                self._emit(LorasChanged(job_id, self.model_info))
             else:
                 self._run_job(job_id, request)
         except _JobCancelled:
@@ -510,6 +538,12 @@ class Engine:
         self._release_memory()
         self.bundle, self.denoiser = bundle, Denoiser(bundle)
         self.previewer = Previewer(bundle)
+
+    def _change_loras(self, req: LoraRequest) -> None:
+        if self.bundle is None:
+            raise LoraError("No model is loaded yet; open a model before adding a LoRA.")
+        run_lora_request(self.bundle, req)
+        self.denoiser = Denoiser(self.bundle)  # the text encoder may have changed: no cache
 
     def _release_memory(self) -> None:
         if torch.cuda.is_available():
@@ -546,6 +580,8 @@ class Engine:
                 self._emit_interrupted(job_id, last[0])
             raise
         params = {**req.parameters(), **result.parameters, "model": self.bundle.name}
+        if lora_list(self.bundle):
+            params["loras"] = describe(self.bundle)  # PNG text: <lora:name:w>, Lora hashes
         extras = dict(result.extras)
         if isinstance(extras.get("inversion"), Inversion):  # kept here; the caller gets its id
             inv = extras.pop("inversion")

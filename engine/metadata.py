@@ -28,12 +28,30 @@ LABELS = {
     "model": "Model",
     "strength": "Denoising strength",
     "method": "Method",
+    "lora_hashes": "Lora hashes",
 }
-SKIP = {"prompt", "negative_prompt"}
+SKIP = {"prompt", "negative_prompt", "loras"}
+
+
+# A1111's LoRA tag: <lora:name:weight> (the weight may be left out: 1)
+LORA_TAG = re.compile(r"\s*<lora:([^:>]+)(?::([-+]?[\d.]+))?>")
+
+
+def lora_tags(loras) -> str:
+    """The loaded LoRAs ({"name", "weight", "hash"} each) as A1111's prompt tags."""
+    return " ".join(f"<lora:{x['name']}:{float(x['weight']):g}>" for x in loras)
 
 
 def format_parameters(params: Mapping[str, Any]) -> str:
-    lines = [str(params.get("prompt", ""))]
+    """The A1111 text. LoRAs (``params["loras"]``, engine.lora.describe) are written as A1111
+    writes them: ``<lora:name:weight>`` at the end of the prompt and a "Lora hashes" field."""
+    loras = list(params.get("loras") or [])
+    prompt = str(params.get("prompt", ""))
+    if loras:
+        prompt = f"{prompt} {lora_tags(loras)}".strip()
+        hashes = ", ".join(f"{x['name']}: {x['hash']}" for x in loras if x.get("hash"))
+        params = {**params, "lora_hashes": hashes or None}
+    lines = [prompt]
     if params.get("negative_prompt"):
         lines.append(f"Negative prompt: {params['negative_prompt']}")
     order = ["steps", "sampler", "guidance", "seed", "size", "model", "strength"]
@@ -106,13 +124,36 @@ def _accepts(spec) -> str:
     return "text"
 
 
+def split_lora_tags(prompt: str, hashes: str = "") -> tuple[str, list[dict[str, Any]]]:
+    """A1111's ``<lora:name:weight>`` tags taken out of a prompt: (the prompt without them,
+    [{"name", "weight", "hash"}] in order; "hash" from a "Lora hashes" field, else "")."""
+    known = {}
+    for item in hashes.split(","):
+        name, _, value = item.rpartition(":")
+        if name.strip():
+            known[name.strip()] = value.strip()
+    loras = [
+        {"name": m.group(1), "weight": float(m.group(2) or 1.0), "hash": known.get(m.group(1), "")}
+        for m in LORA_TAG.finditer(prompt)
+    ]
+    return LORA_TAG.sub("", prompt).strip() if loras else prompt, loras
+
+
+def lora_fields(parsed: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The LoRAs an image was made with: [{"name", "weight", "hash"}] from the prompt's tags
+    and the "Lora hashes" field (``split_lora_tags``)."""
+    return split_lora_tags(parsed.get("prompt", ""), parsed.get("Lora hashes", ""))[1]
+
+
 def request_fields(parsed: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
     """Parsed A1111 fields → the request fields and method options they hold, each read
     through its declaration in ``engine.methods`` (type, bounds, choices), and a sentence for
-    each value that does not fit its declaration (that value is left out)."""
+    each value that does not fit its declaration (that value is left out). LoRA tags are taken
+    out of the prompt: they are the model's state, read by ``lora_fields``."""
     from .methods import COMMON, METHODS
 
-    out: dict[str, Any] = {"prompt": parsed.get("prompt", "")}
+    prompt, _ = split_lora_tags(parsed.get("prompt", ""))
+    out: dict[str, Any] = {"prompt": prompt}
     if "Negative prompt" in parsed:
         out["negative_prompt"] = parsed["Negative prompt"]
     method = parsed.get("Method")

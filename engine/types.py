@@ -108,6 +108,18 @@ class LoadModelRequest:
 
 
 @dataclass(frozen=True)
+class LoraRequest:
+    """Change the LoRAs fused into the loaded model (``engine.lora``), between jobs: "add"
+    the .safetensors file at ``path`` at ``weight``; set the "weight" of, or "remove", the
+    LoRA called ``name`` (its file's stem); "clear" them all. Answered by ``LorasChanged``."""
+
+    action: str
+    path: str = ""
+    name: str = ""
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     name: str
     device: str
@@ -158,6 +170,14 @@ class Finished(Event):
 
 @dataclass(frozen=True)
 class ModelLoaded(Event):
+    info: ModelInfo
+
+
+@dataclass(frozen=True)
+class LorasChanged(Event):
+    """A ``LoraRequest`` done: the model's info with its LoRAs (``info.loras``) as they are
+    now, and the few-step defaults they imply (``info.few_step``, ``info.defaults``)."""
+
     info: ModelInfo
 
 
