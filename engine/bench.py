@@ -1,8 +1,11 @@
 """``python -m engine bench``: our SDEdit loop against diffusers' img2img pipeline.
 
 Both run on the same loaded components, image, prompt, steps, strength, guidance and seed,
-in alternating order so drift in machine load hits both alike. We report the median
-wall-time ratio (ours / pipeline) and the per-step preview cost as a fraction of the step.
+in alternating order so drift in machine load hits both alike. An SDXL model (``random:sdxl``,
+``random:sdxl-refiner``, ``builtin:tiny-xl`` or a checkpoint) is timed against
+``StableDiffusionXLImg2ImgPipeline``, with its empty negative prompt zeroed on both sides.
+We report the median wall-time ratio (ours / pipeline), the per-step preview cost as a
+fraction of the step and, on CUDA, each side's peak GPU memory.
 Our runs include everything a user waits for: text encoding (cache cleared), VAE encode,
 the loop with an x̂₀ preview after every step, decode.
 """
@@ -16,6 +19,7 @@ import time
 import numpy as np
 import torch
 
+from . import sdxl
 from .methods import COMMON
 
 
@@ -24,8 +28,9 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--model",
         default=None,
-        help="default: builtin:demo, else builtin:tiny; random:sd15, random:sd2 or random:sd2-v "
-        "time a full-size architecture with random weights (no checkpoint needed)",
+        help="default: builtin:demo, else builtin:tiny; random:sd15, random:sd2, random:sd2-v, "
+        "random:sdxl or random:sdxl-refiner time a full-size architecture with random "
+        "weights (no checkpoint needed)",
     )
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None)
@@ -51,7 +56,8 @@ def _pick_model(spec):
 
 def random_model(family: str, device, dtype):
     """A full-size SD architecture (``engine/configs/<family>``) with random weights and CLIP's
-    tokenizer: what a real checkpoint of that family costs per step, without the checkpoint."""
+    tokenizer: what a real checkpoint of that family costs per step, without the checkpoint.
+    The weights are initialised on the target device (SDXL's 2.6 B on a CPU take minutes)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -61,6 +67,8 @@ def random_model(family: str, device, dtype):
 
     if family not in FAMILIES:
         raise ModelLoadError(f"Unknown architecture {family!r}; choose one of {sorted(FAMILIES)}.")
+    if family in sdxl.FAMILIES:
+        return _random_sdxl(family, device, dtype)
     cfg = _read_configs(CONFIGS_DIR / family)
     torch.manual_seed(0)
     parts = {
@@ -74,9 +82,43 @@ def random_model(family: str, device, dtype):
     return _finish(f"random:{family}", parts, device, dtype)
 
 
+def _random_sdxl(family: str, device, dtype):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from .loaders import CONFIGS_DIR, _load_tokenizer, _read_json
+    from .models import _finish, pick_device
+
+    folder = CONFIGS_DIR / family
+    dev, _ = pick_device(device, dtype)
+    torch.manual_seed(0)
+    with torch.device(dev):  # random init where the model will run
+        unet = UNet2DConditionModel.from_config(_read_json(folder / "unet" / "config.json"))
+        vae = AutoencoderKL.from_config(_read_json(folder / "vae" / "config.json"))
+        big = CLIPTextConfig.from_dict(_read_json(folder / "text_encoder_2" / "config.json"))
+        parts = {"unet": unet, "vae": vae, "text_encoder_2": CLIPTextModelWithProjection(big)}
+        if family == sdxl.BASE:
+            clip = CLIPTextConfig.from_dict(_read_json(folder / "text_encoder" / "config.json"))
+            parts["text_encoder"] = CLIPTextModel(clip)
+    tokenizer_2 = _load_tokenizer(folder / "tokenizer_2", require_files=False)
+    parts.update(
+        text_encoder=parts.get("text_encoder"),
+        tokenizer=_load_tokenizer(folder / "tokenizer", False) if family == sdxl.BASE else None,
+        tokenizer_2=tokenizer_2,
+        scheduler_config=_read_json(folder / "scheduler" / "scheduler_config.json"),
+        vae_scale=float(vae.config.scaling_factor),
+        family=family,
+        zero_empty_negative=family == sdxl.BASE,
+    )
+    parts["tokenizer"] = parts["tokenizer"] or tokenizer_2
+    return _finish(f"random:{family}", parts, device, dtype)
+
+
 def make_pipeline(bundle):
     from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
 
+    if bundle.family in sdxl.FAMILIES:
+        return _sdxl_pipeline(bundle)
     pipe = StableDiffusionImg2ImgPipeline(
         vae=bundle.vae,
         text_encoder=bundle.text_encoder,
@@ -86,6 +128,25 @@ def make_pipeline(bundle):
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _sdxl_pipeline(bundle):
+    from diffusers import DDIMScheduler, StableDiffusionXLImg2ImgPipeline
+
+    refiner = bundle.family == sdxl.REFINER
+    pipe = StableDiffusionXLImg2ImgPipeline(
+        vae=bundle.vae,
+        text_encoder=bundle.text_encoder,
+        text_encoder_2=bundle.text_encoder_2,
+        tokenizer=None if refiner else bundle.tokenizer,
+        tokenizer_2=bundle.tokenizer_2,
+        unet=bundle.unet,
+        scheduler=DDIMScheduler.from_config(bundle.scheduler_config),
+        requires_aesthetics_score=refiner,
+        force_zeros_for_empty_prompt=bundle.zero_empty_negative,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -129,9 +190,24 @@ def run(a: argparse.Namespace) -> int:
     previewer = Previewer(bundle)
     preview_times: list[float] = []
 
+    cuda = bundle.device.type == "cuda"
+    peaks: dict[str, float] = {}  # GiB, the largest of each side's runs (CUDA only)
+
     def sync():
-        if bundle.device.type == "cuda":
+        if cuda:
             torch.cuda.synchronize()
+
+    def measured(name: str, fn):
+        def timed() -> float:
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(bundle.device)
+            seconds = fn()
+            if cuda:
+                peak = torch.cuda.max_memory_allocated(bundle.device) / 2**30
+                peaks[name] = max(peaks.get(name, 0.0), peak)
+            return seconds
+
+        return timed
 
     def ours() -> float:
         denoiser = Denoiser(bundle)  # fresh: no cached prompt embeddings
@@ -166,6 +242,7 @@ def run(a: argparse.Namespace) -> int:
         sync()
         return time.perf_counter() - t0
 
+    ours, theirs = measured("ours", ours), measured("pipeline", theirs)
     ours(), theirs()  # warm-up: kernels, allocator, preview map
     preview_times.clear()
     t_ours, t_pipe = [], []
@@ -187,6 +264,11 @@ def run(a: argparse.Namespace) -> int:
         runs = " ".join(f"{t:.3f}" for t in times)
         print(f"{name} median {statistics.median(times):.3f} s  runs: {runs}")
     print(f"wall-time ratio ours/pipeline: {ratio:.3f}  (target <= 0.85)")
+    if peaks:
+        print(
+            f"peak GPU memory allocated: ours {peaks['ours']:.2f} GiB, "
+            f"pipeline {peaks['pipeline']:.2f} GiB"
+        )
     print(
         f"preview: {preview * 1e3:.2f} ms per step = {preview / step_time:.1%} of a step "
         f"(target <= 3%)"
