@@ -3,11 +3,13 @@
 Two on-disk forms are understood:
 
 - a **diffusers folder** in the SD layout: ``model_index.json``, ``unet/``, ``vae/``,
-  ``text_encoder/``, ``tokenizer/``, ``scheduler/``;
+  ``text_encoder/``, ``tokenizer/``, ``scheduler/`` (SDXL adds ``text_encoder_2/`` and
+  ``tokenizer_2/``; its refiner has only those two encoder parts: ``engine.sdxl``);
 - a **single file** (``.safetensors``, or ``.ckpt`` holding plain tensors) in the original
   CompVis/Stability key layout: UNet ``model.diffusion_model.*``, VAE ``first_stage_model.*``,
   text encoder ``cond_stage_model.transformer.*`` (OpenAI CLIP, SD 1.x) or
-  ``cond_stage_model.model.*`` (OpenCLIP, SD 2.x).
+  ``cond_stage_model.model.*`` (OpenCLIP, SD 2.x); SDXL's (SGM) files have the added
+  embedding ``model.diffusion_model.label_emb.*`` and ``conditioner.embedders.{0,1}.*``.
 
 A single file carries no configs. They come from, first match wins:
 
@@ -16,8 +18,8 @@ A single file carries no configs. They come from, first match wins:
 2. a sidecar folder ``<name>.config/`` next to ``<name>.safetensors``
    (``model_writer.save_single_file`` writes one, so a saved file reloads without arguments);
 3. the family recognised from the weights (``detect_family``), with the configs that ship in
-   ``engine/configs/<family>/``: ``sd15`` (SD 1.x), ``sd2`` (SD 2.x base: 512 px, epsilon) and
-   ``sd2-v`` (SD 2.x: 768 px, v-prediction).
+   ``engine/configs/<family>/``: ``sd15`` (SD 1.x), ``sd2`` (SD 2.x base: 512 px, epsilon),
+   ``sd2-v`` (SD 2.x: 768 px, v-prediction), ``sdxl`` and ``sdxl-refiner``.
 
 SD 2.x epsilon and v-prediction checkpoints have identical tensors, so the weights cannot tell
 them apart: a 2.x file is taken as ``sd2-v`` unless its file name contains "base" or the caller

@@ -319,6 +319,12 @@ def load_single_file(path: Path, checkpoint, config_dir: Path, prediction_type: 
         "text_encoder_2": _read_json(config_dir / "text_encoder_2" / "config.json"),
         "scheduler": _read_json(config_dir / "scheduler" / "scheduler_config.json"),
     }
+    # v-prediction SDXL files (e.g. NoobAI-XL V-Pred) carry marker tensors, as ComfyUI reads
+    # them: "v_pred", and "ztsnr" for a schedule rescaled to zero terminal SNR
+    if prediction_type is None and "v_pred" in checkpoint:
+        prediction_type = "v_prediction"
+    if "ztsnr" in checkpoint:
+        configs["scheduler"] = {**configs["scheduler"], "rescale_betas_zero_snr": True}
     two = any(k.startswith(SGM_CLIP_L) for k in checkpoint)
     big_prefix = SGM_BIGG if two else SGM_BIGG_REFINER
     if not any(k.startswith(big_prefix) for k in checkpoint):

@@ -203,6 +203,27 @@ def test_refiner_sdedit_matches_the_img2img_pipeline(saved):
     assert (other - out).abs().max() > 1e-3
 
 
+def test_v_prediction_markers_of_sgm_files_are_read(saved, tmp_path):
+    """SDXL v-prediction files mark themselves with "v_pred" (and "ztsnr" for a schedule
+    rescaled to zero terminal SNR), as ComfyUI reads them; an explicit choice still wins."""
+    from safetensors.torch import load_file
+
+    state = load_file(saved["base"]["file"])
+    state.update(v_pred=torch.tensor([]), ztsnr=torch.tensor([]))
+    path = tmp_path / "vpred.safetensors"
+    save_file(state, path)
+    bundle = load_model(path, device="cpu", config_dir=saved["base"]["folder"])
+    assert bundle.prediction_type == "v_prediction"
+    assert bundle.scheduler_config["rescale_betas_zero_snr"]
+    assert bundle.schedule.alpha(999) < 1e-6  # zero terminal SNR (diffusers keeps it finite)
+    plain = load_model(saved["base"]["file"], device="cpu", config_dir=saved["base"]["folder"])
+    assert plain.prediction_type == "epsilon" and plain.schedule.alpha(999) > 1e-3
+    eps = load_model(
+        path, device="cpu", config_dir=saved["base"]["folder"], prediction_type="epsilon"
+    )
+    assert eps.prediction_type == "epsilon"
+
+
 # ---- the shipped full-size configs ----------------------------------------------------------
 
 KNOWN_PARAMETERS = {  # parameter counts of the released models
