@@ -425,6 +425,7 @@ class Engine:
             few.kind,
             MappingProxyType(dict(few.defaults)),
             loras,
+            family=b.family_name,
         )
 
     def shutdown(self, timeout: float = 10.0) -> None:

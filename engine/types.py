@@ -134,6 +134,8 @@ class ModelInfo:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     # the LoRAs fused into the model, in load order: (name, weight) (engine.lora)
     loras: tuple[tuple[str, float], ...] = ()
+    # the model family in words, e.g. "Stable Diffusion XL base (1024 px, two text encoders)"
+    family: str = ""
 
 
 # ---- events (engine → receiver) ----------------------------------------------------------

@@ -175,6 +175,19 @@ def test_loading_says_which_family_it_loaded(saved, caplog):
     assert refiner.family_name == "Stable Diffusion XL refiner (1024 px, one text encoder)"
 
 
+def test_model_info_names_the_family(saved):
+    from engine import Engine, ModelLoaded
+
+    eng = Engine()
+    try:
+        loaded = eng.wait(eng.load_model(str(saved["base"]["folder"]), "cpu"), 60)
+        assert isinstance(loaded, ModelLoaded), loaded
+        assert eng.model_info.family == "Stable Diffusion XL base (1024 px, two text encoders)"
+        assert eng.model_info.native_size == 1024 // 16  # tiny-xl: 64 px
+    finally:
+        eng.shutdown()
+
+
 def test_refiner_sdedit_matches_the_img2img_pipeline(saved):
     """The refiner's layout end to end: one encoder, aesthetic scores 6 / 2.5 in the ids, an
     empty negative prompt encoded (not zeroed); the same components in diffusers' pipeline."""

@@ -239,3 +239,44 @@ def test_self_attention_is_injected_at_the_same_fractions_of_the_image():
     assert xl.wants("a", False, 64 * 64) and not xl.wants("a", False, 128 * 128)
     demo = AttentionControl(tokens, steps=10, latent_hw=(16, 16))  # the demo model: all
     assert demo.wants("a", False, 16 * 16)
+
+
+def test_a_batch_is_the_pictures_its_seeds_make_alone(xl, d):
+    common = dict(prompt=PROMPT, steps=3, width=64, height=64)
+    batch, _ = run(xl, d, EditRequest("generate", seed=5, options={"batch_size": 2}, **common))
+    second = batch.extras["batch"][0]["image"]
+    alone, _ = run(xl, d, EditRequest("generate", seed=6, **common))
+    assert np.abs(alone.image.astype(int) - second.astype(int)).max() <= 2
+    assert not np.array_equal(batch.image, second)
+
+
+def test_the_lcm_sampler_runs_on_sdxl(xl, d):
+    """Few-step SDXL models (LCM, Turbo, Lightning, Hyper) sample with the lcm sampler."""
+    req = EditRequest("generate", prompt=PROMPT, steps=2, guidance=1.0, options={"sampler": "lcm"})
+    res, steps = run(xl, d, req)
+    assert res.image.shape == (64, 64, 3) and len(steps) == 2
+
+
+def test_prompt_weights_act_on_both_encoders_states(xl, d):
+    """``(word:1.5)`` scales that token's concatenated hidden states 1.5 times as much as the
+    others (AUTOMATIC1111's emphasis, with its mean-restoring rescale over all of them); the
+    pooled vector is the plain prompt's."""
+    from engine.prompts import word_positions
+
+    plain = d.encode_text(PROMPT)
+    assert torch.equal(d.encode_text("a red house beside two (pine:1.0) trees"), plain)
+    text = "a red house beside two (pine:1.5) trees"
+    weighted = d.encode_text(text)
+    ratio = (weighted / plain)[0, :77]  # one factor per token, the same over features
+    (k,) = word_positions(xl.tokenizer, text, "pine")
+    torch.testing.assert_close(ratio[k] / ratio[0], torch.full_like(ratio[k], 1.5))
+    torch.testing.assert_close(ratio[k + 1] / ratio[0], torch.ones_like(ratio[k]))
+    dim = xl.text_encoder_2.config.projection_dim
+    torch.testing.assert_close(sdxl.unpack(weighted, dim)[1], sdxl.unpack(plain, dim)[1])
+
+
+def test_an_sdxl_inversion_saves_and_reloads(xl, d, inverted, tmp_path):
+    inverted.save(tmp_path / "inv.pt")
+    back = Inversion.load(tmp_path / "inv.pt")
+    assert all(torch.equal(a, b) for a, b in zip(back.null_embeddings, inverted.null_embeddings))
+    assert back.null_embeddings[0].shape == (1, 77 + sdxl.EXTRA_ROWS, 64)
