@@ -97,6 +97,13 @@ def add_common(p: argparse.ArgumentParser, method: str | None = None) -> None:
         metavar="KEY=VALUE",
         help="method-specific parameter, e.g. -O jump_length=5",
     )
+    p.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="FILE[:WEIGHT]",
+        help="a LoRA .safetensors fused into the model at WEIGHT (default 1); repeatable",
+    )
     p.add_argument("--output", "-o", help="output PNG (default: METHOD.png, e.g. sdedit.png)")
     if method is not None:
         add_options(p, method)
@@ -208,6 +215,15 @@ def _save_mask(mask: np.ndarray, path: Path) -> None:
 INPUT_KINDS = ("InputError", "FileError", "ModelLoadError", "UsageError")
 
 
+def lora_argument(text: str) -> tuple[str, float]:
+    """``FILE[:WEIGHT]`` → (file, weight); a colon not followed by a number is the path's."""
+    path, _, weight = text.rpartition(":")
+    try:
+        return (path, float(weight)) if path else (text, 1.0)
+    except ValueError:
+        return text, 1.0
+
+
 def run_method(method: str, a: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -227,6 +243,13 @@ def run_method(method: str, a: argparse.Namespace) -> int:
             return 2
         info = load.info
         print(f"model {info.name} on {info.device} ({info.dtype})", file=sys.stderr)
+        for item in a.lora:
+            path, weight = lora_argument(item)
+            done = engine.wait(engine.add_lora(path, weight))
+            if isinstance(done, Failed):
+                print(f"error: {_one_line(done.message)}", file=sys.stderr)
+                return 2
+            print(f"LoRA {done.info.loras[-1][0]} at {weight:g}", file=sys.stderr)
         bar = tqdm(total=None, desc=method, unit="step", file=sys.stderr)
 
         def on_event(ev):

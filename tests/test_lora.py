@@ -269,3 +269,22 @@ def test_engine_adds_and_removes_loras_between_jobs(engine, tiny, tmp_path):
     after = engine.run(req, timeout=120)
     assert np.array_equal(after.image, before.image)  # removal restored the model exactly
     assert "loras" not in after.parameters
+
+
+def test_cli_fuses_loras_and_writes_them_into_the_png(tiny, tmp_path, capsys, monkeypatch):
+    from engine import cli
+    from engine.metadata import lora_fields, read_png_parameters
+
+    path = write_diffusers(make_lora(tiny, seed=9), tmp_path / "ink.safetensors")
+    monkeypatch.chdir(tmp_path)
+    argv = ["generate", "--model", "builtin:tiny", "--device", "cpu", "--steps", "2", "-p", "a"]
+    code = cli.main([*argv, "--lora", f"{path}:0.7", "-o", "out.png"])
+    assert code == 0, capsys.readouterr().err
+    parsed = read_png_parameters(tmp_path / "out.png")
+    assert lora_fields(parsed) == [{"name": "ink", "weight": 0.7, "hash": lora_mod.lora_hash(path)}]
+    (tmp_path / "bad.safetensors").write_bytes(b"\0" * 40)
+    code = cli.main([*argv, "--lora", "bad.safetensors", "-o", "bad.png"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("error: bad.safetensors is not a readable")
+    assert cli.lora_argument("C:/loras/a.safetensors") == ("C:/loras/a.safetensors", 1.0)
+    assert cli.lora_argument("a.safetensors:-0.5") == ("a.safetensors", -0.5)
