@@ -22,13 +22,10 @@ size, crop (0, 0): the defaults of the paper's inference and of diffusers' pipel
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
 import torch
-
-log = logging.getLogger(__name__)
 
 BASE, REFINER = "sdxl", "sdxl-refiner"
 FAMILIES = (BASE, REFINER)
@@ -225,7 +222,13 @@ def load_folder(path: Path, index: dict[str, Any], prediction_type: str | None):
     """A diffusers SDXL folder: ``text_encoder_2/`` and ``tokenizer_2/``, plus
     ``text_encoder/`` and ``tokenizer/`` unless the index lists them as null (the refiner)."""
     from .errors import ModelLoadError
-    from .loaders import _build, _load_tokenizer, _read_folder_weights, _read_json
+    from .loaders import (
+        _build,
+        _check_unet_config,
+        _load_tokenizer,
+        _read_folder_weights,
+        _read_json,
+    )
 
     parts = ["unet", "vae", "text_encoder_2", "tokenizer_2", "scheduler"]
     single_encoder = not _has_part(index, "text_encoder")
@@ -245,6 +248,7 @@ def load_folder(path: Path, index: dict[str, Any], prediction_type: str | None):
     }
     if not single_encoder:
         configs["text_encoder"] = _read_json(path / "text_encoder" / "config.json")
+    _check_unet_config(configs["unet"], path)  # SDXL inpainting / instruct variants
     built = {}
     for kind in ("unet", "vae", "text_encoder", "text_encoder_2"):
         if kind in configs:
