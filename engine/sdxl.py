@@ -42,10 +42,6 @@ SGM_BIGG_REFINER = SGM_PREFIX + "0.model."  # refiner: OpenCLIP ViT-bigG is its 
 ADD_EMBED_KEY = "model.diffusion_model.label_emb.0.0.weight"  # in_features = ids + pooled
 
 
-def is_sdxl_unet(config: dict[str, Any]) -> bool:
-    return config.get("addition_embed_type") == "text_time"
-
-
 def time_id_count(unet_config: dict[str, Any], pooled_dim: int) -> int:
     """How many micro-conditioning numbers the UNet embeds: 6 (base: size, crop, target
     size) or 5 (refiner: size, crop, aesthetic score)."""
@@ -114,19 +110,18 @@ def unpack(emb: torch.Tensor, pooled_dim: int):
     return emb[:, :-EXTRA_ROWS], emb[:, -EXTRA_ROWS, :pooled_dim], emb[:, -1, 0].detach()
 
 
-def time_ids(batch_hw: tuple[int, int], aesthetic: torch.Tensor, refiner: bool) -> torch.Tensor:
-    """``add_time_ids`` per batch row for an image of ``batch_hw`` pixels (SDXL §2.2):
+def time_ids(size_hw: tuple[int, int], aesthetic: torch.Tensor, refiner: bool) -> torch.Tensor:
+    """``add_time_ids`` per batch row for an image of ``size_hw`` pixels (SDXL §2.2):
     original size = target size = the working size, crop (0, 0) — the defaults of the
     paper's inference and of diffusers' SDXL pipelines; the refiner's last number is the
     aesthetic score each embedding carries."""
-    h, w = batch_hw
-    n = aesthetic.shape[0]
-    if refiner:
-        head = torch.tensor([h, w, 0, 0], dtype=torch.float32).expand(n, 4)
-        return torch.cat([head.to(aesthetic.device), aesthetic.float()[:, None]], dim=1)
-    return torch.tensor([[h, w, 0, 0, h, w]], dtype=torch.float32, device=aesthetic.device).expand(
-        n, 6
-    )
+    h, w = size_hw
+    n, device = aesthetic.shape[0], aesthetic.device
+    if refiner:  # original size, crop, aesthetic score (the refiner's SGM conditioner)
+        head = torch.tensor([[h, w, 0, 0]], dtype=torch.float32, device=device).expand(n, 4)
+        return torch.cat([head, aesthetic.float()[:, None]], dim=1)
+    # original size, crop top-left, target size
+    return torch.tensor([[h, w, 0, 0, h, w]], dtype=torch.float32, device=device).expand(n, 6)
 
 
 # ---- builtin:tiny-xl ------------------------------------------------------------------------
