@@ -324,3 +324,16 @@ def test_other_families_get_one_sentence_naming_what_is_supported(tmp_path, key,
     assert family in text and "isn't supported" in text
     assert "SDXL (base and refiner)" in text and "Stable Diffusion 1.x and 2.x" in text
     assert text.count(". ") <= 1  # one sentence, then what is supported
+
+
+def test_an_sd3_folder_is_not_taken_for_sdxl(tmp_path):
+    """SD3's folders have a text_encoder_2 too, but a transformer instead of a UNet."""
+    index = {
+        "_class_name": "StableDiffusion3Pipeline",
+        "transformer": ["diffusers", "SD3Transformer2DModel"],
+        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+        "text_encoder_3": ["transformers", "T5EncoderModel"],
+    }
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelLoadError, match="transformer-based .*SDXL \\(base and refiner\\)"):
+        load_model(tmp_path, device="cpu")
