@@ -13,6 +13,7 @@ the loop with an x̂₀ preview after every step, decode.
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 
@@ -138,7 +139,9 @@ def _sdxl_pipeline(bundle):
 
     refiner = bundle.family == sdxl.REFINER
     pipe = StableDiffusionXLImg2ImgPipeline(
-        vae=bundle.vae,
+        # its own VAE: under fp16 the pipeline casts its VAE to fp32 and back on every call,
+        # which would leave ours (kept in fp32, engine.vae) in fp16 for our next run
+        vae=copy.deepcopy(bundle.vae),
         text_encoder=bundle.text_encoder,
         text_encoder_2=bundle.text_encoder_2,
         tokenizer=None if refiner else bundle.tokenizer,
