@@ -40,6 +40,7 @@ def default_settings() -> dict[str, Any]:
         **{k: spec.default for k, spec in COMMON.items()},
         "seed_locked": False,
         "batch_count": 1,
+        "batch_size": 1,
         "options": {},
     }
 

@@ -59,7 +59,15 @@ class RunningJob:
     box: tuple[int, int, int, int] | None = None
     interrupted: object = None  # the engine's decoded last x̂₀ of a cancelled job (a Step)
     batch: list = field(default_factory=list)  # requests still to run after this one
-    batch_size: int = 1  # pictures this Run makes
+    jobs: int = 1  # how many jobs this Run makes (the batch count)
+
+
+def batch_note(k: int, jobs: int, per_job: int) -> str:
+    """Where job ``k`` (1-based) of a Run of ``jobs`` stands: "picture 2 of 4", or with
+    several pictures per job "pictures 3–4 of 8"; nothing for a single picture."""
+    if per_job == 1:
+        return f"picture {k} of {jobs}" if jobs > 1 else ""
+    return f"pictures {(k - 1) * per_job + 1}–{k * per_job} of {jobs * per_job}"
 
 
 class JobController:
@@ -104,18 +112,20 @@ class JobController:
         count = int(doc.settings.get("batch_count", 1)) if seed_matters(request) else 1
         if stage not in (-1, len(METHODS[method].engine) - 1):
             count = 1  # a preparation stage (Make mask) makes one
+        size = int(request.options.get("batch_size", 1))  # pictures per job: seeds follow on
         batch = [
-            dataclasses.replace(request, seed=(request.seed + k) % SEED_RANGE) for k in range(count)
+            dataclasses.replace(request, seed=(request.seed + k * size) % SEED_RANGE)
+            for k in range(count)
         ]
         win.banner_host.hide()
         return self._submit(method, batch[0], batch[1:], count)
 
-    def _submit(self, method: str, request: EditRequest, rest: list, size: int) -> int:
-        """Run one request (of a batch of ``size``, with ``rest`` still to come)."""
+    def _submit(self, method: str, request: EditRequest, rest: list, jobs: int) -> int:
+        """Run one request of a Run's ``jobs`` (``rest`` still to come)."""
         win = self.win
         masked = request.method in MASKED and request.mask is not None
         job = RunningJob(method, request.method, mask=request.mask if masked else None)
-        job.request, job.batch, job.batch_size = request, rest, size
+        job.request, job.batch, job.jobs = request, rest, jobs
         if request.method == "repaint" and masked and request.options.get("only_masked"):
             pad = request.options.get(
                 "padding", ENGINE_METHODS["repaint"].options["padding"].default
@@ -134,7 +144,7 @@ class JobController:
         win.history_panel.select(None)
         win.history_panel.compare.setChecked(False)
         win.canvas.set_layer_visible("preview", True)
-        note = f"picture {size - len(rest)} of {size}" if size > 1 else ""
+        note = batch_note(jobs - len(rest), jobs, int(request.options.get("batch_size", 1)))
         text = f"{request.method}{' · ' + note if note else ''}: waiting…"
         win.prompt_panel.set_busy(True, text, self._phases(request), note)
         job.job_id = win.bridge.submit(request)
@@ -223,15 +233,17 @@ class JobController:
         parameters = {**(job.options if job else {}), **dict(ev.parameters)}
         parameters.update(self._resized(ev.image.shape[:2], job))
         entry = doc.add_result(ev.image, project.plain(parameters))
+        for more in ev.extras.get("batch", ()):  # the other pictures of the pass
+            doc.add_result(more["image"], project.plain({**parameters, "seed": more["seed"]}))
         win.history_panel.select(entry)
         if kind in ATTENTION:
             self._attention_result(ev)
         if job is not None and job.batch:  # the batch's next picture
-            self._submit(job.ui_method, job.batch[0], job.batch[1:], job.batch_size)
+            self._submit(job.ui_method, job.batch[0], job.batch[1:], job.jobs)
 
     def _resized(self, hw: tuple[int, int], job: RunningJob | None) -> dict:
         """How the result reached the canvas: made at the model's working size and resized
-        (said in its tooltip: "resized: upscaled from 128x128")."""
+        (said in its tooltip: "resized: upscaled from 128x128 to 512x512")."""
         info = self.win.bridge.model_info
         if info is None:
             return {}
@@ -242,7 +254,7 @@ class JobController:
         if (wh, ww) == tuple(hw):
             return {}
         way = "upscaled" if wh * ww < hw[0] * hw[1] else "downscaled"
-        return {"resized": f"{way} from {ww}x{wh}"}
+        return {"resized": f"{way} from {ww}x{wh} to {hw[1]}x{hw[0]}"}
 
     def _attention_result(self, ev) -> None:
         """Keep the word maps for the heat map; an empty mask layer takes the blend mask

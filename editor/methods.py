@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from engine import EditRequest
+from engine.methods import BATCH_SIZE as ENGINE_BATCH_SIZE
 from engine.methods import COMMON, OptionSpec, label_of
 from engine.methods import METHODS as ENGINE_METHODS
 from engine.prompts import parse_weights, plain_text
@@ -206,6 +207,24 @@ def seed_matters(request: EditRequest) -> bool:
     return spec.stochastic and "seed" in spec.common
 
 
+# how many pictures one pass of the model makes (the methods that declare batch_size)
+BATCH_SIZE = Param(
+    "batch_size",
+    "Batch size",
+    ENGINE_BATCH_SIZE.default,
+    ENGINE_BATCH_SIZE.help,
+    ENGINE_BATCH_SIZE.lo,
+    ENGINE_BATCH_SIZE.hi,
+    kind=int,
+    option=False,
+)
+
+
+def batch_size_offered(method: str) -> bool:
+    """Whether the panel method's Run stage makes several pictures in one pass."""
+    return "batch_size" in ENGINE_METHODS[METHODS[method].engine[-1]].options
+
+
 # how many pictures one Run makes (seed, seed + 1, …), one job after the other
 BATCH_COUNT = Param(
     "batch_count",
@@ -240,6 +259,8 @@ def build_request(
     declared = ENGINE_METHODS[engine_method].options
     params = [p for p in m.params if offered(p, parts)]
     opts = {p.key: value(doc, method, p) for p in params if p.option and p.key in declared}
+    if "batch_size" in declared:
+        opts["batch_size"] = int(s.get("batch_size", 1))
     has_mask = bool(doc.mask.any())
     has_strokes = bool(doc.strokes[..., 3].any())
     common = {
@@ -469,8 +490,8 @@ def check_setting(key: str, v: Any) -> Any:
         if not isinstance(v, bool):
             raise SettingsError(f"Seed lock is {v!r}; it must be true or false.")
         return v
-    if key == "batch_count":
-        return _check_param(BATCH_COUNT, v, "")
+    if key in ("batch_count", "batch_size"):
+        return _check_param(BATCH_COUNT if key == "batch_count" else BATCH_SIZE, v, "")
     if key == "options":
         return _check_options(v)
     raise SettingsError(f"{key!r} is not a setting.")

@@ -3,11 +3,10 @@ alone; from the CLI, a file per picture with its own seed in the metadata."""
 
 import numpy as np
 from PIL import Image
+from test_cli import cli_here
 
 from engine.metadata import read_png_parameters
 from engine.types import EditRequest, Finished
-
-from test_cli import cli_here
 
 
 def run(engine, **kw) -> Finished:

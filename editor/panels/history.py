@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QIcon, QImage, QPixmap
 from PySide6.QtWidgets import (
     QHBoxLayout,
+    QLabel,
     QListView,
     QListWidget,
     QListWidgetItem,
@@ -24,6 +27,24 @@ def icon_for(entry: HistoryEntry) -> QIcon:
     h, w = small.shape[:2]
     img = QImage(small.data, w, h, small.strides[0], QImage.Format.Format_RGB888).copy()
     return QIcon(QPixmap.fromImage(img))
+
+
+RESIZE_TIP = (
+    "The model made this result at its working size and it was resized to the canvas "
+    "(Lanczos). Upscaled results are softer: File › New at the model's native size gives "
+    "the sharpest ones."
+)
+
+
+def resize_note(entry: HistoryEntry | None) -> str:
+    """ "Made at 128×128, upscaled ×4.0 to 512×512" for a resized result (its "resized"
+    parameter: "upscaled from 128x128 to 512x512"); "" otherwise."""
+    resized = entry.parameters.get("resized", "") if entry is not None else ""
+    m = re.fullmatch(r"(\w+) from (\d+)x(\d+) to (\d+)x(\d+)", str(resized))
+    if m is None:
+        return ""
+    way, (ww, wh, w, h) = m[1], (int(v) for v in m.groups()[1:])
+    return f"Made at {ww}×{wh}, {way} ×{max(w / ww, ww / w):.1f} to {w}×{h}"
 
 
 class HistoryPanel(QWidget):
@@ -65,6 +86,10 @@ class HistoryPanel(QWidget):
         )
         for b in (self.apply, self.compare, self.discard, self.rerun):
             row.addWidget(b)
+        # how the selected result reached the canvas: the resize step made visible
+        self.size_info = QLabel()
+        self.size_info.setObjectName("result_size")
+        row.addWidget(self.size_info)
         row.addStretch(1)
         lay.addLayout(row)
         self.list.currentItemChanged.connect(lambda *_: self._on_select())
@@ -109,6 +134,8 @@ class HistoryPanel(QWidget):
         entry = self.current()
         for b in (self.apply, self.compare, self.discard, self.rerun):
             b.setEnabled(entry is not None)
+        self.size_info.setText(resize_note(entry))
+        self.size_info.setToolTip(RESIZE_TIP if self.size_info.text() else "")
         self.selected.emit(entry)
 
     def _emit(self, signal) -> None:

@@ -26,9 +26,11 @@ from PySide6.QtWidgets import (
 from ..document import Document
 from ..methods import (
     BATCH_COUNT,
+    BATCH_SIZE,
     METHODS,
     NeedsInput,
     Param,
+    batch_size_offered,
     changed_words,
     generation_of,
     offered,
@@ -135,6 +137,14 @@ class PromptPanel(QWidget):
         batch_label.setToolTip(BATCH_COUNT.tooltip)
         batch_row.addWidget(batch_label)
         batch_row.addWidget(self.batch, 1)
+        self.batch_size = QSpinBox()
+        self.batch_size.setObjectName("batch_size")
+        self.batch_size.setRange(int(BATCH_SIZE.lo), int(BATCH_SIZE.hi))
+        self.batch_size.setToolTip(BATCH_SIZE.tooltip)
+        self.batch_size_label = QLabel(BATCH_SIZE.label)
+        self.batch_size_label.setToolTip(BATCH_SIZE.tooltip)
+        batch_row.addWidget(self.batch_size_label)
+        batch_row.addWidget(self.batch_size, 1)
         seed_rows.addLayout(batch_row)
         lay.addWidget(self.seed_host)
         buttons = QHBoxLayout()
@@ -167,6 +177,7 @@ class PromptPanel(QWidget):
         self.seed.valueChanged.connect(lambda v: self._save(seed=int(v)))
         self.seed_lock.toggled.connect(lambda v: self._save(seed_locked=bool(v)))
         self.batch.valueChanged.connect(lambda v: self._save(batch_count=int(v)))
+        self.batch_size.valueChanged.connect(lambda v: self._save(batch_size=int(v)))
         self.dice.clicked.connect(lambda: self.seed.setValue(random_seed()))
         self.run.clicked.connect(lambda: self.run_requested.emit(self.current_method(), -1))
         self.prep.clicked.connect(lambda: self.run_requested.emit(self.current_method(), 0))
@@ -220,6 +231,7 @@ class PromptPanel(QWidget):
         self.seed.setValue(int(s["seed"]))
         self.seed_lock.setChecked(bool(s["seed_locked"]))
         self.batch.setValue(int(s.get("batch_count", 1)))
+        self.batch_size.setValue(int(s.get("batch_size", 1)))
         idx = self.method.findData(s["method"])
         self.method.setCurrentIndex(max(0, idx))
         self._loading = False
@@ -259,6 +271,11 @@ class PromptPanel(QWidget):
         if m.from_image:
             self._source_label = QLabel()
             self._source_label.setObjectName("source_info")
+            # a long source prompt wraps instead of widening the dock past the window
+            self._source_label.setWordWrap(True)
+            self._source_label.setSizePolicy(
+                QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred
+            )
             self.form.addRow(QLabel("Source"), self._source_label)
         for p in m.params:
             if not offered(p, self.model_parts):
@@ -273,6 +290,8 @@ class PromptPanel(QWidget):
         self.prep.setText(m.prep_label or "")
         self.method.setToolTip(m.tooltip)
         self.seed_host.setVisible(m.seeded)
+        for w in (self.batch_size, self.batch_size_label):
+            w.setVisible(batch_size_offered(key))
         tip = SEED_TIP + (f"\n{m.seed_tip}" if m.seed_tip else "")
         self.seed.setToolTip(tip)
         self.seed_label.setToolTip(tip)

@@ -133,8 +133,40 @@ def test_batch_of_four_gives_four_results_with_consecutive_seeds(window, qtbot):
     assert titles == [f"generate · seed {s}" for s in seeds]
     # made at the model's working size and upscaled to the canvas: each result says so
     h, w = imageops.working_size(160, 200, win.bridge.model_info.native_size, 8)
-    assert all(e.parameters["resized"] == f"upscaled from {w}x{h}" for e in win.doc.history)
-    assert f"resized: upscaled from {w}x{h}" in win.history_panel.list.item(0).toolTip()
+    resized = f"upscaled from {w}x{h} to 200x160"
+    assert all(e.parameters["resized"] == resized for e in win.doc.history)
+    assert f"resized: {resized}" in win.history_panel.list.item(0).toolTip()
+    # the resize step is shown beside the result's buttons
+    win.history_panel.list.setCurrentRow(0)
+    scale = 200 / w
+    assert (
+        win.history_panel.size_info.text() == f"Made at {w}×{h}, upscaled ×{scale:.1f} to 200×160"
+    )
+
+
+def test_batch_size_makes_several_pictures_per_model_pass(window, qtbot):
+    win = window
+    sent = sent_requests(win)
+    p = win.prompt_panel
+    choose(win, "repaint", qtbot)
+    assert not p.batch_size.isVisible()  # RePaint makes one picture per pass
+    choose(win, "generate", qtbot)
+    assert p.batch_size.isVisible()
+    win.doc.update_settings(steps=2)
+    set_prompt(win, qtbot, "a house")
+    type_into(qtbot, p.batch, "2")
+    type_into(qtbot, p.batch_size, "2")
+    assert win.doc.settings["batch_size"] == 2
+    before, jobs = len(win.doc.history), len(sent)
+    qtbot.mouseClick(p.run, LEFT)
+    done = lambda: len(win.doc.history) == before + 4 and not win.bridge.busy  # noqa: E731
+    qtbot.waitUntil(done, timeout=120_000)
+    seed = win.doc.settings["seed"]
+    assert [r.seed for r in sent[jobs:]] == [seed, seed + 2]  # two passes of two pictures
+    assert all(r.options["batch_size"] == 2 for r in sent[jobs:])
+    made = win.doc.history[before:]
+    assert [e.parameters["seed"] for e in made] == [seed + k for k in range(4)]
+    assert len({e.image.tobytes() for e in made}) == 4
 
 
 # ---- 3. sampler -------------------------------------------------------------------------------
