@@ -4,7 +4,9 @@ Opens the main window on a demo-world render (upscaled to 512 px), paints colour
 and masks with real mouse events, and grabs the window (``QScreen.grabWindow`` on a real
 screen, ``QWidget.grab`` under ``QT_QPA_PLATFORM=offscreen``):
 
+- ``new-document.png``: File › New with a size typed in, its note on the working size;
 - ``generate-batch.png``: a new canvas at the model's native size, a batch of four;
+- ``edit-prompt.png``: a generated picture re-run with one word of its prompt changed;
 - ``sdedit-live-preview.png``: mid-SDEdit, with that step's x̂₀ on the canvas;
 - ``interrupted.png``: SDEdit cancelled part-way, its last prediction kept as a result;
 - ``inpaint-only-masked.png``: a small area inpainted on a crop (Only masked);
@@ -93,16 +95,29 @@ class Shooter:
             self.app.processEvents()
             time.sleep(0.01)
 
-    def grab(self, name: str) -> Path:
+    def grab(self, name: str, dialog=None) -> Path:
+        """The window into ``OUT/name``; a ``dialog`` open over it is drawn where it
+        stands (a dialog is a window of its own, which a grab of the main one leaves out)."""
+        from PySide6.QtGui import QPainter
+
         self.settle(0.2)
         w = self.win
-        pix = w.screen().grabWindow(w.winId())
-        if pix.isNull() or pix.width() < 10:  # no real screen: render the widget instead
-            pix = w.grab()
+        pix = self._grab_window(w)
+        if dialog is not None:
+            painter = QPainter(pix)
+            painter.drawPixmap(w.mapFromGlobal(dialog.pos()), self._grab_window(dialog))
+            painter.end()
         path = self.out / name
         pix.save(str(path), "PNG")
         print(f"{path}: {pix.width()}x{pix.height()}, {path.stat().st_size // 1024} KB")
         return path
+
+    @staticmethod
+    def _grab_window(widget):
+        pix = widget.screen().grabWindow(widget.winId())
+        if pix.isNull() or pix.width() < 10:  # no real screen: render the widget instead
+            pix = widget.grab()
+        return pix
 
     def set_options(self, method: str, **values) -> None:
         """Set fields of ``method``'s form in the document (as its widgets would)."""
@@ -179,6 +194,13 @@ class Shooter:
 
     # ---- the flows of the README's guide -----------------------------------------------------
 
+    def native_canvas(self) -> None:
+        """File › New at the model's native size (this script's documents are not kept:
+        no "discard changes?" question)."""
+        native = self.win.bridge.model_info.native_size
+        self.win.doc.mark_saved()
+        self.win.new_document(native, native)
+
     def start_over(self, image=None) -> None:
         """A fresh document (no results, no mask), the photo unless ``image`` is given."""
         doc = self.win.doc
@@ -192,8 +214,7 @@ class Shooter:
     def generate_batch(self) -> None:
         """File › New at the model's native size, then a batch of 4 (seeds 11-14)."""
         w, doc = self.win, self.win.doc
-        native = w.bridge.model_info.native_size
-        w.new_document(native, native)
+        self.native_canvas()
         combo = w.prompt_panel.method
         combo.setCurrentIndex(combo.findData("generate"))
         doc.update_settings(prompt=PROMPT, negative_prompt="blurry", steps=self.steps)
@@ -204,6 +225,37 @@ class Shooter:
         w.history_panel.select(doc.history[1])
         self.grab("generate-batch.png")
         doc.update_settings(batch_count=1)
+
+    def new_document(self) -> None:
+        """File › New with a size typed in: the note says what the model will work at."""
+        dialog = self.win.new_dialog()
+        dialog.width_box.setValue(768)
+        dialog.height_box.setValue(512)
+        host = self.win.geometry()
+        dialog.move(host.center() - dialog.rect().center())
+        self.settle()
+        self.grab("new-document.png", dialog)
+        dialog.reject()
+
+    def edit_prompt(self) -> None:
+        """Edit prompt: a generated picture applied, then its prompt's "red" changed to
+        "blue" and Run: the same picture with the word changed, the blend mask shown."""
+        w, doc = self.win, self.win.doc
+        self.native_canvas()
+        doc.update_settings(method="generate", prompt=PROMPT, negative_prompt="", steps=self.steps)
+        doc.update_settings(seed=5, seed_locked=True)
+        w.prompt_panel.load_settings()
+        w.run_method("generate")
+        self.wait(lambda: len(doc.history) == 1 and not w.bridge.busy, 900)
+        w.apply_result(doc.history[0])
+        self.settle()  # the image's parameters are read once Apply has finished
+        doc.update_settings(method="edit_generated", prompt=PROMPT.replace("red", "blue"))
+        w.prompt_panel.load_settings()
+        if w.run_method("edit_generated") is None:
+            raise RuntimeError(f"Edit prompt did not start: {w.banner.text()}")
+        self.wait(lambda: len(doc.history) == 2 and not w.bridge.busy, 900)
+        w.history_panel.select(doc.history[-1])
+        self.grab("edit-prompt.png")
 
     def inpaint_only_masked(self) -> None:
         """Inpaint a small area of the 512 px photo with Only masked (a crop at full working
@@ -270,8 +322,7 @@ class Shooter:
         w, doc = self.win, self.win.doc
         if "classifier" not in w.bridge.model_info.parts:
             return  # a model without a classifier does not offer it
-        native = w.bridge.model_info.native_size
-        w.new_document(native, native)
+        self.native_canvas()
         doc.update_settings(method="generate", prompt="", negative_prompt="", steps=self.steps)
         doc.update_settings(seed=21, seed_locked=True, batch_count=4)
         self.set_options("generate", classifier_targets="night, snow ground", classifier_scale=4.0)
@@ -301,7 +352,9 @@ def main(argv=None) -> int:
     args.outdir.mkdir(parents=True, exist_ok=True)
     s = Shooter(app, args.outdir, args.model or _default_model())
     try:
+        s.new_document()
         s.generate_batch()
+        s.edit_prompt()
         s.start_over()
         s.sdedit_live()
         s.interrupted()

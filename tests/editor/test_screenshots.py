@@ -41,9 +41,14 @@ def test_the_guides_flows_are_shot_too(qtbot, engine, data_dir, tmp_path):
     s = Shooter(QApplication.instance(), tmp_path, "builtin:tiny", engine=engine)
     s.steps = 4
     try:
+        s.new_document()
+        assert s.win.doc.size != (512, 768)  # the dialog was cancelled
         s.generate_batch()
         seeds = [e.parameters["seed"] for e in s.win.doc.history]
         assert seeds == [11, 12, 13, 14]
+        s.edit_prompt()
+        edit = s.win.doc.history[-1].parameters
+        assert edit["method"] == "edit_generated" and edit["source_prompt"] != edit["prompt"]
         s.interrupted()
         assert s.win.doc.history[-1].parameters["interrupted"].startswith("step ")
         s.inpaint_only_masked()
@@ -54,6 +59,7 @@ def test_the_guides_flows_are_shot_too(qtbot, engine, data_dir, tmp_path):
     finally:
         s.close()
     assert not (tmp_path / "classifier-guidance.png").exists()
-    names = ("generate-batch.png", "interrupted.png", "inpaint-only-masked.png")
+    names = ("new-document.png", "generate-batch.png", "edit-prompt.png", "interrupted.png")
+    names += ("inpaint-only-masked.png",)
     for name in (*names, "invert-reedit.png"):
         assert_window_shot(tmp_path / name)
