@@ -45,6 +45,12 @@ def add_parser(sub) -> None:
         help="instead: a Prompt-to-Prompt re-edit vs a plain one (time ratio, peak memory)",
     )
     p.add_argument("--size", type=int, default=None, help="--p2p: image side (default native)")
+    p.add_argument(
+        "--memory",
+        action="store_true",
+        help="instead: peak memory of a generate and of a null-text inversion at the native "
+        "size (CUDA: the allocator's peak per job)",
+    )
 
 
 def _pick_model(spec):
@@ -162,19 +168,17 @@ def run(a: argparse.Namespace) -> int:
         from .bench_attention import run as run_attention
 
         return run_attention(a)
+    if a.memory:
+        return run_memory(a)
 
     from .algorithms.common import drive
     from .denoiser import Denoiser
     from .jobs import JOB_RUNNERS, JobContext
-    from .models import load_model
     from .preview import Previewer
     from .types import EditRequest
 
     spec = _pick_model(a.model)
-    if spec.startswith("random:"):
-        bundle = random_model(spec.removeprefix("random:"), a.device, a.dtype)
-    else:
-        bundle = load_model(spec, a.device, a.dtype)
+    bundle = _load(spec, a.device, a.dtype)
     size = bundle.native_size  # ours would resize any other size to this; keep it equal
     rng = np.random.default_rng(a.seed)
     coarse = rng.integers(0, 255, (4, 4, 3), dtype=np.uint8)
@@ -276,4 +280,54 @@ def run(a: argparse.Namespace) -> int:
         f"preview: {preview * 1e3:.2f} ms per step = {preview / step_time:.1%} of a step "
         f"(target <= 3%)"
     )
+    return 0
+
+
+def _load(spec: str, device, dtype):
+    from .models import load_model
+
+    if spec.startswith("random:"):
+        return random_model(spec.removeprefix("random:"), device, dtype)
+    return load_model(spec, device, dtype)
+
+
+def run_memory(a: argparse.Namespace) -> int:
+    """Peak memory of the two heaviest jobs at the model's native size: a text-to-image
+    generate and a null-text inversion (its backward passes through the UNet). On CUDA the
+    allocator's peak per job; on a CPU only the process's peak resident size so far, which
+    never goes down (so the second figure includes the first)."""
+    import resource
+
+    from .algorithms.common import drive
+    from .denoiser import Denoiser
+    from .jobs import JOB_RUNNERS, JobContext
+    from .types import EditRequest
+
+    spec = _pick_model(a.model)
+    bundle = _load(spec, a.device, a.dtype)
+    size = bundle.native_size
+    cuda = bundle.device.type == "cuda"
+    image = np.random.default_rng(a.seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    prompt = "a red house beside two pine trees under a sunset sky"
+    jobs = {
+        "generate": EditRequest("generate", prompt=prompt, steps=a.steps, seed=a.seed),
+        "null-text inversion": EditRequest(
+            "invert", prompt=prompt, image=image, steps=a.steps, guidance=a.guidance
+        ),
+    }
+    print(f"model {spec} on {bundle.device} ({bundle.dtype}), {size}x{size}, {a.steps} steps")
+    if cuda:
+        print(f"weights: {torch.cuda.memory_allocated(bundle.device) / 2**30:.2f} GiB")
+    for name, req in jobs.items():
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(bundle.device)
+        t0 = time.perf_counter()
+        drive(JOB_RUNNERS[req.method](JobContext(bundle, Denoiser(bundle)), req))
+        seconds = time.perf_counter() - t0
+        if cuda:
+            peak = f"{torch.cuda.max_memory_allocated(bundle.device) / 2**30:.2f} GiB (CUDA peak)"
+        else:
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+            peak = f"{rss:.2f} GiB (process peak RSS so far)"
+        print(f"{name}: {seconds:.1f} s, peak memory {peak}")
     return 0

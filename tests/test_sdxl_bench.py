@@ -50,3 +50,11 @@ def test_random_sdxl_path_builds_and_runs(capsys, monkeypatch, tmp_path, family)
     out = _bench(capsys, "--model", f"random:{family}")
     assert f"model random:{family} on cpu" in out
     assert _figures(out).keys() == {"ours", "pipeline"}
+
+
+def test_memory_mode_reports_a_generate_and_a_null_text_inversion(capsys):
+    out = _bench(capsys, "--memory", "--model", "builtin:tiny-xl")
+    assert "64x64, 4 steps" in out
+    for job in ("generate", "null-text inversion"):
+        m = re.search(rf"^{job}: [0-9.]+ s, peak memory ([0-9.]+) GiB", out, re.M)
+        assert m and float(m[1]) > 0, out
