@@ -69,7 +69,8 @@ def add_common(p: argparse.ArgumentParser, method: str | None = None) -> None:
     p.add_argument(
         "--model",
         default=None,
-        help="builtin:demo (default), builtin:tiny, a diffusers folder or a .safetensors file",
+        help="builtin:demo (default), builtin:tiny, builtin:tiny-xl, a diffusers folder or a "
+        ".safetensors file (SD 1.x, 2.x, SDXL)",
     )
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     p.add_argument("--dtype", default=None, help="fp16, fp32 or bf16 (default: per device)")
