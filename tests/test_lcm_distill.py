@@ -3,6 +3,7 @@ of a distilled demo UNet as a model folder that loads as a few-step model."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from engine.algorithms.lcm import guidance_embedding
@@ -107,3 +108,36 @@ def test_export_writes_a_folder_that_loads_as_an_lcm(tmp_path):
     # fp16 on disk: the projection survives to half precision
     w = bundle.unet.time_embedding.cond_proj.weight
     assert torch.allclose(w, student.time_embedding.cond_proj.weight.half().float())
+
+
+class FakeProbe:
+    """Attributes and features read straight off the 'images' (N x 14 float arrays)."""
+
+    def predict(self, x):
+        return np.asarray(x)[:, :13].round().astype(int)
+
+    def features(self, x):
+        return np.asarray(x, dtype=np.float64)
+
+
+def test_comparison_against_the_teacher_reports_ratios_with_intervals():
+    from engine.training.distill_eval import compare
+
+    rng = np.random.default_rng(0)
+    n = 120
+    attrs = rng.integers(0, 3, (n, 13))
+    real_a = np.hstack([attrs, rng.normal(size=(n, 1))]).astype(float)
+    real_b = np.hstack([rng.integers(0, 3, (n, 13)), rng.normal(size=(n, 1))]).astype(float)
+    teacher = real_a.copy()
+    student = real_a.copy()
+    wrong = rng.random((n, 13)) < 0.2  # the student misses a fifth of the attributes
+    student[:, :13] = np.where(wrong, (attrs + 1) % 3, attrs)
+    student[:, 13] += 1.0  # and its free feature is off by one standard deviation
+    r = compare(FakeProbe(), teacher, student, real_a, attrs, real_b)
+    assert r["accuracy_teacher"] == 1.0
+    assert abs(r["accuracy_ratio"] - (1 - wrong.mean())) < 1e-9
+    lo, hi = r["accuracy_ratio_ci95"]
+    assert lo < r["accuracy_ratio"] < hi and hi - lo < 0.1
+    # the teacher's images are the real scenes A: its Fréchet ratio is exactly 1
+    assert abs(r["frechet_ratio_teacher"] - 1.0) < 1e-9
+    assert r["frechet_ratio"] > 1.0
