@@ -244,6 +244,7 @@ class Engine:
         self._cv = threading.Condition()
         self._ids = itertools.count(1)
         self._cancelled: set[int] = set()
+        self._discarded: set[int] = set()  # cancelled jobs whose last x̂₀ nobody will keep
         self._decode_next = False  # a full VAE decode of the next x̂₀ was asked for
         self._running: int | None = None
         self._final: OrderedDict[int, Event] = OrderedDict()
@@ -319,8 +320,10 @@ class Engine:
                 self._emit(Cancelled(j))
         return self._enqueue(request)
 
-    def cancel(self, job_id: int | None = None) -> None:
-        """Cancel a queued or running job (the running one if ``job_id`` is None)."""
+    def cancel(self, job_id: int | None = None, keep_interrupted: bool = True) -> None:
+        """Cancel a queued or running job (the running one if ``job_id`` is None).
+        ``keep_interrupted=False`` skips decoding its last x̂₀ for an "interrupted" result
+        (a superseded live update: nobody keeps it, and the decode would delay the next)."""
         with self._cv:
             job_id = self._running if job_id is None else job_id
             if job_id is None:
@@ -330,6 +333,8 @@ class Engine:
                 self._queue.remove(item)
             if not queued and job_id == self._running:
                 self._cancelled.add(job_id)
+                if not keep_interrupted:
+                    self._discarded.add(job_id)
         if queued:
             self._emit(Cancelled(job_id))
 
@@ -504,6 +509,7 @@ class Engine:
                 with self._cv:
                     self._running = None
                     self._cancelled.discard(job_id)
+                    self._discarded.discard(job_id)
 
     def _execute(self, job_id: int, request) -> None:
         try:
@@ -577,7 +583,7 @@ class Engine:
         try:
             result: JobResult = drive(runner(ctx, req), on_progress, check_cancel)
         except _JobCancelled:
-            if last and METHODS[req.method].inversion != "makes":
+            if last and METHODS[req.method].inversion != "makes" and job_id not in self._discarded:
                 self._emit_interrupted(job_id, last[0])
             raise
         params = {**req.parameters(), **result.parameters, "model": self.bundle.name}

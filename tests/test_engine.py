@@ -95,6 +95,24 @@ def test_cancel_stops_within_one_step(engine):
     assert isinstance(engine.run(EditRequest("generate", steps=2), timeout=60), Finished)
 
 
+def test_a_cancel_that_keeps_nothing_sends_no_interrupted_image(engine):
+    rec = Recorder()
+
+    def discard_on_first_step(ev):
+        rec(ev)
+        if isinstance(ev, Step) and ev.i == 1:
+            engine.cancel(ev.job_id, keep_interrupted=False)
+
+    engine.add_listener(discard_on_first_step)
+    try:
+        job = engine.submit(EditRequest("generate", prompt="x", steps=50))
+        final = engine.wait(job, 60)
+    finally:
+        engine.remove_listener(discard_on_first_step)
+    assert isinstance(final, Cancelled)
+    assert [e.i for e in rec.of(job) if isinstance(e, Step)] == [1]  # no "interrupted" step
+
+
 def test_supersede_drops_queued_jobs_and_cancel_removes_a_queued_one(engine):
     gate, running = threading.Event(), threading.Event()
     rec = Recorder()
