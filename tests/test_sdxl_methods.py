@@ -229,16 +229,19 @@ def test_edit_generated_with_its_own_prompt_gives_it_back(xl, d):
     assert not np.array_equal(other.image, plain.image)
 
 
-def test_self_attention_is_injected_at_the_same_fractions_of_the_image():
-    """SD 1.x at 512² (64² latents): maps of 32² and coarser, as before; SDXL at 1024²
-    (128² latents): 64² and 32², its two attention levels; finer maps never."""
+def test_which_maps_the_controller_writes_out():
+    """Self-attention is injected at maps of at most 32² positions on any model (SD 1.x at
+    512²: 32² and 16²; SDXL at 1024²: its 32² level; 64² would take gigabytes); cross-
+    attention is recorded down to half the latent side (SDXL's 64² level), and is always
+    controlled while τ_c lasts."""
     tokens = align_tokens([1, 2], [1, 2], 75)
     sd = AttentionControl(tokens, steps=10, latent_hw=(64, 64))
-    xl = AttentionControl(tokens, steps=10, latent_hw=(128, 128))
+    xl = AttentionControl(tokens, steps=10, latent_hw=(128, 128), cross_until=0.0)
     assert sd.wants("a", False, 32 * 32) and not sd.wants("a", False, 64 * 64)
-    assert xl.wants("a", False, 64 * 64) and not xl.wants("a", False, 128 * 128)
-    demo = AttentionControl(tokens, steps=10, latent_hw=(16, 16))  # the demo model: all
-    assert demo.wants("a", False, 16 * 16)
+    assert xl.wants("a", False, 32 * 32) and not xl.wants("a", False, 64 * 64)
+    assert xl.wants("a", True, 64 * 64) and not xl.wants("a", True, 128 * 128)
+    assert not AttentionControl(tokens, steps=10, cross_until=0.0).wants("a", True, 64 * 64)
+    assert xl.wants("a", True, 128 * 128) is False and sd.wants("a", True, 128 * 128)
 
 
 def test_a_batch_is_the_pictures_its_seeds_make_alone(xl, d):

@@ -9,14 +9,16 @@ step. While they run, the target branch's attention is taken from the source bra
   have different token counts, each new token takes the mean of the old word's tokens);
   words added by a refinement keep their own maps; re-weighted tokens are scaled (eq. 5);
 - self-attention, for the first τ_s of the steps, at maps of ≤ 32×32 positions (the
-  authors' null-text editing code injects these; finer maps carry texture, not layout), or
-  of at most half the latent side where that is more (``max_queries``: SDXL at 1024² has
-  attention only at 64² and 32², the same fractions of the image as SD 1.x's 32² and 16²
-  at 512², so both levels are injected there; at 512² and on the demo model nothing changes,
-  and at SD 1.x working sizes of other aspect ratios a half-side map just over 32×32
-  positions is now injected too);
+  authors' null-text editing code injects these; finer maps carry texture, not layout).
+  On SDXL at 1024² that is its inner level (32², ten transformer layers per block in the
+  base), not its 64² level: SD 1.x's 32² is the same fraction of its image, but written-out
+  self-attention at 64² would take gigabytes per layer (4096² probabilities per head and
+  row), more than a consumer GPU holds beside SDXL;
 - local blend (§3.2 "Local editing"; the authors' code): the cross-attention maps of the
-  changed words in both prompts, summed over layers and steps at a low resolution (here
+  changed words in both prompts (recorded at maps of ≤ 32×32 positions, or down to half
+  the latent side where that is more: SDXL's 64² level at 1024², the same fraction of the
+  image as SD 1.x's 32²; cross-attention maps are small), summed over layers and steps at
+  a low resolution (here
   relative to the prompt's mean map, see ``_relative``), max-pooled, normalised,
   thresholded and joined; outside that mask the target branch
   follows the source latents: x_tgt ← x_src + m ⊙ (x_tgt − x_src).
@@ -43,7 +45,8 @@ from ..schedule import prev_timesteps
 from .common import Algorithm, Progress, randn
 
 # self-attention is injected, and cross-attention recorded for local blend and heat maps, at
-# maps up to this many positions (or more on large latents: AttentionControl.max_queries)
+# maps up to this many positions (cross-attention also finer on large latents:
+# AttentionControl.record_max_queries)
 SELF_MAX_QUERIES = 32 * 32
 
 
@@ -151,22 +154,22 @@ class AttentionControl:
         return self.step < self.self_until * self.steps
 
     @property
-    def max_queries(self) -> int:
-        """The finest maps that are injected (self-attention) and recorded (cross-attention):
-        32×32 positions, or half the latent side where that is more (module docstring)."""
+    def record_max_queries(self) -> int:
+        """The finest cross-attention maps recorded for local blend and heat maps: 32×32
+        positions, or half the latent side where that is more (module docstring)."""
         h, w = self.latent_hw
         return max(SELF_MAX_QUERIES, (h // 2) * (w // 2))
 
     def wants(self, name: str, cross: bool, queries: int) -> bool:
         if cross:
-            return self._cross_now() or queries <= self.max_queries
-        return self._self_now() and queries <= self.max_queries
+            return self._cross_now() or queries <= self.record_max_queries
+        return self._self_now() and queries <= SELF_MAX_QUERIES
 
     def __call__(self, probs: torch.Tensor, name: str, cross: bool) -> torch.Tensor:
         # rows: [uncond src, uncond tgt,] cond src, cond tgt — the last two are controlled
         src, tgt = probs[-2], probs[-1]
         if cross:
-            if probs.shape[2] <= self.max_queries:
+            if probs.shape[2] <= self.record_max_queries:
                 self._record(src, tgt)
             if not self._cross_now():
                 return probs
