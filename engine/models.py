@@ -240,11 +240,13 @@ def _finish(name: str, parts: dict[str, Any], device: str | None, dtype: str | N
 
     diffusers_logging.set_verbosity_error()  # its casting notes are noise for our users
     dev, dt = pick_device(device, dtype)
+    parts.setdefault("family", _sd_family(parts))
+    # straight to the VAE's own dtype: fp32 weights never pass through fp16 on the way
+    vae_dt = vae_ops.run_dtype(parts["vae"], dt, upcast=parts["family"] in sdxl.FAMILIES)
     for key in ("unet", "vae", "text_encoder", "text_encoder_2"):
         if parts.get(key) is not None:
-            parts[key] = parts[key].to(dev, dt).eval().requires_grad_(False)
-    parts.setdefault("family", _sd_family(parts))
-    parts["vae"] = vae_ops.prepare(parts["vae"], dt, upcast=parts["family"] in sdxl.FAMILIES)
+            to = vae_dt if key == "vae" else dt
+            parts[key] = parts[key].to(dev, to).eval().requires_grad_(False)
     bundle = ModelBundle(name=name, device=dev, dtype=dt, **parts)
     log.info("Loaded %s: %s", name, bundle.family_name)
     return bundle

@@ -3,7 +3,7 @@
 - **fp16.** SDXL's VAE overflows in float16 (activations beyond 65504 in the decoder's
   up-blocks) and gives NaN, shown as black. diffusers' SDXL pipelines upcast it to float32
   when its config says ``force_upcast``; we do the same for SDXL, once, at load time
-  (``prepare``). Any other half-precision VAE that produces a non-finite value is moved to
+  (``run_dtype``). Any other half-precision VAE that produces a non-finite value is moved to
   float32 for good and the step is redone (``run``). Either is said once in the log.
 - **Tiling.** Above ``TILE_ABOVE`` pixels the decoder runs on overlapping tiles blended
   across their overlap (diffusers' ``AutoencoderKL.tiled_decode``), so memory stays at one
@@ -22,13 +22,13 @@ log = logging.getLogger(__name__)
 TILE_ABOVE = 1536 * 1536  # pixels; a 1024² SDXL decode stays whole, 2048² is tiled
 
 
-def prepare(vae, dtype: torch.dtype, upcast: bool):
-    """The VAE in the dtype it should run in: float32 where ``upcast`` (SDXL with
-    ``force_upcast``) and the model's dtype is half precision."""
+def run_dtype(vae, dtype: torch.dtype, upcast: bool) -> torch.dtype:
+    """The dtype the VAE should run in for a model in ``dtype``: float32 where ``upcast``
+    (SDXL, whose config says ``force_upcast``) and ``dtype`` is float16; else ``dtype``."""
     if upcast and dtype == torch.float16 and vae.config.get("force_upcast", False):
         log.info("The SDXL VAE runs in float32: it overflows in float16 (force_upcast).")
-        return vae.to(torch.float32)
-    return vae
+        return torch.float32
+    return dtype
 
 
 def run(vae, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:

@@ -21,14 +21,12 @@ def tiny_vae():
 
 
 def test_sdxl_vae_is_upcast_under_fp16_and_said_once(tiny_vae, caplog):
-    half = copy.deepcopy(tiny_vae).half()
     with caplog.at_level(logging.INFO, logger="engine.vae"):
-        assert vae_ops.prepare(half, torch.float16, upcast=True).dtype == torch.float32
+        assert vae_ops.run_dtype(tiny_vae, torch.float16, upcast=True) == torch.float32
     assert caplog.text.count("runs in float32") == 1
-    # an SD 1.x VAE (diffusers' pipelines don't upcast there) and fp32 models are left alone
-    other = copy.deepcopy(tiny_vae).half()
-    assert vae_ops.prepare(other, torch.float16, upcast=False).dtype == torch.float16
-    assert vae_ops.prepare(tiny_vae, torch.float32, upcast=True) is tiny_vae
+    # an SD 1.x VAE (diffusers' pipelines don't upcast there) and other dtypes are left alone
+    assert vae_ops.run_dtype(tiny_vae, torch.float16, upcast=False) == torch.float16
+    assert vae_ops.run_dtype(tiny_vae, torch.bfloat16, upcast=True) == torch.bfloat16
 
 
 def test_an_overflowing_fp16_vae_falls_back_to_fp32_once(tiny_vae, caplog):
