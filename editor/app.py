@@ -34,6 +34,7 @@ from .canvas import Canvas
 from .document import Document
 from .fileops import FileActions
 from .jobs import JobController
+from .live import LiveController, LivePanel
 from .panels.history import HistoryPanel
 from .panels.new_document import NewDocumentDialog
 from .panels.prompt import PromptPanel
@@ -112,6 +113,9 @@ class MainWindow(FileActions, QMainWindow):
         self._dock("Prompt && method", prompt_scroll, Qt.DockWidgetArea.RightDockWidgetArea)
         self._dock("Tools && layers", self.tools_panel, Qt.DockWidgetArea.LeftDockWidgetArea)
         self._dock("Results", self.history_panel, Qt.DockWidgetArea.BottomDockWidgetArea)
+        self.live_panel = LivePanel()
+        self.live_dock = self._dock("Live", self.live_panel, Qt.DockWidgetArea.RightDockWidgetArea)
+        self.live_dock.hide()
 
         self.model_label = QLabel("no model")
         self.loading_bar = QProgressBar()  # while a model loads
@@ -190,6 +194,16 @@ class MainWindow(FileActions, QMainWindow):
         self._action(
             vm, "Zoom &out", lambda: self.canvas.set_zoom(self.canvas.zoom * 0.8), "Ctrl+-"
         )
+        vm.addSeparator()
+        self.live_action = self._action(
+            vm,
+            "&Live mode",
+            lambda: self.set_live(self.live_action.isChecked()),
+            "Ctrl+L",
+            "Turn strokes into a picture while you paint: every change re-runs SDEdit at "
+            "few steps, shown in the Live panel (fastest with a few-step model or LoRA)",
+        )
+        self.live_action.setCheckable(True)
         mm = mb.addMenu("&Model")
         self._action(mm, "&Demo model (built in)", lambda: self.load_model(DEFAULT_MODEL))
         self._action(mm, "&Tiny test model", lambda: self.load_model(FALLBACK_MODEL))
@@ -229,6 +243,7 @@ class MainWindow(FileActions, QMainWindow):
     def _wire(self) -> None:
         b = self.bridge
         self.jobs = JobController(self)
+        self.live = LiveController(self, self.live_panel)
         b.load_failed.connect(self._on_load_failed)
         b.model_loaded.connect(self._on_model_loaded)
         p = self.prompt_panel
@@ -285,6 +300,12 @@ class MainWindow(FileActions, QMainWindow):
         return dialog
 
     # ---- jobs: the controller's ------------------------------------------------------------
+
+    def set_live(self, on: bool) -> None:
+        """Live mode on or off (View › Live mode): the Live panel shows while it is on."""
+        self.live_action.setChecked(on)
+        self.live_dock.setVisible(on)
+        self.live.set_enabled(on)
 
     def run_method(self, method: str, stage: int = -1) -> int | None:
         return self.jobs.run(method, stage)

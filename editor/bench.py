@@ -46,7 +46,7 @@ class StallProbe:
         return {"max_ms": float(g.max()), "p99_ms": float(np.percentile(g, 99)), "ticks": len(g)}
 
 
-def _mouse(widget, kind, pos: QPointF, buttons) -> None:
+def send_mouse(widget, kind, pos: QPointF, buttons) -> None:
     button = Qt.MouseButton.LeftButton if kind != QEvent.Type.MouseMove else Qt.MouseButton.NoButton
     ev = QMouseEvent(
         kind, pos, widget.mapToGlobal(pos), button, buttons, Qt.KeyboardModifier.NoModifier
@@ -69,7 +69,7 @@ def probe_painting(win, moves: int = 120, every_ms: int = 4) -> dict:
     ]
     probe = StallProbe()
     left = Qt.MouseButton.LeftButton
-    _mouse(vp, QEvent.Type.MouseButtonPress, points[0], left)
+    send_mouse(vp, QEvent.Type.MouseButtonPress, points[0], left)
     state = {"i": 1}
     loop = QEventLoop()
     cpu: list[float] = []
@@ -77,7 +77,7 @@ def probe_painting(win, moves: int = 120, every_ms: int = 4) -> dict:
     def step():
         if state["i"] < len(points):
             t = time.thread_time()
-            _mouse(vp, QEvent.Type.MouseMove, points[state["i"]], left)
+            send_mouse(vp, QEvent.Type.MouseMove, points[state["i"]], left)
             for _ in range(2):  # dirty items → viewport update request → paint
                 QApplication.sendPostedEvents()
             cpu.append(time.thread_time() - t)
@@ -95,7 +95,7 @@ def probe_painting(win, moves: int = 120, every_ms: int = 4) -> dict:
     result["cpu_per_move_ms"] = float(np.median(cpu) * 1000)
     result["cpu_max_move_ms"] = float(np.max(cpu) * 1000)
     t0, c0 = time.perf_counter(), time.thread_time()
-    _mouse(vp, QEvent.Type.MouseButtonRelease, points[-1], Qt.MouseButton.NoButton)
+    send_mouse(vp, QEvent.Type.MouseButtonRelease, points[-1], Qt.MouseButton.NoButton)
     result["release_ms"] = (time.perf_counter() - t0) * 1000
     result["release_cpu_ms"] = (time.thread_time() - c0) * 1000
     return result

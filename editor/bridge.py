@@ -32,6 +32,9 @@ class EngineBridge(QObject):
     load_failed = Signal(object)  # Failed (a model load)
     cancelled = Signal(object)  # Cancelled
     model_loaded = Signal(object)  # ModelLoaded
+    # live mode's jobs run beside the edit job's slot: a newer one replaces the older
+    live_finished = Signal(object)  # Finished
+    live_ended = Signal(object)  # Failed or Cancelled
     _event = Signal(object)  # engine thread → GUI thread
 
     def __init__(self, engine: Engine, parent=None):
@@ -39,6 +42,7 @@ class EngineBridge(QObject):
         self.engine = engine
         self.job_id: int | None = None  # the current edit job
         self.load_id: int | None = None  # the current model load
+        self.live_id: int | None = None  # the current live-mode update
         # the loaded model as the last ModelLoaded said (the GUI never reads the engine's
         # own state, which the engine thread may be changing)
         self.model_info = engine.model_info
@@ -66,6 +70,19 @@ class EngineBridge(QObject):
     def cancel(self) -> None:
         if self.job_id is not None:
             self.engine.cancel(self.job_id)
+
+    def submit_live(self, request: EditRequest) -> int:
+        """Run a live-mode update, cancelling the previous one (a stale update is stopped,
+        never queued); it queues behind an edit job without superseding it."""
+        self.cancel_live()
+        self.live_id = self.engine.submit(request)
+        return self.live_id
+
+    def cancel_live(self) -> None:
+        """Stop the live update (its partial picture is not wanted) and forget it."""
+        if self.live_id is not None:
+            self.engine.cancel(self.live_id, keep_interrupted=False)
+            self.live_id = None
 
     def forget(self) -> None:
         """Cancel the current job and drop every later event of it (the document it was
@@ -112,6 +129,11 @@ class EngineBridge(QObject):
                 self.load_id = None
                 msg = ev if isinstance(ev, Failed) else Failed(ev.job_id, "Loading was cancelled.")
                 self.load_failed.emit(msg)
+            return
+        if ev.job_id == self.live_id:
+            if isinstance(ev, (Finished, Failed, Cancelled)):
+                self.live_id = None
+                (self.live_finished if isinstance(ev, Finished) else self.live_ended).emit(ev)
             return
         if ev.job_id != self.job_id:
             return  # stale: a job we no longer care about

@@ -118,6 +118,7 @@ class JobController:
             for k in range(count)
         ]
         win.banner_host.hide()
+        win.live.hold()  # a Run goes first; the live view catches up after it
         return self._submit(method, batch[0], batch[1:], count)
 
     def _submit(self, method: str, request: EditRequest, rest: list, jobs: int) -> int:

@@ -1,0 +1,143 @@
+"""Live-mode latency: stroke release → updated live image on screen, through the real window.
+
+``python -m editor.live_bench [--model builtin:demo] [--strokes 50] [--gap-ms 700]`` paints
+a scripted session (offscreen Qt is fine): each stroke is a press, a few moves and a release
+with real mouse events, then a pause of ``--gap-ms``. A stroke's latency is the time from
+its release to the first live result whose update was submitted after that release. A 1 ms
+timer records the longest GUI-thread stall over the whole session. Prints p50 / p95 latency,
+how many strokes were overtaken by the next one before their update showed, and the stall.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+from PySide6.QtCore import QEvent, QEventLoop, QPointF, Qt, QTimer
+from PySide6.QtWidgets import QApplication
+
+from .bench import StallProbe, send_mouse
+
+MOVES = 6  # mouse moves per stroke, one per timer tick
+
+
+def stroke_points(k: int, w: int, h: int) -> list[QPointF]:
+    """Stroke ``k`` of the session: a short diagonal dash, walking over the canvas."""
+    rng = np.random.default_rng(k)
+    x, y = rng.uniform(0.2, 0.7) * w, rng.uniform(0.2, 0.7) * h
+    return [QPointF(x + 0.04 * w * i, y + 0.02 * h * i) for i in range(MOVES)]
+
+
+def paint_session(win, strokes: int, gap_ms: int, every_ms: int = 8) -> dict:
+    vp = win.canvas.viewport()
+    w, h = vp.width(), vp.height()
+    left, none = Qt.MouseButton.LeftButton, Qt.MouseButton.NoButton
+    releases: list[float] = []
+    shown: list[tuple[float, float]] = []  # (submitted at, on screen at)
+    win.live.updated.connect(lambda submitted: shown.append((submitted, time.monotonic())))
+    plan = []  # (delay before this event in ms, action)
+    for k in range(strokes):
+        pts = stroke_points(k, w, h)
+        plan.append(
+            (gap_ms, lambda p=pts[0]: send_mouse(vp, QEvent.Type.MouseButtonPress, p, left))
+        )
+        for p in pts[1:]:
+            plan.append((every_ms, lambda p=p: send_mouse(vp, QEvent.Type.MouseMove, p, left)))
+
+        def release(p=pts[-1]):
+            send_mouse(vp, QEvent.Type.MouseButtonRelease, p, none)
+            releases.append(time.monotonic())
+
+        plan.append((every_ms, release))
+    loop = QEventLoop()
+    state = {"i": 0}
+
+    def next_event():
+        if state["i"] == len(plan):
+            QTimer.singleShot(max(gap_ms, 3000), loop.quit)  # the last update
+            return
+        delay, action = plan[state["i"]]
+        state["i"] += 1
+        action()
+        QTimer.singleShot(plan[state["i"]][0] if state["i"] < len(plan) else 0, next_event)
+
+    probe = StallProbe()
+    probe.start()
+    QTimer.singleShot(plan[0][0], next_event)
+    loop.exec()
+    stall = probe.stop()
+    latencies, overtaken = [], 0
+    for i, t in enumerate(releases):
+        nxt = releases[i + 1] if i + 1 < len(releases) else float("inf")
+        after = [on for sub, on in shown if sub >= t]
+        if after and after[0] < nxt:
+            latencies.append(after[0] - t)
+        else:
+            overtaken += 1
+    lat = np.array(latencies) * 1000 if latencies else np.array([np.nan])
+    return {
+        "strokes": strokes,
+        "measured": len(latencies),
+        "overtaken": overtaken,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p95_ms": float(np.percentile(lat, 95)),
+        "max_stall_ms": stall["max_ms"],
+        "updates": len(shown),
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m editor.live_bench", description=__doc__)
+    parser.add_argument("--model", default="builtin:demo")
+    parser.add_argument("--strokes", type=int, default=50)
+    parser.add_argument("--gap-ms", type=int, default=700, help="pause after each stroke")
+    parser.add_argument("--size", type=int, default=0, help="canvas side (0: native size)")
+    parser.add_argument("--prompt", default="a red house with a black roof on grass, day")
+    args = parser.parse_args(argv)
+    app = QApplication.instance() or QApplication([])
+    from engine import Engine
+
+    from .app import MainWindow
+    from .screenshots import photo
+
+    engine = Engine(args.model)
+    win = MainWindow(engine, model=None, autosave_ms=10**9)
+    win.resize(1400, 900)
+    win.show()
+    while win.bridge.model_info is None:
+        app.processEvents()
+        time.sleep(0.01)
+    info = win.bridge.model_info
+    side = args.size or info.native_size
+    win.doc.set_image(photo(side))
+    win.doc.update_settings(prompt=args.prompt, seed=7)
+    win.canvas.fit()
+    win.canvas.brush.size = max(4, side // 16)
+    win.set_live(True)
+    end = time.monotonic() + 120
+    while win.live.result is None and time.monotonic() < end:  # the first update: warm-up
+        app.processEvents()
+        time.sleep(0.01)
+    r = paint_session(win, args.strokes, args.gap_ms)
+    how = win.live_panel.note.text().split("(", 1)[-1].rstrip(")")
+    print(
+        f"live mode ({info.name}, {side}² canvas, {how}; {engine_threads()} CPU threads): "
+        f"stroke release → live image p50 {r['p50_ms']:.0f} ms, p95 {r['p95_ms']:.0f} ms over "
+        f"{r['measured']} of {r['strokes']} strokes ({r['overtaken']} overtaken by the next "
+        f"stroke); {r['updates']} updates; longest GUI stall {r['max_stall_ms']:.1f} ms"
+    )
+    win.doc.mark_saved()
+    win.shutdown()
+    engine.shutdown()
+    return 0
+
+
+def engine_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
