@@ -35,6 +35,7 @@ from .document import Document
 from .fileops import FileActions
 from .jobs import JobController
 from .live import LiveController, LivePanel
+from .loras import LoraMenu, use_model_defaults
 from .panels.history import HistoryPanel
 from .panels.new_document import NewDocumentDialog
 from .panels.prompt import PromptPanel
@@ -206,9 +207,17 @@ class MainWindow(FileActions, QMainWindow):
         self.live_action.setCheckable(True)
         mm = mb.addMenu("&Model")
         self._action(mm, "&Demo model (built in)", lambda: self.load_model(DEFAULT_MODEL))
+        self._action(
+            mm,
+            "&Few-step demo model (live painting)",
+            lambda: self.load_model("builtin:demo-lcm"),
+            tip="The demo model distilled to run in 4 steps: for Live mode",
+        )
         self._action(mm, "&Tiny test model", lambda: self.load_model(FALLBACK_MODEL))
+        self._action(mm, "Tiny SD&XL test model", lambda: self.load_model("builtin:tiny-xl"))
         self._action(mm, "Open diffusers &folder…", self.open_model_folder)
         self._action(mm, "Open &checkpoint file…", self.open_model_file)
+        self.lora_menu = LoraMenu(self, mm)
         jm = mb.addMenu("&Job")
         self._action(
             jm,
@@ -246,6 +255,8 @@ class MainWindow(FileActions, QMainWindow):
         self.live = LiveController(self, self.live_panel)
         b.load_failed.connect(self._on_load_failed)
         b.model_loaded.connect(self._on_model_loaded)
+        b.loras_changed.connect(self._on_model_loaded)
+        b.lora_failed.connect(lambda ev: self.show_error(ev.message))
         p = self.prompt_panel
         p.run_requested.connect(self.run_method)
         p.cancel_requested.connect(self.cancel_job)
@@ -360,9 +371,16 @@ class MainWindow(FileActions, QMainWindow):
             return
         self.prompt_panel.set_native(info.native_size)
         note = self.model_note if info.name == FALLBACK_MODEL else ""
-        self.model_label.setText(f"Model: {info.name} · {info.device} · {info.dtype}{note}")
+        loras = "".join(f" + {n} ×{w:g}" for n, w in info.loras)
+        self.model_label.setText(f"Model: {info.name}{loras} · {info.device} · {info.dtype}{note}")
+        self.model_label.setToolTip(info.family)
+        self.lora_menu.refresh(info.loras)
         self.prompt_panel.set_available(self.engine.methods())
         self.prompt_panel.set_model_parts(info.parts)  # e.g. classifier guidance
+        changed = use_model_defaults(self.doc, info)  # a few-step model's sampler and steps
+        if changed:
+            self.prompt_panel.load_settings()
+            self.status(changed)
 
     def _on_load_failed(self, ev) -> None:
         self.loading_bar.hide()

@@ -18,6 +18,7 @@ from engine import (
     Failed,
     Finished,
     InputError,
+    LorasChanged,
     ModelLoaded,
     Started,
     Step,
@@ -35,6 +36,8 @@ class EngineBridge(QObject):
     # live mode's jobs run beside the edit job's slot: a newer one replaces the older
     live_finished = Signal(object)  # Finished
     live_ended = Signal(object)  # Failed or Cancelled
+    loras_changed = Signal(object)  # LorasChanged: the model's info with its LoRAs now
+    lora_failed = Signal(object)  # Failed (the model stays as it was)
     _event = Signal(object)  # engine thread → GUI thread
 
     def __init__(self, engine: Engine, parent=None):
@@ -43,6 +46,7 @@ class EngineBridge(QObject):
         self.job_id: int | None = None  # the current edit job
         self.load_id: int | None = None  # the current model load
         self.live_id: int | None = None  # the current live-mode update
+        self.lora_ids: set[int] = set()  # LoRA changes not answered yet
         # the loaded model as the last ModelLoaded said (the GUI never reads the engine's
         # own state, which the engine thread may be changing)
         self.model_info = engine.model_info
@@ -95,6 +99,18 @@ class EngineBridge(QObject):
         self.load_id = self.engine.load_model(spec)
         return self.load_id
 
+    def change_loras(self, action: str, path: str = "", name: str = "", weight: float = 1.0):
+        """Add a LoRA file, set a LoRA's weight, remove one or "clear" them (between jobs)."""
+        e = self.engine
+        job = {
+            "add": lambda: e.add_lora(path, weight),
+            "weight": lambda: e.set_lora_weight(name, weight),
+            "remove": lambda: e.remove_lora(name),
+            "clear": e.clear_loras,
+        }[action]()
+        self.lora_ids.add(job)
+        return job
+
     def methods(self) -> list[str]:
         return self.engine.methods()
 
@@ -129,6 +145,20 @@ class EngineBridge(QObject):
                 self.load_id = None
                 msg = ev if isinstance(ev, Failed) else Failed(ev.job_id, "Loading was cancelled.")
                 self.load_failed.emit(msg)
+            return
+        if ev.job_id in self.lora_ids:
+            if isinstance(ev, LorasChanged):
+                self.model_info = ev.info
+                self.loras_changed.emit(ev)
+            elif isinstance(ev, (Failed, Cancelled)):
+                msg = (
+                    ev
+                    if isinstance(ev, Failed)
+                    else Failed(ev.job_id, "The LoRA change was cancelled.")
+                )
+                self.lora_failed.emit(msg)
+            if not isinstance(ev, (Started, Step)):
+                self.lora_ids.discard(ev.job_id)
             return
         if ev.job_id == self.live_id:
             if isinstance(ev, (Finished, Failed, Cancelled)):
