@@ -205,6 +205,40 @@ def format_row(r: dict) -> str:
     )
 
 
+def sample_sheet(student_spec: str, path: Path, n: int = 6, seed_start: int = 500_000) -> Path:
+    """A figure for the model card: captions of n calibration scenes (columns), rows: the
+    real render, the teacher (25 and 4 DDIM steps, guidance 7.5) and the student with the
+    LCM sampler at 1, 2, 4 and 8 steps (ω-embedded guidance 7.5); same noise per column."""
+    from PIL import Image, ImageDraw
+
+    from ..models import load_model
+
+    teacher = load_model("builtin:demo", device="cpu", dtype="fp32")
+    student = load_student(student_spec, teacher)
+    real, _, captions = render_heldout(n, seed_start + SCENES_A)
+    seeds = [SAMPLE_SEED + i for i in range(n)]
+    tden, sden = Denoiser(teacher), Denoiser(student)
+    rows = [("real render", real)]
+    for steps in (25, 4):
+        imgs = sample_images(teacher, tden, captions, seeds, steps, 7.5)
+        rows.append((f"demo, DDIM {steps}", imgs))
+    for steps in (1, 2, 4, 8):
+        rows.append(
+            (f"demo-lcm, LCM {steps}", lcm_images(student, sden, captions, seeds, steps, 7.5))
+        )
+    label_w, pad = 150, 4
+    sheet = Image.new("RGB", (label_w + n * (SIZE + pad), len(rows) * (SIZE + pad)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, (label, imgs) in enumerate(rows):
+        y = r * (SIZE + pad)
+        draw.text((6, y + SIZE // 2 - 6), label, fill="black")
+        for c in range(n):
+            sheet.paste(Image.fromarray(imgs[c]), (label_w + c * (SIZE + pad), y))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     from ..models import DEMO_MODEL_DIR
 
@@ -218,8 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--ddim-baseline", action="store_true", help="also the teacher's DDIM rows")
     p.add_argument("--cache", type=Path, default=None, help="keep the teacher's samples here")
+    p.add_argument("--sheet", type=Path, default=None, help="only draw the sample figure")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
+    if a.sheet:
+        sample_sheet(a.student, a.sheet)
+        return 0
     if a.seeds == "final":
         print("distill_eval: the final range is for reports only; use calibration", file=sys.stderr)
         return 2
