@@ -12,7 +12,8 @@ screen, ``QWidget.grab`` under ``QT_QPA_PLATFORM=offscreen``):
 - ``inpaint-only-masked.png``: a small area inpainted on a crop (Only masked);
 - ``diffedit-mask.png``: after DiffEdit's "Make mask", the mask tinted in the mask layer;
 - ``invert-reedit.png``: the photo inverted under its caption, re-edited to night;
-- ``classifier-guidance.png``: a batch steered by the classifier towards "night, snow ground".
+- ``classifier-guidance.png``: a batch steered by the classifier towards "night, snow ground";
+- ``live-mode.png``: strokes on the photo and, in the Live panel, the picture they make.
 
 Without a display it renders offscreen when ``QT_QPA_PLATFORM=offscreen`` is set, else it
 re-runs itself under ``xvfb-run`` (Debian: ``apt-get install xvfb libxcb-cursor0
@@ -317,6 +318,35 @@ class Shooter:
         w.history_panel.select(doc.history[-1])
         self.grab("invert-reedit.png")
 
+    def live_mode(self) -> None:
+        """Live mode: strokes painted on the photo, the Live panel showing their picture
+        (on the few-step demo model when it is installed and the demo model is in use)."""
+        from . import tools
+
+        w, doc = self.win, self.win.doc
+        few_step = "builtin:demo-lcm"
+        switch = w.bridge.model_info.name == "builtin:demo" and _installed(few_step)
+        if switch:
+            w.load_model(few_step)
+            self.wait(lambda: w.bridge.model_info.name == few_step and not w.bridge.load_id, 300)
+        self.start_over()
+        doc.update_settings(prompt=PROMPT, negative_prompt="", method="sdedit", seed=7)
+        self.set_options("sdedit", strength=0.7)
+        w.prompt_panel.load_settings()
+        w.set_live(True)
+        w.tools_panel.set_colour((200, 40, 35))
+        w.tools_panel.set_size(26)
+        self.drag([(190 + 12 * i, y) for y in (300, 330, 360) for i in range(11)], tools.COLOUR)
+        painted = time.monotonic()
+        self.wait(lambda: w.live.result is not None and w.live.submitted_at > painted, 300)
+        self.grab("live-mode.png")
+        w.set_live(False)
+        if switch:
+            w.load_model("builtin:demo")
+            self.wait(
+                lambda: w.bridge.model_info.name == "builtin:demo" and not w.bridge.load_id, 300
+            )
+
     def classifier_guidance(self) -> None:
         """Generate from an empty prompt, a batch of 4, steered to "night, snow ground"."""
         w, doc = self.win, self.win.doc
@@ -333,6 +363,13 @@ class Shooter:
         self.grab("classifier-guidance.png")
         self.set_options("generate", classifier_scale=0.0)
         doc.update_settings(batch_count=1)
+
+
+def _installed(spec: str) -> bool:
+    """Whether a built-in model's files are in the package (``builtin:demo-lcm``)."""
+    from engine.models import ASSETS
+
+    return (ASSETS / "models" / spec.split(":", 1)[1] / "model_index.json").exists()
 
 
 def main(argv=None) -> int:
@@ -363,6 +400,7 @@ def main(argv=None) -> int:
         s.diffedit_mask()
         s.invert_reedit()
         s.classifier_guidance()
+        s.live_mode()
     finally:
         s.close()
     return 0

@@ -56,10 +56,12 @@ def test_the_guides_flows_are_shot_too(qtbot, engine, data_dir, tmp_path):
         s.invert_reedit()
         assert [e.parameters["method"] for e in s.win.doc.history] == ["invert", "reedit"]
         s.classifier_guidance()  # tiny ships no classifier: not offered, no shot
+        s.live_mode()
+        assert not s.win.live.enabled  # (it waited for the update after the strokes)
     finally:
         s.close()
     assert not (tmp_path / "classifier-guidance.png").exists()
     names = ("new-document.png", "generate-batch.png", "edit-prompt.png", "interrupted.png")
     names += ("inpaint-only-masked.png",)
-    for name in (*names, "invert-reedit.png"):
+    for name in (*names, "invert-reedit.png", "live-mode.png"):
         assert_window_shot(tmp_path / name)
