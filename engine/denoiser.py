@@ -8,9 +8,12 @@ aesthetic score as two extra rows (``engine.sdxl``), unpacked only in ``model_ou
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from . import sdxl
 from .errors import InputError
@@ -32,6 +35,35 @@ class Prediction:
     x0: torch.Tensor
 
 
+@dataclass(frozen=True)
+class InpaintInputs:
+    """What an inpainting UNet reads beside the latents (SD's inpainting recipe): the mask
+    (1x1xhxw, 1 = generate) and the latents of the image with that region zeroed (1xCxhxw)."""
+
+    mask: torch.Tensor
+    masked_latents: torch.Tensor
+
+
+@torch.no_grad()
+def inpaint_inputs(bundle: ModelBundle, image: np.ndarray, mask: np.ndarray) -> InpaintInputs:
+    """An inpainting UNet's extra inputs for ``image`` (uint8 HxWx3, sides multiples of
+    ``vae_factor``) and ``mask`` (float HxW, 1 = generate), built as diffusers'
+    ``StableDiffusionInpaintPipeline`` builds them: the mask binarised at 0.5; the image in
+    [-1, 1] with the masked pixels set to 0 (``image * (mask < 0.5)``), VAE-encoded (our
+    convention: the posterior mean) and scaled; the mask brought to latent size by nearest
+    interpolation. A soft mask (differential inpainting) is binarised the same way."""
+    m = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None].to(bundle.device)
+    m = (m >= 0.5).float()
+    x = torch.from_numpy(np.array(image, copy=True)).to(bundle.device)
+    x = x.permute(2, 0, 1)[None].float() / 127.5 - 1.0
+    masked = x * (m < 0.5)
+    from . import vae as vae_ops
+
+    latents = vae_ops.encode_mean(bundle.vae, masked).to(bundle.dtype) * bundle.vae_scale
+    small = F.interpolate(m, size=latents.shape[-2:])
+    return InpaintInputs(small.to(bundle.dtype), latents)
+
+
 class Denoiser:
     """Wraps a ``ModelBundle`` for the sampling loops.
 
@@ -50,6 +82,10 @@ class Denoiser:
         self.refiner = bundle.family == sdxl.REFINER
         self.chunks = 1  # encoder windows every embedding of the current job is padded to
         self.unet_calls = 0  # counted per sample in the batch that a user asked for
+        # an inpainting UNet's extra inputs for the current job (``inpainting``); None: the
+        # whole picture is to be generated (text-to-image on an inpainting model)
+        self.inpaint: InpaintInputs | None = None
+        self._blank: dict[tuple[int, int], InpaintInputs] = {}
 
     # ---- text ---------------------------------------------------------------------------
 
@@ -221,6 +257,38 @@ class Denoiser:
         ``algorithms.classifier_guidance``); a plain denoiser adds nothing."""
         return None
 
+    # ---- inpainting models -------------------------------------------------------------
+
+    @contextmanager
+    def inpainting(self, inputs: InpaintInputs | None):
+        """Within this block an inpainting UNet reads ``inputs`` (``inpaint_inputs``) beside
+        every batch of latents; algorithms stay unaware. A plain UNet ignores them."""
+        before, self.inpaint = self.inpaint, inputs
+        try:
+            yield
+        finally:
+            self.inpaint = before
+
+    def _unet_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The latents, and for an inpainting UNet its mask and masked-image latents
+        concatenated after them (diffusers' order). Without a job's inputs the whole picture
+        is generated: mask 1 and a blank (0 in [-1, 1]) image, as AUTOMATIC1111 runs
+        text-to-image on an inpainting model."""
+        if not self.bundle.inpainting:
+            return x
+        extra = self.inpaint or self._blank_inputs(tuple(x.shape[-2:]))
+        n = x.shape[0]
+        m, z = extra.mask.to(x), extra.masked_latents.to(x)
+        return torch.cat([x, m.expand(n, -1, -1, -1), z.expand(n, -1, -1, -1)], dim=1)
+
+    def _blank_inputs(self, hw: tuple[int, int]) -> InpaintInputs:
+        if hw not in self._blank:
+            f = self.bundle.vae_factor
+            grey = np.full((hw[0] * f, hw[1] * f, 3), 127.5, dtype=np.float32)
+            ones = np.ones(grey.shape[:2], dtype=np.float32)
+            self._blank[hw] = inpaint_inputs(self.bundle, grey, ones)
+        return self._blank[hw]
+
     # ---- one model call -----------------------------------------------------------------
 
     def model_output(self, x: torch.Tensor, t: int, emb: torch.Tensor) -> torch.Tensor:
@@ -228,6 +296,7 @@ class Denoiser:
         if emb.shape[0] != x.shape[0]:
             emb = emb.expand(x.shape[0], -1, -1)
         tt = torch.full((x.shape[0],), int(t), device=self.device, dtype=torch.long)
+        x = self._unet_input(x)
         if self.xl:
             return self._model_output_xl(x, tt, emb)
         out = self.bundle.unet(x.to(self.dtype), tt, encoder_hidden_states=emb.to(self.dtype))

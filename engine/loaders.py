@@ -188,6 +188,7 @@ def load_single_file(
         if sdxl.is_sgm(checkpoint):
             return sdxl.load_single_file(path, checkpoint, config_dir, prediction_type)
         configs = _read_configs(config_dir)
+        configs["unet"] = fit_unet_config(configs["unet"], checkpoint)
         _check_unet_config(configs["unet"], path)
         _check_components_present(checkpoint, path.name)
 
@@ -425,13 +426,35 @@ def _check_pipeline_kind(index: dict[str, Any], path: Path) -> None:
         )
 
 
-def _check_unet_config(config: dict[str, Any], source: Path) -> None:
-    in_channels = config.get("in_channels", 4)
-    if in_channels != 4:
+# UNet input channels we run: 4 (latents) for text-to-image, 9 for inpainting checkpoints
+# (latents, mask, masked-image latents; ``Denoiser`` feeds the extra five)
+INPAINT_IN_CHANNELS = 9
+_UNET_IN_CHANNELS = (4, INPAINT_IN_CHANNELS)
+
+
+def _refuse_in_channels(in_channels: int, name: str) -> None:
+    if in_channels not in _UNET_IN_CHANNELS:
         raise ModelLoadError(
-            f"{source.name} has a UNet with {in_channels} input channels (an inpainting, depth "
-            "or instruction variant); only regular text-to-image checkpoints are supported."
+            f"{name} has a UNet with {in_channels} input channels (a depth or instruction "
+            "variant); text-to-image (4) and inpainting (9) checkpoints are supported."
         )
+
+
+def _check_unet_config(config: dict[str, Any], source: Path) -> None:
+    _refuse_in_channels(int(config.get("in_channels", 4)), source.name)
+
+
+def unet_in_channels(checkpoint: Mapping[str, Any]) -> int | None:
+    """A single file's UNet input channels, read from its first convolution's weight."""
+    w = checkpoint.get(UNET_PREFIX + "input_blocks.0.0.weight")
+    return int(w.shape[1]) if w is not None and w.ndim == 4 else None
+
+
+def fit_unet_config(config: dict[str, Any], checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """A single file's UNet config with the input channels its weights have: the configs we
+    ship are text-to-image ones, and an inpainting file differs from them only there."""
+    n = unet_in_channels(checkpoint)
+    return config if n is None else {**config, "in_channels": n}
 
 
 # key prefixes of diffusion models that are not Stable Diffusion UNets, with their names
@@ -456,13 +479,9 @@ def _check_sd_layout(checkpoint: Mapping[str, Any], filename: str) -> None:
     """Is this a Stable-Diffusion-style single file at all?"""
     name = filename or "This checkpoint"
     if any(k.startswith(UNET_PREFIX) for k in checkpoint):
-        in_weight = checkpoint.get(UNET_PREFIX + "input_blocks.0.0.weight")
-        if in_weight is not None and in_weight.ndim == 4 and int(in_weight.shape[1]) != 4:
-            raise ModelLoadError(
-                f"{name} has a UNet with {int(in_weight.shape[1])} input channels (an "
-                "inpainting, depth or instruction variant); only regular text-to-image "
-                "checkpoints are supported."
-            )
+        n = unet_in_channels(checkpoint)
+        if n is not None:
+            _refuse_in_channels(n, name)
         return
     keys = list(checkpoint)
     if any("lora" in k.lower() for k in keys[:200]):

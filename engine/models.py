@@ -4,6 +4,9 @@
 - ``builtin:tiny``  a tiny random-weight SD-architecture model built from config (tests);
 - ``builtin:tiny-xl``  the same for SDXL's architecture (``engine.sdxl``);
 - ``builtin:demo``  the project's trained demo model under ``assets/models/demo``;
+- ``builtin:tiny-inpaint``  ``builtin:tiny`` with a 9-channel inpainting UNet (tests);
+- ``builtin:demo-inpaint``  the demo model fine-tuned to inpaint
+  (``assets/models/demo-inpaint``);
 - a diffusers folder in the Stable Diffusion layout, or a single ``.safetensors``/``.ckpt``
   checkpoint in the original SD layout (see ``engine.loaders``).
 Nothing here downloads: ``engine.offline`` sets the hub's offline switches first.
@@ -30,6 +33,8 @@ from .schedule import Schedule
 log = logging.getLogger(__name__)
 
 DEMO_MODEL_DIR = ASSETS / "models" / "demo"
+# the demo model fine-tuned as an inpainting model (engine.training.train_inpaint)
+DEMO_INPAINT_DIR = ASSETS / "models" / "demo-inpaint"
 
 # SD 1.5's scheduler config in the form diffusers writes it; our tiny and demo models use
 # the same so every code path matches real checkpoints.
@@ -93,7 +98,12 @@ class ModelBundle:
 
     @property
     def latent_channels(self) -> int:
-        return int(self.unet.config.in_channels)
+        return int(self.unet.config.out_channels)
+
+    @property
+    def inpainting(self) -> bool:
+        """An inpainting UNet: latents, mask and masked-image latents in (SD: 4 + 1 + 4)."""
+        return int(self.unet.config.in_channels) == 2 * self.latent_channels + 1
 
     @property
     def native_size(self) -> int:
@@ -183,16 +193,17 @@ def pick_device(device: str | None = None, dtype: str | None = None):
 # ---- builtin:tiny ------------------------------------------------------------------------
 
 
-def tiny_components(seed: int = 0) -> dict[str, Any]:
+def tiny_components(seed: int = 0, in_channels: int = 4) -> dict[str, Any]:
     """A random-weight model with SD's architecture in miniature: 8x VAE, 4 latent channels,
-    cross-attention UNet, CLIP text encoder and CLIP's real tokenizer. 64 px native size."""
+    cross-attention UNet, CLIP text encoder and CLIP's real tokenizer. 64 px native size.
+    ``in_channels`` 9 makes its UNet an inpainting one (``builtin:tiny-inpaint``)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         sample_size=8,
-        in_channels=4,
+        in_channels=in_channels,
         out_channels=4,
         block_out_channels=(32, 64),
         layers_per_block=1,
@@ -267,6 +278,20 @@ def _load_tiny(device, dtype):
     return _finish("builtin:tiny", tiny_components(), device, dtype)
 
 
+def _load_tiny_inpaint(device, dtype):
+    return _finish("builtin:tiny-inpaint", tiny_components(in_channels=9), device, dtype)
+
+
+def _load_demo_inpaint(device, dtype):
+    if not (DEMO_INPAINT_DIR / "model_index.json").exists():
+        raise ModelLoadError(
+            f"The demo inpainting model is missing from {DEMO_INPAINT_DIR}. Reinstall the app, "
+            "or train it with `python -m engine.training.train_inpaint`."
+        )
+    bundle = _finish("builtin:demo-inpaint", load_diffusers_folder(DEMO_INPAINT_DIR), device, dtype)
+    return _with_classifier(bundle, DEMO_MODEL_DIR)
+
+
 def _load_tiny_xl(device, dtype):
     return _finish("builtin:tiny-xl", sdxl.tiny_xl_components(), device, dtype)
 
@@ -304,6 +329,8 @@ BUILTINS: dict[str, Callable[[str | None, str | None], ModelBundle]] = {
     "builtin:tiny": _load_tiny,
     "builtin:tiny-xl": _load_tiny_xl,
     "builtin:demo": _load_demo,
+    "builtin:tiny-inpaint": _load_tiny_inpaint,
+    "builtin:demo-inpaint": _load_demo_inpaint,
 }
 DEFAULT_MODEL = "builtin:demo"
 

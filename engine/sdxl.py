@@ -310,7 +310,7 @@ def load_single_file(path: Path, checkpoint, config_dir: Path, prediction_type: 
     )
 
     from .errors import ModelLoadError
-    from .loaders import _build, _instantiate, _load_tokenizer, _read_json
+    from .loaders import _build, _instantiate, _load_tokenizer, _read_json, fit_unet_config
 
     configs = {
         "unet": _read_json(config_dir / "unet" / "config.json"),
@@ -336,6 +336,7 @@ def load_single_file(path: Path, checkpoint, config_dir: Path, prediction_type: 
             f"{path.name} has no VAE weights (first_stage_model.*); it must be a full "
             "checkpoint with UNet, VAE and text encoders."
         )
+    configs["unet"] = fit_unet_config(configs["unet"], checkpoint)  # 9: inpainting
     unet = convert_ldm_unet_checkpoint(checkpoint, configs["unet"])
     vae = convert_ldm_vae_checkpoint(checkpoint, configs["vae"])
     built = {

@@ -351,8 +351,10 @@ def test_detection_rejects_other_families():
         detect_family({"model.diffusion_model.joint_blocks.0.attn.qkv.weight": torch.empty(1)})
     with pytest.raises(ModelLoadError, match="4096-wide text features"):
         detect_family(_synthetic(4096))
-    with pytest.raises(ModelLoadError, match="9 input channels"):
-        detect_family(_synthetic(768, in_channels=9), "inpainting.safetensors")
+    # an inpainting file (9 channels) is an SD 1.x one; depth (5) and instruct (8) are not run
+    assert detect_family(_synthetic(768, in_channels=9), "inpainting.safetensors") == "sd15"
+    with pytest.raises(ModelLoadError, match="8 input channels .* inpainting \\(9\\)"):
+        detect_family(_synthetic(768, in_channels=8), "instruct-pix2pix.safetensors")
 
 
 # ---- shipped configs ----------------------------------------------------------------------------

@@ -152,14 +152,14 @@ def test_folder_and_sgm_file_load_the_same_weights(saved, name, form):
         assert parts["family"] == sdxl.REFINER and not parts["zero_empty_negative"]
 
 
-def test_an_sdxl_inpainting_folder_is_refused_in_a_sentence(saved, tmp_path):
+def test_an_sdxl_instruct_folder_is_refused_in_a_sentence(saved, tmp_path):
     import shutil
 
-    folder = shutil.copytree(saved["base"]["folder"], tmp_path / "inpaint")
+    folder = shutil.copytree(saved["base"]["folder"], tmp_path / "instruct")
     config_file = folder / "unet" / "config.json"
     config = json.loads(config_file.read_text())
-    config_file.write_text(json.dumps({**config, "in_channels": 9}))
-    with pytest.raises(ModelLoadError, match="9 input channels .* inpainting"):
+    config_file.write_text(json.dumps({**config, "in_channels": 8}))
+    with pytest.raises(ModelLoadError, match="8 input channels .* instruction"):
         load_model(folder, device="cpu")
 
 

@@ -17,6 +17,7 @@ from .. import imageops, images
 from ..algorithms.diffedit import diffedit, diffedit_mask
 from ..algorithms.inversion import Inversion, invert, regenerate
 from ..algorithms.repaint import repaint, repaint_calls
+from ..denoiser import inpaint_inputs
 from ..errors import FileError, InputError
 from ..types import EditRequest
 from .attention_edits import attention_extras, reedit_with_control
@@ -90,21 +91,25 @@ def _repaint_area(ctx: JobContext, req: EditRequest, o: Options):
             start = torch.randn(prep.latents.shape, generator=gen).to(prep.latents)
         m = prep.mask_latent
         start = m * start + (1 - m) * prep.latents  # outside the mask: the original
-    latents = yield from repaint(
-        ctx.denoiser,
-        prep.latents,
-        prep.mask_latent,
-        cond,
-        req.steps,
-        req.guidance,
-        gen,
-        j,
-        r,
-        o.choice("sampler"),
-        o.number("eta"),
-        strength,
-        start,
-    )
+    # an inpainting UNet also reads the mask and the image with the masked area blanked
+    b = ctx.bundle
+    extra = inpaint_inputs(b, prep.working, prep.mask_working) if b.inpainting else None
+    with ctx.denoiser.inpainting(extra):
+        latents = yield from repaint(
+            ctx.denoiser,
+            prep.latents,
+            prep.mask_latent,
+            cond,
+            req.steps,
+            req.guidance,
+            gen,
+            j,
+            r,
+            o.choice("sampler"),
+            o.number("eta"),
+            strength,
+            start,
+        )
     image = finish_image(ctx, latents, prep, prep.original.shape[:2], o.number("feather"))
     n = len(ctx.denoiser.schedule.timesteps_for_strength(req.steps, strength))
     return image, repaint_calls(n, j, r) if n else 0
