@@ -4,6 +4,7 @@
 - ``builtin:tiny``  a tiny random-weight SD-architecture model built from config (tests);
 - ``builtin:tiny-xl``  the same for SDXL's architecture (``engine.sdxl``);
 - ``builtin:demo``  the project's trained demo model under ``assets/models/demo``;
+- ``builtin:demo-lcm``  the demo model distilled for 2-8 steps (``assets/models/demo-lcm``);
 - ``builtin:tiny-inpaint``  ``builtin:tiny`` with a 9-channel inpainting UNet (tests);
 - ``builtin:demo-inpaint``  the demo model fine-tuned to inpaint
   (``assets/models/demo-inpaint``);
@@ -33,6 +34,8 @@ from .schedule import Schedule
 log = logging.getLogger(__name__)
 
 DEMO_MODEL_DIR = ASSETS / "models" / "demo"
+# the demo model distilled into a latent consistency model (engine.training.distill)
+DEMO_LCM_DIR = ASSETS / "models" / "demo-lcm"
 # the demo model fine-tuned as an inpainting model (engine.training.train_inpaint)
 DEMO_INPAINT_DIR = ASSETS / "models" / "demo-inpaint"
 
@@ -311,6 +314,17 @@ def _load_demo(device, dtype):
     return _with_classifier(bundle, DEMO_MODEL_DIR)
 
 
+def _load_demo_lcm(device, dtype):
+    if not (DEMO_LCM_DIR / "model_index.json").exists():
+        raise ModelLoadError(
+            f"The few-step demo model is missing from {DEMO_LCM_DIR}. Reinstall the app, or "
+            "distil it with `python -m engine.training.distill`."
+        )
+    bundle = _finish("builtin:demo-lcm", load_diffusers_folder(DEMO_LCM_DIR), device, dtype)
+    # the teacher's noise-aware classifier reads the same latents: guidance works here too
+    return _with_classifier(bundle, DEMO_MODEL_DIR)
+
+
 def _with_classifier(bundle: ModelBundle, folder: Path) -> ModelBundle:
     """Load ``folder/classifier`` into the bundle (fp32: its gradients guide sampling)."""
     from .classifier import WEIGHTS_NAME, load_classifier
@@ -329,6 +343,7 @@ BUILTINS: dict[str, Callable[[str | None, str | None], ModelBundle]] = {
     "builtin:tiny": _load_tiny,
     "builtin:tiny-xl": _load_tiny_xl,
     "builtin:demo": _load_demo,
+    "builtin:demo-lcm": _load_demo_lcm,
     "builtin:tiny-inpaint": _load_tiny_inpaint,
     "builtin:demo-inpaint": _load_demo_inpaint,
 }
