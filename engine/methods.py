@@ -355,6 +355,15 @@ METHODS: dict[str, MethodSpec] = {
                     choices=("noise", "original", "fill"),
                     label="Masked content",
                 ),
+                "soft_mask": OptionSpec(
+                    bool,
+                    False,
+                    "Read the mask's grey levels as how much may change (differential "
+                    "diffusion): white changes as much as Denoising strength allows, mid-grey "
+                    "half as much, black nothing, so a soft brush or a feathered mask fades "
+                    "the edit out. Starts from the original, without resampling.",
+                    label="Soft mask",
+                ),
                 "only_masked": OptionSpec(
                     bool,
                     False,

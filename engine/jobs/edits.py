@@ -15,6 +15,7 @@ import torch
 
 from .. import imageops, images
 from ..algorithms.diffedit import diffedit, diffedit_mask
+from ..algorithms.differential import differential, join_counts
 from ..algorithms.inversion import Inversion, invert, regenerate
 from ..algorithms.repaint import repaint, repaint_calls
 from ..denoiser import inpaint_inputs
@@ -82,6 +83,11 @@ def _repaint_area(ctx: JobContext, req: EditRequest, o: Options):
     prep = prepare(ctx, req, grow=o.number("mask_grow"))
     cond = ctx.denoiser.condition(req.prompt, req.negative_prompt, req.guidance)
     strength, content = o.number("denoise"), o.choice("masked_content")
+    b = ctx.bundle
+    # an inpainting UNet also reads the mask and the image with the masked area blanked
+    extra = inpaint_inputs(b, prep.working, prep.mask_working) if b.inpainting else None
+    if o.flag("soft_mask"):
+        return (yield from _soft_inpaint(ctx, req, o, prep, cond, extra))
     start, gen = None, seeded(req)
     if strength < 1.0 and content != "original":
         if content == "fill":
@@ -91,9 +97,6 @@ def _repaint_area(ctx: JobContext, req: EditRequest, o: Options):
             start = torch.randn(prep.latents.shape, generator=gen).to(prep.latents)
         m = prep.mask_latent
         start = m * start + (1 - m) * prep.latents  # outside the mask: the original
-    # an inpainting UNet also reads the mask and the image with the masked area blanked
-    b = ctx.bundle
-    extra = inpaint_inputs(b, prep.working, prep.mask_working) if b.inpainting else None
     with ctx.denoiser.inpainting(extra):
         latents = yield from repaint(
             ctx.denoiser,
@@ -113,6 +116,29 @@ def _repaint_area(ctx: JobContext, req: EditRequest, o: Options):
     image = finish_image(ctx, latents, prep, prep.original.shape[:2], o.number("feather"))
     n = len(ctx.denoiser.schedule.timesteps_for_strength(req.steps, strength))
     return image, repaint_calls(n, j, r) if n else 0
+
+
+def _soft_inpaint(ctx: JobContext, req: EditRequest, o: Options, prep: Prepared, cond, extra):
+    """Differential inpainting: the mask's grey levels (area-averaged to latent cells) are
+    each cell's share of the denoising strength. The result is pasted wherever the mask is
+    above 0 (the grey levels already acted in the denoising; a pixel at 0 is the input's)."""
+    eta = 1.0 if o.choice("sampler") == "ddpm" else o.number("eta")
+    with ctx.denoiser.inpainting(extra):
+        latents = yield from differential(
+            ctx.denoiser,
+            prep.latents,
+            prep.mask_latent,
+            cond,
+            req.steps,
+            o.number("denoise"),
+            req.guidance,
+            seeded(req),
+            eta,
+        )
+    touched = dataclasses.replace(prep, mask=(prep.mask > 0).astype(np.float32))
+    image = finish_image(ctx, latents, touched, prep.original.shape[:2], o.number("feather"))
+    calls = join_counts(prep.mask_latent, req.steps, o.number("denoise"))
+    return image, int(calls.max())
 
 
 # ---- DiffEdit ------------------------------------------------------------------------------
