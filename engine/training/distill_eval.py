@@ -239,11 +239,68 @@ def sample_sheet(student_spec: str, path: Path, n: int = 6, seed_start: int = 50
     return path
 
 
+def sdedit_timing(runs: int = 7, strength: float = 0.6) -> list[dict]:
+    """Seconds per SDEdit job through the Engine (encode, sampling, decode, previews) on a
+    128 px calibration render: the teacher at 25 DDIM steps with guidance 7.5 against
+    demo-lcm at 4 LCM steps, and the teacher at 8 DDIM steps (what Live mode uses on a model
+    without a few-step variant); median of ``runs`` after a warm-up, alternating models."""
+    import os
+    import statistics
+
+    from ..engine import Engine
+    from ..types import EditRequest, Finished, ModelLoaded
+
+    image = render_heldout(1, 500_000 + SCENES_A)[0][0]
+    prompt = render_heldout(1, 500_000 + SCENES_B)[2][0]  # another scene's caption: an edit
+    setups = [
+        ("builtin:demo", "ddim", 25),
+        ("builtin:demo", "ddim", 8),
+        ("builtin:demo-lcm", "lcm", 4),
+    ]
+    engines = {}
+    for model, _, _ in setups:
+        if model not in engines:  # one load at a time
+            engines[model] = Engine()
+            loaded = engines[model].wait(engines[model].load_model(model, "cpu"), 300)
+            if not isinstance(loaded, ModelLoaded):
+                raise RuntimeError(f"{model}: {loaded}")
+    times: dict[tuple, list[float]] = {s: [] for s in setups}
+    try:
+        for run in range(runs + 1):  # run 0 warms up
+            for model, sampler, steps in setups:
+                req = EditRequest(
+                    "sdedit", prompt, image=image, steps=steps, strength=strength,
+                    guidance=7.5, options={"sampler": sampler},
+                )  # fmt: skip
+                t0 = time.perf_counter()
+                ev = engines[model].run(req, timeout=600)
+                if not isinstance(ev, Finished):
+                    raise RuntimeError(f"{model}: {ev}")
+                if run:
+                    times[(model, sampler, steps)].append(time.perf_counter() - t0)
+    finally:
+        for e in engines.values():
+            e.shutdown()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return [
+        {
+            "model": m,
+            "sampler": smp,
+            "steps": st,
+            "median_s": statistics.median(ts),
+            "runs_s": [round(t, 3) for t in ts],
+            "threads": torch.get_num_threads(),
+            "loadavg_1min": load,
+        }
+        for (m, smp, st), ts in times.items()
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     from ..models import DEMO_MODEL_DIR
 
     p = argparse.ArgumentParser(prog="python -m engine.training.distill_eval", description=__doc__)
-    p.add_argument("--student", required=True, help="a distill checkpoint or a model folder")
+    p.add_argument("--student", default="", help="a distill checkpoint or a model folder")
     p.add_argument("--seeds", default="calibration", help="calibration, development or a seed")
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--steps", type=int, nargs="+", default=[4])
@@ -253,11 +310,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ddim-baseline", action="store_true", help="also the teacher's DDIM rows")
     p.add_argument("--cache", type=Path, default=None, help="keep the teacher's samples here")
     p.add_argument("--sheet", type=Path, default=None, help="only draw the sample figure")
+    p.add_argument(
+        "--timing", action="store_true", help="only time SDEdit jobs (see sdedit_timing)"
+    )
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     if a.sheet:
         sample_sheet(a.student, a.sheet)
         return 0
+    if a.timing:
+        for row in sdedit_timing():
+            print(json.dumps(row), flush=True)
+        return 0
+    if not a.student:
+        p.error("--student is needed (a distill checkpoint or a model folder)")
     if a.seeds == "final":
         print("distill_eval: the final range is for reports only; use calibration", file=sys.stderr)
         return 2
