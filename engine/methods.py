@@ -196,6 +196,22 @@ DIFFEDIT_MASK = {
         1.0,
         step=0.05,
     ),
+    "mask_threshold": OptionSpec(
+        str,
+        "fixed",
+        "Where the mask is cut: fixed uses Threshold (the paper's 0.5); otsu picks the cut "
+        "that best splits this picture's map into changed and unchanged.",
+        choices=("fixed", "otsu"),
+        label="Mask cut",
+    ),
+    "mask_upsampling": OptionSpec(
+        str,
+        "bilinear",
+        "How the coarse map is brought to pixels: bilinear is smooth; guided makes the mask's "
+        "edge follow the picture's edges.",
+        choices=("bilinear", "guided"),
+        label="Mask edges",
+    ),
     "mask_strength": OptionSpec(
         float, 0.5, "How far the image is noised to estimate the mask.", 0.01, 1.0, form=False
     ),

@@ -84,6 +84,42 @@ def diffedit_mask(
     return DiffEditMask(m, (m > threshold).float())
 
 
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """The threshold that best splits ``values`` (in [0, 1]) into two classes: Otsu 1979,
+    the maximum of the between-class variance σ_B²(k) = (μ_T ω(k) − μ(k))² / (ω(k)(1 − ω(k)))
+    over a histogram. Adapts to each map, where a fixed 0.5 does not."""
+    hist, edges = np.histogram(np.clip(values, 0, 1), bins=bins, range=(0.0, 1.0))
+    p = hist.astype(np.float64) / max(hist.sum(), 1)
+    centres = (edges[:-1] + edges[1:]) / 2
+    omega = np.cumsum(p)  # ω(k): share of values at or below bin k
+    mu = np.cumsum(p * centres)  # μ(k): their first moment
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (mu[-1] * omega - mu) ** 2 / (omega * (1 - omega))
+    between[~np.isfinite(between)] = -1
+    return float(edges[int(np.argmax(between)) + 1])
+
+
+def _box(x: torch.Tensor, r: int) -> torch.Tensor:
+    """Mean over a (2r+1)² window, edges replicated."""
+    return torch.nn.functional.avg_pool2d(
+        torch.nn.functional.pad(x, (r, r, r, r), mode="replicate"), 2 * r + 1, stride=1
+    )
+
+
+def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
+    """He et al. 2010, "Guided Image Filtering", Alg. 1 with a grey guide: ``src`` (HxW) is
+    locally an affine function q = a·I + b of the guide ``guide`` (HxW in [0, 1]), fitted over
+    (2r+1)² windows with regularisation ``eps``, so the output's edges follow the image's."""
+    i = torch.from_numpy(np.ascontiguousarray(guide, dtype=np.float32))[None, None]
+    p = torch.from_numpy(np.ascontiguousarray(src, dtype=np.float32))[None, None]
+    mean_i, mean_p = _box(i, radius), _box(p, radius)
+    var_i = _box(i * i, radius) - mean_i**2
+    cov_ip = _box(i * p, radius) - mean_i * mean_p
+    a = cov_ip / (var_i + eps)  # eq. 5
+    b = mean_p - a * mean_i  # eq. 6
+    return (_box(a, radius) * i + _box(b, radius))[0, 0].numpy()  # eq. 8
+
+
 def diffedit(
     denoiser: Denoiser,
     x0: torch.Tensor,
