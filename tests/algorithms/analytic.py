@@ -39,6 +39,7 @@ class AnalyticDenoiser(Denoiser):
         self.dtype = torch.float32
         self._cache = {}
         self.unet_calls = 0
+        self.xl = self.refiner = False  # one text encoder, no micro-conditioning
         self.mu, self.s = mu, s
         self.region = torch.zeros_like(mu) if region is None else region
         self.seen: list[tuple[int, torch.Tensor]] = []  # (t, x) of every model call
