@@ -60,7 +60,9 @@ def maps_for(bundle, case, samples: int, steps: int = 50):
     return est.map[0, 0].cpu().numpy()
 
 
-def measure(bundle, cases, samples=SAMPLES, cuts=CUTS, upsampling=UPSAMPLING, log=print):
+def measure(
+    bundle, cases, samples=SAMPLES, cuts=CUTS, upsampling=UPSAMPLING, radii=(None,), log=print
+):
     from engine import imageops
     from engine.jobs.edits import _u8, mask_from_map
 
@@ -69,10 +71,13 @@ def measure(bundle, cases, samples=SAMPLES, cuts=CUTS, upsampling=UPSAMPLING, lo
     for i, case in enumerate(cases):
         for k in samples:
             m = maps_for(bundle, case, k)
-            for (mode, thr), (up, eps) in itertools.product(cuts, upsampling):
-                binary = mask_from_map(m, case.before.image, f, thr or 0.5, mode, up, eps)
+            for (mode, thr), (up, eps), r in itertools.product(cuts, upsampling, radii):
+                if r is not None and up != "guided":
+                    continue
+                binary = mask_from_map(m, case.before.image, f, thr or 0.5, mode, up, eps, r)
                 name = f"n{k} {mode}{'' if thr is None else f' {thr}'} {up}"
                 name += "" if eps is None else f" eps {eps:g}"
+                name += "" if r is None else f" r {r}"
                 # as the job hands the mask out: blurred over a quarter cell, 8-bit, ≥ 128
                 soft = _u8(imageops.blur(binary, f / 4))
                 scores.setdefault(name, []).append(iou(soft >= 128, case.region))
@@ -86,14 +91,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, required=True, help="first seed")
     p.add_argument("--n", type=int, default=40)
     p.add_argument("--samples", type=int, nargs="*", default=list(SAMPLES))
+    p.add_argument("--thresholds", type=float, nargs="*", default=None, help="fixed cuts")
+    p.add_argument("--eps", type=float, nargs="*", default=None, help="guided filter eps")
+    p.add_argument("--radii", type=int, nargs="*", default=None, help="guided filter radii")
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args(argv)
+    cuts = CUTS if a.thresholds is None else tuple(("fixed", t) for t in a.thresholds)
+    ups = (
+        UPSAMPLING if a.eps is None else (("bilinear", None),) + tuple(("guided", e) for e in a.eps)
+    )
+    radii = (None,) if a.radii is None else tuple(a.radii)
     check_evaluation(SeedRange(a.seeds, a.seeds + SPAN), a.model, None)
     from engine.models import load_model
 
     bundle = load_model(a.model, device="cpu")
     cases = diffedit_cases(a.n, a.seeds)
-    res = measure(bundle, cases, a.samples, log=lambda m: print(m, file=sys.stderr))
+    res = measure(
+        bundle, cases, a.samples, cuts, ups, radii, log=lambda m: print(m, file=sys.stderr)
+    )
     for name, v in sorted(res.items(), key=lambda kv: -kv[1]["iou"]["mean"]):
         ci = v["iou"]
         lo, hi = ci["ci95"]

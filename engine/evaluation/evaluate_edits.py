@@ -448,27 +448,45 @@ def inversion_metrics(run: Runner, seeds: list[int], steps=50, guidance=7.5) -> 
     return out
 
 
+# DiffEdit's mask as the paper sets it (10 noises, the map cut at 0.5; our bilinear pixel
+# refinement) and as the app's defaults set it (engine.methods)
+DIFFEDIT_SETTINGS = {
+    "paper": {
+        "n_samples": 10,
+        "threshold": 0.5,
+        "mask_threshold": "fixed",
+        "mask_upsampling": "bilinear",
+    },
+    "ours": {},
+}
+
+
 def diffedit_metrics(run: Runner, cases: list[EditCase], steps=50) -> dict:
-    """IoU of DiffEdit's thresholded mask against the true edited region."""
-    scores = []
-    for c in cases:
-        res, _ = run(
-            "diffedit_mask",
-            prompt=c.after.caption,
-            image=c.before.image,
-            steps=steps,
-            seed=c.seed,
-            options={"reference_prompt": c.before.caption},
-        )
-        scores.append(iou(res.extras["mask"] >= 128, c.region))
+    """IoU of DiffEdit's thresholded mask against the true edited region, for each of
+    ``DIFFEDIT_SETTINGS``, with the mean time of a mask."""
     seeds = [c.seed for c in cases]
-    return {
-        "seeds": [min(seeds), max(seeds)],
-        "n": len(cases),
-        "iou": mean_ci(scores),
-        "per_scene": [round(s, 3) for s in scores],
-        "edits": [c.what for c in cases],
-    }
+    out: dict = {"seeds": [min(seeds), max(seeds)], "n": len(cases)}
+    for name, options in DIFFEDIT_SETTINGS.items():
+        scores, times = [], []
+        for c in cases:
+            res, wall = run(
+                "diffedit_mask",
+                prompt=c.after.caption,
+                image=c.before.image,
+                steps=steps,
+                seed=c.seed,
+                options={"reference_prompt": c.before.caption, **options},
+            )
+            scores.append(iou(res.extras["mask"] >= 128, c.region))
+            times.append(wall)
+        out[name] = {
+            "options": options,
+            "iou": mean_ci(scores),
+            "wall_s": float(np.mean(times)),
+            "per_scene": [round(s, 3) for s in scores],
+        }
+    out["edits"] = [c.what for c in cases]
+    return out
 
 
 # how hard the old object is blurred in the smudge controls (px): from a soft copy of it to a
@@ -495,20 +513,27 @@ def new_object_controls(probe, cases: list[EditCase]) -> dict:
     return out
 
 
-def repaint_metrics(run: Runner, cases: list[EditCase], probe, steps=25) -> dict:
-    """RePaint (GUI defaults) and naive inpainting on the same masks and seeds, and the
-    controls that show what the new-object test can and cannot tell: the true edit (its
-    ceiling), the old object blurred in place (a smudge must not pass) and the untouched
-    original (nothing new must be seen)."""
+def repaint_metrics(
+    run: Runner, cases: list[EditCase], probe, steps=25, inpaint_run: Runner | None = None
+) -> dict:
+    """RePaint (GUI defaults) and naive inpainting on the same masks and seeds — and, with
+    ``inpaint_run`` (an inpainting model's runner), that model alone (no resampling) and
+    with RePaint's resampling — with each method's mean time per scene, and the controls
+    that show what the new-object test can and cannot tell: the true edit (its ceiling),
+    the old object blurred in place (a smudge must not pass) and the untouched original
+    (nothing new must be seen)."""
     from engine.jobs.base import paste_into
 
     out: dict = {"seeds": [cases[0].seed, cases[-1].seed], "n": len(cases), "steps": steps}
-    kinds = {"repaint": {}, "naive": {"jump_n_sample": 1}}
-    for label, options in kinds.items():
-        exact, seams, images = [], [], []
+    kinds = {"repaint": (run, {}), "naive": (run, {"jump_n_sample": 1})}
+    if inpaint_run is not None:
+        kinds["inpaint_model"] = (inpaint_run, {"jump_n_sample": 1})
+        kinds["inpaint_model_repaint"] = (inpaint_run, {})
+    for label, (runner, options) in kinds.items():
+        exact, seams, images, times = [], [], [], []
         for c in cases:
             mask = c.mask
-            res, _ = run(
+            res, wall = runner(
                 "repaint",
                 prompt=c.after.caption,
                 image=c.before.image,
@@ -520,8 +545,12 @@ def repaint_metrics(run: Runner, cases: list[EditCase], probe, steps=25) -> dict
             exact.append(bool(np.array_equal(res.image[~mask], c.before.image[~mask])))
             seams.append(seam_ratio(res.image, mask))
             images.append(res.image)
+            times.append(wall)
         seen = new_object_tests(probe, cases, images)
         out[label] = {
+            "model": runner.bundle.name,
+            "options": options,
+            "wall_s": float(np.mean(times)),
             # a property of the method (the composite copies the original back), checked here
             # as a guarantee, not a measured result
             "outside_bit_exact_guarantee_held": bool(all(exact)),
@@ -610,12 +639,14 @@ def edit_metrics(
     steps: int = 50,
     repaint_steps: int = 25,
     start: int = EDIT_SEED,
+    inpaint_bundle=None,
 ) -> dict:
     """Every section above on ``n`` scenes each, from seed ``start`` on (see
     ``SECTION_OFFSETS``); ``sections`` picks a subset by name. ``steps`` is the inversion and
     DiffEdit chain length (the paper's 50), ``repaint_steps`` RePaint's (the GUI default).
     The inversion section takes ``n`` consecutive scenes, whatever they show."""
     run = Runner(bundle, log)
+    inpaint_run = Runner(inpaint_bundle, log) if inpaint_bundle is not None else None
     at = {k: start + off for k, off in SECTION_OFFSETS.items()}
     kinds = find_cases(object_kind_case, n, at["kinds"])
     colours = find_cases(wall_colour_case, n, at["colours"])
@@ -627,7 +658,7 @@ def edit_metrics(
             run, list(range(at["inversion"], at["inversion"] + n)), steps
         ),
         "diffedit": lambda: diffedit_metrics(run, diffedit_cases, steps),
-        "repaint": lambda: repaint_metrics(run, kinds, probe, repaint_steps),
+        "repaint": lambda: repaint_metrics(run, kinds, probe, repaint_steps, inpaint_run),
         "reedit": lambda: reedit_metrics(run, colours[: max(n // 2, 1)] + times, probe, steps),
     }
     out: dict = {"seed_start": start, "n": n}
@@ -677,23 +708,25 @@ def format_edits(r: dict) -> str:
             )
     if "diffedit" in r:
         v = r["diffedit"]
-        lines.append(
-            f"DiffEdit mask IoU (seeds {v['seeds'][0]:,}–{v['seeds'][1]:,}, n {v['n']}): "
-            f"{_ci(v['iou'])}"
-        )
+        lines.append(f"DiffEdit mask IoU (seeds {v['seeds'][0]:,}–{v['seeds'][1]:,}, n {v['n']}):")
+        for k in DIFFEDIT_SETTINGS:
+            e = v[k]
+            lines.append(f"  {k:<6} {_ci(e['iou']):<28} {e['wall_s']:.2f} s/mask  {e['options']}")
     if "repaint" in r:
         v = r["repaint"]
         lines.append(
             f"inpainting a new object (seeds {v['seeds'][0]:,}–{v['seeds'][1]:,}, n {v['n']}; "
             f"new object = localised probe test):"
         )
-        for k in ("repaint", "naive"):
+        for k in ("repaint", "naive", "inpaint_model", "inpaint_model_repaint"):
+            if k not in v:
+                continue
             e = v[k]
             held = "held" if e["outside_bit_exact_guarantee_held"] else "BROKEN"
             lines.append(
-                f"  {k:<8} new object {_ci(e['new_object'], pct=True)}, anywhere-in-image "
+                f"  {k:<22} new object {_ci(e['new_object'], pct=True)}, anywhere-in-image "
                 f"{e['new_object_anywhere']['rate']:.0%}; seam ratio {_ci(e['seam_ratio'])}; "
-                f"outside-mask guarantee {held}"
+                f"{e['wall_s']:.2f} s/scene; outside-mask guarantee {held}"
             )
         for k, e in v["controls"].items():
             lines.append(
@@ -744,6 +777,12 @@ def main(argv: list[str] | None = None) -> int:
         help="inversion, diffedit, repaint, reedit (default: all)",
     )
     p.add_argument("--probe", default=None)
+    p.add_argument(
+        "--inpaint-model",
+        default=None,
+        help="an inpainting model (e.g. builtin:demo-inpaint): the repaint section adds it "
+        "alone and with RePaint's resampling",
+    )
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args(argv)
     from engine.models import load_model
@@ -757,6 +796,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--seeds takes a number or one of {', '.join(NAMED)}, not {a.seeds!r}")
     try:
         check_evaluation(SeedRange(start, start + SPAN), a.model, a.probe)
+        if a.inpaint_model:
+            check_evaluation(SeedRange(start, start + SPAN), a.inpaint_model, a.probe)
     except SeedRangeError as e:
         print(f"evaluate_edits: {e}", file=sys.stderr)
         return 2
@@ -767,6 +808,7 @@ def main(argv: list[str] | None = None) -> int:
         log=lambda m: print(m, file=sys.stderr),
         sections=a.sections,
         start=start,
+        inpaint_bundle=load_model(a.inpaint_model, device="cpu") if a.inpaint_model else None,
     )
     print(format_edits(results))
     if a.json:

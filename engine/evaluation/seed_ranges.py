@@ -86,13 +86,15 @@ def check_disjoint(used: SeedRange, model_dir: Path | None, probe_dir: Path | No
 
 def check_evaluation(used: SeedRange, model: str, probe: str | None) -> None:
     """``check_disjoint`` for an evaluation's ``--model`` spec and ``--probe`` path: the
-    demo model's folder for builtin:demo, a folder path as given, no record for other
+    demo models' folders for builtin:demo and builtin:demo-inpaint (its card records the
+    base model's seeds and its own), a folder path as given, no record for other
     built-ins (random weights) or single files; the shipped probe by default."""
-    from engine.models import DEMO_MODEL_DIR
+    from engine.models import DEMO_INPAINT_DIR, DEMO_MODEL_DIR
 
     from ..training.probe import PROBE_DIR
 
-    model_dir = DEMO_MODEL_DIR if model == "builtin:demo" else None
+    trained = {"builtin:demo": DEMO_MODEL_DIR, "builtin:demo-inpaint": DEMO_INPAINT_DIR}
+    model_dir = trained.get(model)
     if model_dir is None and Path(model).is_dir():
         model_dir = Path(model)
     check_disjoint(used, model_dir, Path(probe) if probe else PROBE_DIR)

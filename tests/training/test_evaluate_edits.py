@@ -115,15 +115,20 @@ def test_edit_metrics_run_on_tiny():
         log=lambda m: None,
         steps=3,
         repaint_steps=6,
+        inpaint_bundle=load_model("builtin:tiny-inpaint", device="cpu"),
     )
     inv = r["inversion"]["all"]
     assert set(ev.INVERSION_METHODS) <= set(inv) and np.isfinite(inv["vae_ceiling_db"]["mean"])
     assert inv["n"] == 2
     assert r["inversion"]["seeds"] == [ev.EDIT_SEED + 300_000, ev.EDIT_SEED + 300_001]
-    assert 0 <= r["diffedit"]["iou"]["mean"] <= 1 and r["diffedit"]["n"] == 2
-    for k in ("repaint", "naive"):
+    assert r["diffedit"]["n"] == 2
+    for k in ev.DIFFEDIT_SETTINGS:  # the paper's setting and ours, both reported
+        assert 0 <= r["diffedit"][k]["iou"]["mean"] <= 1 and r["diffedit"][k]["wall_s"] > 0
+    for k in ("repaint", "naive", "inpaint_model", "inpaint_model_repaint"):
         # a guarantee of the method, checked even with random weights
         assert r["repaint"][k]["outside_bit_exact_guarantee_held"] is True
+        assert r["repaint"][k]["wall_s"] > 0
+    assert r["repaint"]["inpaint_model"]["model"] == "builtin:tiny-inpaint"
     assert 0 < r["repaint"]["seam_ratio_vae_floor"]["mean"] < float("inf")
     assert r["repaint"]["controls"]["original"]["new_object"]["k"] == 0
     assert r["reedit"]["house_wall/masked"]["background_bit_exact_guarantee_held"] is True

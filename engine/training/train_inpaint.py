@@ -1,0 +1,262 @@
+"""Fine-tune the demo UNet into an inpainting model (``builtin:demo-inpaint``).
+
+The recipe of SD's inpainting checkpoints (Rombach et al. 2022, the sd-v1-5-inpainting
+model card) at demo size: the UNet's first convolution takes 9 channels — the noisy latents,
+the mask, and the latents of the image with the masked region zeroed — its 5 new input
+channels start at zero (so step 0 is exactly the demo model), and it learns ε-prediction on
+the world's scenes under random masks of the shapes people paint: strokes, boxes, object
+masks from the world's label maps (grown by a few pixels, as painted around an object), and
+the whole image (so it still generates from nothing). The text encoder and VAE stay frozen.
+
+    python -m engine.training.train_inpaint --data runs/world --run runs/inpaint --minutes 50
+    python -m engine.training.train_inpaint --data runs/world --run runs/inpaint --export \
+        assets/models/demo-inpaint
+
+Resumable like ``engine.training.train`` (checkpoint in the run folder, SIGINT/SIGTERM save
+and stop, ``--minutes`` fits the cosine to the time), one JSON line per log step in
+``<run>/log.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+from ..loaders import INPAINT_IN_CHANNELS, load_diffusers_folder
+from ..models import DEMO_MODEL_DIR
+from ..schedule import Schedule
+from ..world.raster import FIRST_OBJECT_LABEL
+from .dataset import WorldCache
+from .train import Logger, StopFlag, _ema_update, _save, encode_dataset, lr_factor
+
+# how often each mask shape is drawn (object masks are what the evaluation's inpainting asks
+# for, strokes and boxes what the editor's brush and selection make)
+MASK_SHAPES = {"object": 0.45, "box": 0.2, "strokes": 0.25, "full": 0.1}
+
+
+def inpaint_unet(unet):
+    """A copy of ``unet`` whose first convolution takes 9 channels; the 5 new input channels
+    (mask, masked-image latents) start at zero, so the model starts as ``unet``."""
+    from diffusers import UNet2DConditionModel
+
+    config = {**unet.config, "in_channels": INPAINT_IN_CHANNELS}
+    new = UNet2DConditionModel.from_config(config)
+    state = unet.state_dict()
+    w = state["conv_in.weight"]
+    grown = torch.zeros(w.shape[0], INPAINT_IN_CHANNELS, *w.shape[2:], dtype=w.dtype)
+    grown[:, : w.shape[1]] = w
+    new.load_state_dict({**state, "conv_in.weight": grown})
+    return new
+
+
+def random_mask(rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
+    """One float HxW mask (1 = generate) of a shape people paint, for a scene's label map."""
+    size = labels.shape[0]
+    shape = rng.choice(list(MASK_SHAPES), p=list(MASK_SHAPES.values()))
+    objects = np.unique(labels[labels >= FIRST_OBJECT_LABEL])
+    if shape == "object" and len(objects):
+        m = labels == rng.choice(objects)
+        grow = int(rng.integers(1, 7))  # painted loosely around it
+        t = torch.from_numpy(m.astype(np.float32))[None, None]
+        return F.max_pool2d(t, 2 * grow + 1, stride=1, padding=grow)[0, 0].numpy()
+    if shape == "full":
+        return np.ones((size, size), np.float32)
+    img = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(img)
+    if shape == "strokes":
+        for _ in range(int(rng.integers(1, 4))):
+            points = [tuple(rng.integers(0, size, 2).tolist())]
+            for _ in range(int(rng.integers(1, 5))):
+                step = rng.normal(0, size / 5, 2)
+                points.append(tuple(np.clip(np.add(points[-1], step), 0, size - 1).tolist()))
+            width = int(rng.integers(6, 22))
+            draw.line(points, fill=255, width=width, joint="curve")
+            for p in points:  # round ends, as a brush leaves them
+                r = width / 2
+                draw.ellipse((p[0] - r, p[1] - r, p[0] + r, p[1] + r), fill=255)
+    else:  # a box (also the fallback for a scene with no object)
+        w, h = rng.integers(size // 8, size * 5 // 8, 2)
+        x, y = rng.integers(0, size - w + 1), rng.integers(0, size - h + 1)
+        draw.rectangle((int(x), int(y), int(x + w - 1), int(y + h - 1)), fill=255)
+    return np.asarray(img, dtype=np.float32) / 255
+
+
+@torch.no_grad()
+def conditioning(vae, scale: float, images: torch.Tensor, masks: torch.Tensor):
+    """The inpainting UNet's extra inputs for a batch, as ``engine.denoiser.inpaint_inputs``
+    builds them at inference (and diffusers' pipeline does): binary mask at latent size by
+    nearest interpolation, and the posterior-mean latents of ``images * (mask < 0.5)``."""
+    m = (masks >= 0.5).float()
+    z = vae.encode(images * (m < 0.5)).latent_dist.mean * scale
+    return torch.cat([F.interpolate(m, size=z.shape[-2:]), z], dim=1)
+
+
+def train_inpaint(
+    data: Path,
+    run: Path,
+    steps: int = 100_000,
+    batch: int = 32,
+    lr: float = 2e-4,
+    dropout: float = 0.1,
+    ema_decay: float = 0.998,
+    min_snr_gamma: float = 5.0,
+    warmup: int = 100,
+    minutes: float | None = None,
+    log_every: int = 20,
+    ckpt_every: int = 100,
+    base: Path = DEMO_MODEL_DIR,
+    n_images: int | None = None,
+) -> Path:
+    """ε-prediction with Min-SNR-γ weights (as ``train.train_unet``) on the 9-channel UNet,
+    from ``base``'s weights; only the UNet learns. CPU or CUDA (``pick_device``'s choice)."""
+    from ..models import pick_device
+
+    dev, _ = pick_device("auto", "fp32")
+    run.mkdir(parents=True, exist_ok=True)
+    parts = load_diffusers_folder(base)
+    vae, text, tok = parts["vae"].to(dev), parts["text_encoder"].to(dev), parts["tokenizer"]
+    scale = float(parts["vae_scale"])
+    unet = inpaint_unet(parts["unet"]).to(dev).train()
+    cache = WorldCache.open(data)
+    latents_path = run / "latents.pt"
+    if not latents_path.exists():
+        n = min(n_images or len(cache), len(cache))  # encoding is a CPU run's first cost
+        _save(latents_path, {"latents": encode_dataset(vae, cache.images[:n], dev)})
+    lat = torch.load(latents_path)["latents"]
+    mean, std = lat[:, :4].float().to(dev), lat[:, 4:].float().to(dev)
+    ids = tok(
+        list(cache.captions[: len(lat)]) + [""],
+        padding="max_length",
+        max_length=tok.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids.to(dev)
+    ids, empty = ids[:-1], ids[-1]
+    ema = copy.deepcopy(unet).eval()
+    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=1e-2)
+    ckpt, step = run / "inpaint.ckpt", 0
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location=dev)
+        unet.load_state_dict(state["unet"])
+        ema.load_state_dict(state["ema_unet"])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+    for group in opt.param_groups:
+        group.setdefault("base_lr", group["lr"])
+    sched = Schedule.from_config(parts["scheduler_config"])
+    ac = torch.tensor(sched.alphas_cumprod, dtype=torch.float32, device=dev)
+    snr = ac / (1 - ac)
+    weight = snr.clamp(max=min_snr_gamma) / snr
+    gen = torch.Generator(dev).manual_seed(2000 + step)
+    rng = np.random.default_rng(3000 + step)
+    stop, log = StopFlag(), Logger(run, "inpaint", dev)
+    deadline = time.time() + 60 * minutes if minutes else math.inf
+    fit_from, fit_to = step + 10, step + 50  # steps timed to fit the cosine to ``minutes``
+
+    def state():
+        return {
+            "unet": unet.state_dict(),
+            "ema_unet": ema.state_dict(),
+            "opt": opt.state_dict(),
+            "step": step,
+            "vae_scale": scale,
+        }
+
+    while step < steps and not stop.set and time.time() < deadline:
+        if minutes and step == fit_from:
+            t_fit = time.time()
+        if minutes and step == fit_to:
+            rate = (fit_to - fit_from) / (time.time() - t_fit)
+            steps = min(steps, step + int(rate * (deadline - time.time())))
+            log(step, 0, planned_steps=steps, steps_per_s=rate)
+        idx = rng.integers(0, len(lat), batch)
+        images = torch.from_numpy(np.stack([cache.images[i] for i in idx])).to(dev)
+        images = images.permute(0, 3, 1, 2).float() / 127.5 - 1
+        masks = np.stack([random_mask(rng, np.asarray(cache.labels[i])) for i in idx])
+        extra = conditioning(vae, scale, images, torch.from_numpy(masks)[:, None].to(dev))
+        ti = torch.from_numpy(idx).to(dev)
+        kw = dict(generator=gen, device=dev)
+        z0 = (mean[ti] + std[ti] * torch.randn(mean[ti].shape, **kw)) * scale
+        t = torch.randint(0, len(ac), (batch,), **kw)
+        noise = torch.randn(z0.shape, **kw)
+        a = ac[t].view(-1, 1, 1, 1)
+        zt = a.sqrt() * z0 + (1 - a).sqrt() * noise  # q(x_t | x_0), Ho et al. 2020 eq. 4
+        cap = ids[ti].clone()
+        cap[torch.rand(batch, **kw) < dropout] = empty
+        with torch.no_grad():
+            emb = text(cap)[0]
+        pred = unet(torch.cat([zt, extra], 1), t, encoder_hidden_states=emb).sample
+        per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+        loss = (weight[t] * per_sample).mean()
+        for group in opt.param_groups:
+            group["lr"] = group["base_lr"] * lr_factor(step, steps, warmup)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        step += 1
+        _ema_update(ema, unet, min(ema_decay, (1 + step) / (10 + step)))
+        if step % log_every == 0:
+            log(step, batch * log_every, loss=loss.item(), mse=per_sample.mean().item())
+        if step % ckpt_every == 0:
+            _save(ckpt, state())
+    _save(ckpt, state())
+    return ckpt
+
+
+def export_inpaint(run: Path, out: Path, base: Path = DEMO_MODEL_DIR) -> Path:
+    """The EMA UNet (fp16 safetensors) beside ``base``'s VAE, text encoder, tokenizer and
+    scheduler, as a diffusers folder; written to a temporary folder first. A MODEL_CARD.md
+    already in ``out`` is kept (it is written by hand from the logs)."""
+    state = torch.load(run / "inpaint.ckpt", map_location="cpu")
+    unet = inpaint_unet(load_diffusers_folder(base)["unet"])
+    unet.load_state_dict(state["ema_unet"])
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(base, tmp, ignore=shutil.ignore_patterns("unet", "classifier", "*.md"))
+    unet.half().save_pretrained(tmp / "unet", safe_serialization=True)
+    card = out / "MODEL_CARD.md"
+    if card.exists():
+        shutil.copy(card, tmp / "MODEL_CARD.md")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    print(f"exported {run} step {state['step']} to {out}", flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m engine.training.train_inpaint", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--data", type=Path, help="a world cache (python -m engine.training data)")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--steps", type=int, default=100_000)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--minutes", type=float, default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--n-images", type=int, default=None, help="train on the first N scenes")
+    p.add_argument("--export", type=Path, default=None, help="write the run to this folder")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.export is not None:
+        export_inpaint(a.run, a.export)
+        return 0
+    if a.data is None:
+        p.error("--data is required for training")
+    train_inpaint(a.data, a.run, a.steps, a.batch, a.lr, minutes=a.minutes, n_images=a.n_images)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

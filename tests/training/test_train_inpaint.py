@@ -1,0 +1,56 @@
+"""The inpainting fine-tune's pieces: the 9-channel UNet starts as the base model, the random
+masks are the shapes people paint, and training builds the extra inputs as inference does."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engine.denoiser import inpaint_inputs
+from engine.training.train_inpaint import MASK_SHAPES, conditioning, inpaint_unet, random_mask
+from engine.world.raster import FIRST_OBJECT_LABEL
+
+
+@torch.no_grad()
+def test_the_grown_unet_starts_as_the_base_whatever_the_extra_inputs(tiny):
+    grown = inpaint_unet(tiny.unet).eval()
+    assert grown.config.in_channels == 9
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 8, 8, generator=gen)
+    extra = torch.randn(2, 5, 8, 8, generator=gen)
+    emb = torch.randn(2, 77, 32, generator=gen)
+    t = torch.tensor([10, 700])
+    base = tiny.unet(x, t, encoder_hidden_states=emb).sample
+    ours = grown(torch.cat([x, extra], 1), t, encoder_hidden_states=emb).sample
+    torch.testing.assert_close(ours, base, rtol=0, atol=1e-5)
+
+
+def test_random_masks_cover_every_shape_and_stay_in_range():
+    rng = np.random.default_rng(0)
+    labels = np.zeros((128, 128), np.uint8)
+    labels[60:90, 30:50] = FIRST_OBJECT_LABEL  # one object
+    masks = [random_mask(rng, labels) for _ in range(200)]
+    areas = np.array([m.mean() for m in masks])
+    assert all(m.shape == (128, 128) and m.min() >= 0 and m.max() <= 1 for m in masks)
+    assert (areas > 0).all()
+    full = (areas == 1).mean()
+    assert abs(full - MASK_SHAPES["full"]) < 0.08
+    # object masks: the object grown by a few pixels, nothing far from it
+    obj = labels >= FIRST_OBJECT_LABEL
+    object_like = [m for m in masks if m[obj].min() == 1 and m.mean() < 0.1]
+    assert len(object_like) > 0.25 * len(masks)
+    assert all(m[:40].max() == 0 for m in object_like)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@torch.no_grad()
+def test_training_builds_the_extra_inputs_as_inference_does(tiny, seed):
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    mask = random_mask(rng, np.zeros((64, 64), np.uint8))
+    ref = inpaint_inputs(tiny, image, mask)
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1
+    ours = conditioning(tiny.vae, tiny.vae_scale, x, torch.from_numpy(mask)[None, None])
+    assert torch.equal(ours[:, :1], ref.mask)
+    torch.testing.assert_close(ours[:, 1:], ref.masked_latents, rtol=0, atol=1e-5)
