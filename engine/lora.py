@@ -114,15 +114,26 @@ def _short(e: Exception) -> str:
 # ---- fusing ----------------------------------------------------------------------------------
 
 
-def _loader():
-    """diffusers' SD LoRA loading (key conversion, kohya included, and PEFT injection)."""
-    from diffusers.loaders import StableDiffusionLoraLoaderMixin
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")  # SDXL has two (the refiner only the 2nd)
 
+
+def _loader(bundle):
+    """diffusers' LoRA loading for the bundle's family (key conversion, kohya included, and
+    PEFT injection): SDXL's when it has a second text encoder."""
+    from diffusers.loaders import StableDiffusionLoraLoaderMixin, StableDiffusionXLLoraLoaderMixin
+
+    if getattr(bundle, "text_encoder_2", None) is not None:
+        return StableDiffusionXLLoraLoaderMixin
     return StableDiffusionLoraLoaderMixin
 
 
 def _models(bundle) -> dict[str, torch.nn.Module]:
-    return {"unet": bundle.unet, "text_encoder": bundle.text_encoder}
+    """The parts a LoRA may change: the UNet and whichever text encoders the model has."""
+    parts = {"unet": bundle.unet}
+    for name in TEXT_ENCODERS:
+        if getattr(bundle, name, None) is not None:
+            parts[name] = getattr(bundle, name)
+    return parts
 
 
 def _restore(bundle, state: LoraState) -> None:
@@ -160,21 +171,20 @@ def _fuse(bundle, state: LoraState, loras: list[Lora]) -> None:
     if not loras:
         state.pristine.clear()
         return
-    loader = _loader()
     names = [f"lora{i}" for i in range(len(loras))]
     with warnings.catch_warnings():  # PEFT's notes on several adapters are not for users
         warnings.simplefilter("ignore", UserWarning)
-        _load_adapters(bundle, state, loras, names, loader)
+        _load_adapters(bundle, state, loras, names, _loader(bundle))
     _keep_pristine(bundle, state)
-    weights = [x.weight for x in loras]
-    unet_names = [n for n in names if n in getattr(bundle.unet, "peft_config", {})]
-    if unet_names:
-        bundle.unet.set_adapters(unet_names, [weights[names.index(n)] for n in unet_names])
-    text_names = [n for n in names if n in getattr(bundle.text_encoder, "peft_config", {})]
-    if text_names:
-        text_weights = [weights[names.index(n)] for n in text_names]
-        set_adapters_for_text_encoder(text_names, bundle.text_encoder, text_weights)
-    for model, active in ((bundle.unet, unet_names), (bundle.text_encoder, text_names)):
+    weight = {n: x.weight for n, x in zip(names, loras)}
+    for part, model in _models(bundle).items():
+        active = [n for n in names if n in getattr(model, "peft_config", {})]
+        if not active:
+            continue
+        if part == "unet":
+            model.set_adapters(active, [weight[n] for n in active])
+        else:
+            set_adapters_for_text_encoder(active, model, [weight[n] for n in active])
         for module in model.modules():
             if isinstance(module, BaseTunerLayer):
                 module.merge(adapter_names=[n for n in active if n in module.lora_A])
@@ -186,11 +196,11 @@ def _load_adapters(bundle, state: LoraState, loras: list[Lora], names, loader) -
         sd, alphas = loader.lora_state_dict(dict(state.files[lora.path]))
         if not all("lora" in k for k in sd):
             raise ValueError("some of its keys are not LoRA weights")
-        loader.load_lora_into_unet(sd, alphas, bundle.unet, adapter_name=name)
-        loader.load_lora_into_text_encoder(
-            sd, alphas, bundle.text_encoder, prefix="text_encoder", adapter_name=name
-        )
-        if not _has_adapters(bundle.unet) and not _has_adapters(bundle.text_encoder):
+        models = _models(bundle)
+        loader.load_lora_into_unet(sd, alphas, models.pop("unet"), adapter_name=name)
+        for part, model in models.items():
+            loader.load_lora_into_text_encoder(sd, alphas, model, prefix=part, adapter_name=name)
+        if not any(name in getattr(m, "peft_config", {}) for m in _models(bundle).values()):
             raise ValueError("none of its layers is in this model")
 
 

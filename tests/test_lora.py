@@ -41,11 +41,11 @@ def _module(root, path):
     return m
 
 
-def make_lora(bundle, seed: int, alpha: float | None = None):
+def make_lora(bundle, seed: int, alpha: float | None = None, parts=None):
     """Random low-rank factors for a few layers: {(part, path): (down A, up B, α/r)}."""
     g = torch.Generator().manual_seed(seed)
     out = {}
-    for part, layers in (("unet", UNET_LAYERS), ("text_encoder", TEXT_LAYERS)):
+    for part, layers in parts or (("unet", UNET_LAYERS), ("text_encoder", TEXT_LAYERS)):
         model = getattr(bundle, part)
         for path in layers:
             w = _module(model, path).weight
@@ -65,11 +65,15 @@ def write_diffusers(factors, path):
     return path
 
 
-def write_kohya(factors, path, alpha: float):
+KOHYA = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
+KOHYA_XL = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
+
+
+def write_kohya(factors, path, alpha: float, prefixes=KOHYA):
     """kohya-ss's layout: lora_unet_… / lora_te_… with lora_down, lora_up and alpha."""
     tensors = {}
     for (part, layer), (down, up, _) in factors.items():
-        prefix = "lora_unet_" if part == "unet" else "lora_te_"
+        prefix = prefixes[part]
         key = prefix + layer.replace(".", "_")
         tensors[f"{key}.lora_down.weight"] = down.contiguous()
         tensors[f"{key}.lora_up.weight"] = up.contiguous()
@@ -81,7 +85,8 @@ def write_kohya(factors, path, alpha: float):
 def snapshot(bundle):
     return {
         part: {k: v.detach().clone() for k, v in getattr(bundle, part).state_dict().items()}
-        for part in ("unet", "text_encoder")
+        for part in ("unet", "text_encoder", "text_encoder_2")
+        if getattr(bundle, part, None) is not None
     }
 
 
@@ -288,3 +293,26 @@ def test_cli_fuses_loras_and_writes_them_into_the_png(tiny, tmp_path, capsys, mo
     assert code == 2 and err[-1].startswith("error: bad.safetensors is not a readable")
     assert cli.lora_argument("C:/loras/a.safetensors") == ("C:/loras/a.safetensors", 1.0)
     assert cli.lora_argument("a.safetensors:-0.5") == ("a.safetensors", -0.5)
+
+
+@pytest.mark.parametrize("layout", ["diffusers", "kohya"])
+def test_sdxl_loras_reach_both_text_encoders(tmp_path, layout):
+    from engine.models import load_model
+
+    xl = load_model("builtin:tiny-xl", device="cpu")
+    unet_layer = next(n for n, _ in xl.unet.named_modules() if n.endswith("attn2.to_k"))
+    parts = (
+        ("unet", (unet_layer,)),
+        ("text_encoder", TEXT_LAYERS),
+        ("text_encoder_2", TEXT_LAYERS),
+    )
+    snap = snapshot(xl)
+    factors = make_lora(xl, seed=11, alpha=1.0 if layout == "kohya" else None, parts=parts)
+    if layout == "kohya":
+        path = write_kohya(factors, tmp_path / "xl.safetensors", 1.0, KOHYA_XL)
+    else:
+        path = write_diffusers(factors, tmp_path / "xl.safetensors")
+    add_lora(xl, path, 0.6)
+    assert_fused(xl, snap, factors, 0.6)
+    remove_lora(xl, "xl")
+    assert_exactly(xl, snap)
