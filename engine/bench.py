@@ -8,6 +8,13 @@ We report the median wall-time ratio (ours / pipeline), the per-step preview cos
 fraction of the step and, on CUDA, each side's peak GPU memory.
 Our runs include everything a user waits for: text encoding (cache cleared), VAE encode,
 the loop with an x̂₀ preview after every step, decode.
+
+``--fast`` (``engine.bench_fast``) compares four contenders on the same components instead:
+ours with the fast path (``engine.fast``: compiled UNet and VAE decoder), ours eager, the plain
+pipeline, and the pipeline with ``torch.compile`` on copies of its UNet and ``vae.decode``
+(the strongest baseline a user could script: the same compile settings as ours); then the
+UNet alone, the time to the first preview, the first job after a load (eager; the compile
+waits for an idle engine), and the scaling with working size and with steps.
 """
 
 from __future__ import annotations
@@ -45,6 +52,31 @@ def add_parser(sub) -> None:
         help="instead: a Prompt-to-Prompt re-edit vs a plain one (time ratio, peak memory)",
     )
     p.add_argument("--size", type=int, default=None, help="--p2p: image side (default native)")
+    p.add_argument(
+        "--fast",
+        action="store_true",
+        help="instead: ours with the fast path (compiled) vs ours eager vs the pipeline vs "
+        "the pipeline with torch.compile; the UNet alone; time to first preview; scaling "
+        "with size and steps",
+    )
+    p.add_argument(
+        "--sizes",
+        type=int,
+        nargs="*",
+        default=None,
+        help="--fast: working sizes for the scaling rows (default: native x1, x2, x4 on a "
+        "CPU, x1, x1.5, x2 on a GPU; none: skip)",
+    )
+    p.add_argument(
+        "--steps-list",
+        type=int,
+        nargs="*",
+        default=None,
+        help="--fast: step counts for the scaling rows (default: 10 25 50; none: skip)",
+    )
+    p.add_argument(
+        "--scale-repeats", type=int, default=3, help="--fast: repeats of each scaling row"
+    )
     p.add_argument(
         "--memory",
         action="store_true",
@@ -170,6 +202,10 @@ def run(a: argparse.Namespace) -> int:
         return run_attention(a)
     if a.memory:
         return run_memory(a)
+    if a.fast:
+        from .bench_fast import run_fast
+
+        return run_fast(a)
 
     from .algorithms.common import drive
     from .denoiser import Denoiser

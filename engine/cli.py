@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from functools import partial
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import EngineError, FileError, InputError
+from .fast import ENV_FAST
 from .metadata import save_png
 from .methods import COMMON, METHODS, OptionSpec, describe_all
 
@@ -106,6 +108,14 @@ def add_common(p: argparse.ArgumentParser, method: str | None = None) -> None:
         help="a LoRA .safetensors fused into the model at WEIGHT (default 1); repeatable",
     )
     p.add_argument("--output", "-o", help="output PNG (default: METHOD.png, e.g. sdedit.png)")
+    p.add_argument(
+        "--fast",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="compile the UNet and VAE decoder first and run compiled (engine.fast; minutes "
+        "on a CPU the first time, seconds once cached); pays for long jobs only. Default: "
+        "off for one command unless DIFFUSION_EDITOR_FAST=1",
+    )
     if method is not None:
         add_options(p, method)
 
@@ -234,7 +244,9 @@ def run_method(method: str, a: argparse.Namespace) -> int:
 
     plan = plan_outputs(method, a)
     request = build_request(method, a)
-    engine = Engine()
+    # one command ends before a background compile could pay: compile first, or not at all
+    fast = a.fast if a.fast is not None else os.environ.get(ENV_FAST, "") in ("1", "on")
+    engine = Engine(fast=fast)
     try:
         load = engine.wait(
             engine.load_model(a.model or DEFAULT_MODEL, a.device, a.dtype, a.prediction_type)
@@ -244,6 +256,9 @@ def run_method(method: str, a: argparse.Namespace) -> int:
             return 2
         info = load.info
         print(f"model {info.name} on {info.device} ({info.dtype})", file=sys.stderr)
+        if engine.fast is not None:
+            print("compiling the fast path (cached for later runs)…", file=sys.stderr)
+            engine.fast.wait()
         for item in a.lora:
             path, weight = lora_argument(item)
             done = engine.wait(engine.add_lora(path, weight))

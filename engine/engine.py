@@ -17,6 +17,7 @@ beyond it keep their event but drop their images.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import io
 import itertools
@@ -37,6 +38,7 @@ from .algorithms.common import Progress, drive
 from .algorithms.inversion import Inversion
 from .denoiser import Denoiser
 from .errors import EngineError, InputError, OutOfMemoryError
+from .fast import FastPath, PreviewPipe, fast_default
 from .few_step import sampling_defaults
 from .jobs import JOB_RUNNERS, JobContext, JobResult
 from .jobs.edits import load_inversion
@@ -238,7 +240,11 @@ class Engine:
         device: str | None = None,
         dtype: str | None = None,
         listener: Listener | None = None,
+        fast: bool | None = None,
     ):
+        """``fast``: compile the UNet and VAE decoder in the background after each load
+        (``engine.fast``); None: ``fast_default`` (the DIFFUSION_EDITOR_FAST variable, else on
+        for CPU and CUDA)."""
         self._listeners: list[_Delivery] = []
         self._queue: deque[tuple[int, EditRequest | LoadModelRequest]] = deque()
         self._cv = threading.Condition()
@@ -256,6 +262,8 @@ class Engine:
         self.bundle: ModelBundle | None = None
         self.denoiser: Denoiser | None = None
         self.previewer: Previewer | None = None
+        self.fast_wanted = fast
+        self.fast: FastPath | None = None  # the loaded model's fast path, if on
         self.default_device, self.default_dtype = device, dtype
         self.inversions = InversionStore()
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
@@ -445,6 +453,8 @@ class Engine:
         for job_id, _ in queued:
             self._emit(Cancelled(job_id))
         self._thread.join(timeout)
+        if self.fast is not None:
+            self.fast.close()
 
     # ---- worker thread ---------------------------------------------------------------------
 
@@ -541,15 +551,34 @@ class Engine:
     def _load(self, req: LoadModelRequest) -> None:
         bundle = load_model(req.model, req.device, req.dtype, req.prediction_type)
         # release the old model before keeping the new one
-        self.bundle = self.denoiser = self.previewer = None
+        if self.fast is not None:
+            self.fast.close()
+        self.bundle = self.denoiser = self.previewer = self.fast = None
         self._release_memory()
         self.bundle, self.denoiser = bundle, Denoiser(bundle)
         self.previewer = Previewer(bundle)
+        self.fast = self._start_fast(bundle)
+
+    def _start_fast(self, bundle: ModelBundle) -> FastPath | None:
+        """Hook the fast path in and queue its compile; returns at once (the first jobs run
+        eagerly until graphs are ready). Any failure here leaves the model eager."""
+        wanted = fast_default(bundle.device) if self.fast_wanted is None else self.fast_wanted
+        if not wanted:
+            return None
+        try:
+            path = FastPath(bundle)
+            path.warm_up()
+        except Exception as e:  # the eager model still works: one line, no traceback
+            log.warning("The fast path is off for %s: %s", bundle.name, e)
+            return None
+        return path
 
     def _change_loras(self, req: LoraRequest) -> None:
         if self.bundle is None:
             raise LoraError("No model is loaded yet; open a model before adding a LoRA.")
-        run_lora_request(self.bundle, req)
+        changing = self.fast.weights_changing() if self.fast else contextlib.nullcontext()
+        with changing:  # no compile traces the model half-way through a fuse
+            run_lora_request(self.bundle, req)
         self.denoiser = Denoiser(self.bundle)  # the text encoder may have changed: no cache
 
     def _release_memory(self) -> None:
@@ -574,18 +603,36 @@ class Engine:
         ctx = JobContext(self.bundle, self.denoiser, check_cancel=check_cancel)
         self._emit(Started(job_id, req.method))
         last: list[Progress] = []  # the newest step that showed an x̂₀
+        # CUDA with the fast path: a step's preview is handed on once the next step is
+        # queued, so the GPU never waits for the host (engine.fast.PreviewPipe)
+        cuda = self.fast is not None and self.bundle.device.type == "cuda"
+        pipe = PreviewPipe(self.previewer) if cuda else None
+
+        def emit_ready(ready) -> None:
+            for p, image in ready:
+                self._emit(Step(job_id, p.i, p.n, int(p.t), image, p.label))
 
         def on_progress(progress: Progress) -> None:
             if progress.x0 is not None:
                 last[:] = [progress]
+            plain = progress.image is None and progress.mask is None and not self._decode_next
+            if pipe is not None and progress.x0 is not None and plain:
+                emit_ready(pipe.push(progress))
+                return
+            if pipe is not None:
+                emit_ready(pipe.drain())  # keep the steps in order
             self._emit(self._step_event(job_id, progress))
 
+        busy = self.fast.job() if self.fast is not None else contextlib.nullcontext()
         try:
-            result: JobResult = drive(runner(ctx, req), on_progress, check_cancel)
+            with busy:  # no compile starts beside a job
+                result: JobResult = drive(runner(ctx, req), on_progress, check_cancel)
         except _JobCancelled:
             if last and METHODS[req.method].inversion != "makes" and job_id not in self._discarded:
                 self._emit_interrupted(job_id, last[0])
             raise
+        if pipe is not None:
+            emit_ready(pipe.drain())
         params = {**req.parameters(), **result.parameters, "model": self.bundle.name}
         if lora_list(self.bundle):
             params["loras"] = describe(self.bundle)  # PNG text: <lora:name:w>, Lora hashes
