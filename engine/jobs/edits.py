@@ -143,7 +143,11 @@ def _soft_inpaint(ctx: JobContext, req: EditRequest, o: Options, prep: Prepared,
 
 # ---- DiffEdit ------------------------------------------------------------------------------
 
-GUIDED_EPS = 1e-2  # the guided filter's regularisation (map units², guide in [0, 1])
+# the guided filter's regularisation (map units², guide in [0, 1]): mean IoU on 40
+# calibration scenes 0.546 / 0.575 / 0.594 / 0.598 at 1e-1 / 1e-2 / 1e-3 / 1e-4 (radius one
+# latent cell; half a cell 0.567, two cells 0.456); on 40 development scenes 0.612 at 1e-3,
+# 0.619 at 1e-4
+GUIDED_EPS = 1e-4
 
 
 def _overlay(working: np.ndarray, colour=(255, 40, 40), alpha: float = 0.55):
