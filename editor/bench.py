@@ -132,6 +132,24 @@ def probe_job(win, method: str = "sdedit", steps: int = 20, timeout: float = 120
     return result
 
 
+def open_window(model: str):
+    """(app, engine, window): a main window shown on an engine with ``model`` loaded."""
+    app = QApplication.instance() or QApplication([])
+    from engine import Engine
+
+    from .app import MainWindow
+
+    engine = Engine(model)
+    win = MainWindow(engine, model=None, autosave_ms=10**9)
+    win.resize(1400, 900)
+    win.show()
+    while win.bridge.model_info is None:
+        app.processEvents()
+        time.sleep(0.01)
+    app.processEvents()
+    return app, engine, win
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m editor.bench", description=__doc__)
     parser.add_argument("--size", type=int, default=4096, help="image side for painting")
@@ -140,19 +158,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--paint-only", action="store_true", help="skip the job probe")
     args = parser.parse_args(argv)
-    app = QApplication.instance() or QApplication([])
-    from engine import Engine
-
-    from .app import MainWindow
-
-    engine = Engine(args.model)
-    win = MainWindow(engine, model=None, autosave_ms=10**9)
-    win.resize(1400, 900)
-    win.show()
-    while win.bridge.model_info is None:
-        app.processEvents()
-        time.sleep(0.01)
-    app.processEvents()
+    app, engine, win = open_window(args.model)
     rng = np.random.default_rng(0)
     win.doc.set_image(rng.integers(0, 255, (args.job_size, args.job_size, 3), dtype=np.uint8))
     if not args.paint_only:

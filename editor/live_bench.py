@@ -15,9 +15,8 @@ import time
 
 import numpy as np
 from PySide6.QtCore import QEvent, QEventLoop, QPointF, Qt, QTimer
-from PySide6.QtWidgets import QApplication
 
-from .bench import StallProbe, send_mouse
+from .bench import StallProbe, open_window, send_mouse
 
 MOVES = 6  # mouse moves per stroke, one per timer tick
 
@@ -95,19 +94,9 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=0, help="canvas side (0: native size)")
     parser.add_argument("--prompt", default="a red house with a black roof on grass, day")
     args = parser.parse_args(argv)
-    app = QApplication.instance() or QApplication([])
-    from engine import Engine
-
-    from .app import MainWindow
     from .screenshots import photo
 
-    engine = Engine(args.model)
-    win = MainWindow(engine, model=None, autosave_ms=10**9)
-    win.resize(1400, 900)
-    win.show()
-    while win.bridge.model_info is None:
-        app.processEvents()
-        time.sleep(0.01)
+    app, engine, win = open_window(args.model)
     info = win.bridge.model_info
     side = args.size or info.native_size
     win.doc.set_image(photo(side))
