@@ -711,7 +711,8 @@ def format_edits(r: dict) -> str:
         lines.append(f"DiffEdit mask IoU (seeds {v['seeds'][0]:,}–{v['seeds'][1]:,}, n {v['n']}):")
         for k in DIFFEDIT_SETTINGS:
             e = v[k]
-            lines.append(f"  {k:<6} {_ci(e['iou']):<28} {e['wall_s']:.2f} s/mask  {e['options']}")
+            setting = e["options"] or "the method's defaults"
+            lines.append(f"  {k:<6} {_ci(e['iou']):<28} {e['wall_s']:.2f} s/mask  {setting}")
     if "repaint" in r:
         v = r["repaint"]
         lines.append(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import shutil
 import time
@@ -224,6 +225,9 @@ def export_inpaint(run: Path, out: Path, base: Path = DEMO_MODEL_DIR) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(base, tmp, ignore=shutil.ignore_patterns("unet", "classifier", "*.md"))
     unet.half().save_pretrained(tmp / "unet", safe_serialization=True)
+    index = json.loads((tmp / "model_index.json").read_text())
+    index["_class_name"] = "StableDiffusionInpaintPipeline"  # what diffusers calls this kind
+    (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     card = out / "MODEL_CARD.md"
     if card.exists():
         shutil.copy(card, tmp / "MODEL_CARD.md")
