@@ -76,11 +76,13 @@ def png_settings(params: dict[str, str] | None) -> tuple[dict, dict, list[str]]:
             settings[key] = check_setting(key, v)
         except SettingsError as e:
             problems.append(str(e))
-    described = {"prompt": params.get("prompt", "")}
+    # LoRA tags are the model's state, not words of the prompt (Edit prompt replays it)
+    prompt, loras = metadata.split_lora_tags(params.get("prompt", ""))
+    described: dict = {"prompt": prompt, **({"loras": loras} if loras else {})}
     if params.get("Negative prompt"):
         described["negative_prompt"] = params["Negative prompt"]
     for label, v in params.items():
-        if label not in ("prompt", "Negative prompt"):
+        if label not in ("prompt", "Negative prompt", "Lora hashes"):
             described[_OUR_NAMES.get(label, label)] = v
     return settings, described, problems
 
@@ -157,7 +159,7 @@ class FileActions:
     def open_path(self, path: str) -> bool:
         """Open an image or a project. On any error the current work is left untouched."""
         name = Path(path).name
-        inversion = None
+        inversion, note = None, ""
         try:  # read and check everything first; the document changes only after
             if path.endswith(project.PROJECT_SUFFIX):
                 data = project.read_project(path)
@@ -187,10 +189,22 @@ class FileActions:
             if problems:
                 unused = " ".join(problems)
                 self.show_error(f"{name}: settings in its parameters not used: {unused}")
+            note = self._missing_loras(described.get("loras", []))
         recent.remember(path)
         self.refresh_recent()
-        self.status(f"Opened {name}")
+        self.status(f"Opened {name}{note}", 15000 if note else 6000)
         return True
+
+    def _missing_loras(self, loras: list[dict]) -> str:
+        """For an image made with LoRAs the model does not have now, a sentence naming
+        them (its settings reproduce it only with them); "" otherwise."""
+        info = self.bridge.model_info
+        have = {(n, float(w)) for n, w in (info.loras if info else ())}
+        missing = [x for x in loras if (x["name"], float(x["weight"])) not in have]
+        if not missing:
+            return ""
+        listed = ", ".join(f"{x['name']} ×{float(x['weight']):g}" for x in missing)
+        return f". It was made with {listed}, not loaded now (Model › Add LoRA…)"
 
     def _replace_document(self, image: np.ndarray) -> bool:
         """``image`` as a new, unnamed document with no results (unsaved work asked about

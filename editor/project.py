@@ -65,8 +65,19 @@ def data_dir(create: bool = True) -> Path:
 
 
 def plain(params: dict[str, Any]) -> dict[str, Any]:
-    """Only JSON-able scalars (drops arrays and opaque objects such as an inversion)."""
-    return {k: v for k, v in params.items() if isinstance(v, (str, int, float, bool))}
+    """Only what JSON holds: scalars, and lists and tables of them (the fused LoRAs'
+    [{"name", "weight", "hash"}]); drops arrays and opaque objects such as an inversion."""
+    return {k: v for k, v in params.items() if _jsonable(v)}
+
+
+def _jsonable(v: Any) -> bool:
+    if isinstance(v, (str, int, float, bool)):
+        return True
+    if isinstance(v, (list, tuple)):
+        return all(_jsonable(x) for x in v)
+    if isinstance(v, dict):
+        return all(isinstance(k, str) and _jsonable(x) for k, x in v.items())
+    return False
 
 
 # ---- snapshot / write / read ------------------------------------------------------------
@@ -137,10 +148,11 @@ INVERSION_MEMBER = "inversion.pt"
 
 
 def _params(raw: Any, where: str) -> dict[str, Any]:
-    """A result's parameters: a table of text, numbers and true/false."""
+    """A result's parameters: a table of text, numbers and true/false (and lists and
+    tables of them: the LoRAs it was made with), as ``plain`` writes them."""
     if not isinstance(raw, dict) or not all(isinstance(k, str) for k in raw):
         raise FileError(f"{where}: its parameters are not a table.")
-    bad = [k for k, v in raw.items() if not isinstance(v, (str, int, float, bool))]
+    bad = [k for k, v in raw.items() if not _jsonable(v)]
     if bad:
         raise FileError(f"{where}: its parameter {bad[0]!r} is not text or a number.")
     return dict(raw)

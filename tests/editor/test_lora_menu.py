@@ -36,6 +36,17 @@ def test_a_lora_from_the_model_menu(make_window, qtbot, tiny, tmp_path):
         win.run_method("generate")
     assert done.args[0].parameters["loras"][0]["name"] == "lcm-lora-sketch"
     assert done.args[0].parameters["sampler"] == "lcm"
+    # applied and exported: the PNG names the LoRA as A1111 does
+    win.apply_result(win.doc.history[-1])
+    png = tmp_path / "with-lora.png"
+    win.ask_save_path = lambda *a: str(png)
+    assert win.export_png()
+    # a project keeps the result's LoRAs and opens again
+    deproj = tmp_path / "with-lora.deproj"
+    win.ask_save_path = lambda *a: str(deproj)
+    assert win.save_project_as()
+    assert win.open_path(str(deproj))
+    assert win.doc.history[-1].parameters["loras"][0]["name"] == "lcm-lora-sketch"
 
     with qtbot.waitSignal(win.bridge.loras_changed, timeout=60_000):
         win.bridge.change_loras("weight", name="lcm-lora-sketch", weight=0.5)
@@ -58,3 +69,9 @@ def test_a_lora_from_the_model_menu(make_window, qtbot, tiny, tmp_path):
     # back on an ordinary model: DDIM and the usual step count
     assert all(sampler(win, m) == "ddim" for m in SAMPLED)
     assert win.doc.settings["steps"] == 25
+    # reopened without the LoRA: the prompt has no tag, and the status names what is missing
+    win.doc.mark_saved()
+    assert win.open_path(str(png))
+    assert "<lora" not in win.doc.settings["prompt"]
+    assert "<lora" not in win.doc.image_parameters()["prompt"]  # what Edit prompt replays
+    assert "made with lcm-lora-sketch ×1" in win.statusBar().currentMessage()
