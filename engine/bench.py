@@ -45,6 +45,12 @@ def add_parser(sub) -> None:
     for name in ("steps", "strength", "guidance"):
         p.add_argument(f"--{name}", type=COMMON[name].kind, default=COMMON[name].default)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch's CPU threads for every contender (default: torch's choice, the cores)",
+    )
     p.add_argument("--seed", type=int, default=COMMON["seed"].default)
     p.add_argument(
         "--p2p",
@@ -196,6 +202,8 @@ def _sdxl_pipeline(bundle):
 def run(a: argparse.Namespace) -> int:
     from PIL import Image
 
+    if a.threads:
+        torch.set_num_threads(a.threads)
     if a.p2p:
         from .bench_attention import run as run_attention
 

@@ -381,22 +381,31 @@ class FastPath:
     # ---- what is compiled -------------------------------------------------------------
 
     def warm_up(self, size: int | None = None, batches=(2, 1)) -> None:
-        """Queue the graphs a job at ``size`` px (default: native) uses: the UNet at the
-        given batch sizes (2: classifier-free guidance) and the decoder at batch 1. SD-family
-        signatures only (as ``engine.denoiser`` calls the UNet); SDXL compiles on first use."""
+        """Queue the graphs a job at ``size`` px (default: native) uses, in the order they
+        pay: the UNet at the first batch size (2: classifier-free guidance), the decoder at
+        batch 1, then the UNet at the other batch sizes (1: guidance off, DDIM inversion).
+        SD-family signatures only (as ``engine.denoiser`` calls the UNet); SDXL compiles
+        on first use."""
         from . import sdxl
 
         b = self.bundle
         side = (size or b.native_size) // b.vae_factor
-        if "unet" in self.hooks and not sdxl.is_sdxl(b):
+        unet = "unet" in self.hooks and not sdxl.is_sdxl(b)
+        for k, n in enumerate(batches if unet else ()):
             width = int(b.unet.config.cross_attention_dim)
             length = int(getattr(b.tokenizer, "model_max_length", 77))
-            for n in batches:
-                x = torch.zeros(n, b.latent_channels, side, side, device=self.device, dtype=b.dtype)
-                t = torch.full((n,), 500, device=self.device, dtype=torch.long)
-                emb = torch.zeros(n, length, width, device=self.device, dtype=b.dtype)
-                self._queue_for("unet", (x, t), {"encoder_hidden_states": emb})
+            x = torch.zeros(n, b.latent_channels, side, side, device=self.device, dtype=b.dtype)
+            t = torch.full((n,), 500, device=self.device, dtype=torch.long)
+            emb = torch.zeros(n, length, width, device=self.device, dtype=b.dtype)
+            self._queue_for("unet", (x, t), {"encoder_hidden_states": emb})
+            if k == 0:
+                self._queue_decoder(side)
+        if not unet:
+            self._queue_decoder(side)
+
+    def _queue_decoder(self, side: int) -> None:
         if "vae_decoder" in self.hooks:
+            b = self.bundle
             ch = int(b.vae.config.latent_channels)
             z = torch.zeros(1, ch, side, side, device=self.device, dtype=b.vae.dtype)
             self._queue_for("vae_decoder", (z,), {})
@@ -437,12 +446,6 @@ class FastPath:
 
     def _work(self) -> None:
         _lower_priority()
-        # here, not on the engine thread: importing dynamo takes seconds. Every (module,
-        # signature) is one dynamo cache entry of that module's code object.
-        import torch._dynamo
-
-        limit = torch._dynamo.config.recompile_limit
-        torch._dynamo.config.recompile_limit = max(limit, MAX_GRAPHS)
         while True:
             job = self._queue.get()
             if job is None or self._closed:
@@ -466,6 +469,12 @@ class FastPath:
         if self._closed:
             hook.queued.discard(job.key)
             return
+        # here, once idle, not on the engine thread: importing dynamo takes seconds. Every
+        # (module, signature) is one dynamo cache entry of that module's code object.
+        import torch._dynamo
+
+        limit = torch._dynamo.config.recompile_limit
+        torch._dynamo.config.recompile_limit = max(limit, MAX_GRAPHS)
         epoch = self.epoch
         try:
             hook.compile_now(job)
