@@ -204,3 +204,27 @@ def test_generate_on_an_inpainting_model_uses_blank_inputs(inpaint):
         handle.remove()
     assert result.image.shape == (64, 64, 3)
     assert all(x.shape[1] == 9 and bool((x[:, 4] == 1).all()) for x in seen)
+
+
+def test_an_exported_fine_tune_loads_as_an_inpainting_model_with_its_seeds(tmp_path):
+    from engine.evaluation.seed_ranges import (
+        ISSUE_20_FINAL,
+        SeedRange,
+        SeedRangeError,
+        check_evaluation,
+    )
+    from engine.loaders import load_diffusers_folder
+    from engine.models import DEMO_MODEL_DIR
+    from engine.training.train_inpaint import export_inpaint, inpaint_unet
+
+    grown = inpaint_unet(load_diffusers_folder(DEMO_MODEL_DIR)["unet"])
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"ema_unet": grown.state_dict(), "step": 0}, run / "inpaint.ckpt")
+    folder = export_inpaint(run, tmp_path / "demo-inpaint")
+    bundle = load_model(folder, device="cpu")
+    assert bundle.inpainting and bundle.classifier is None
+    # its card records the training seeds, so held-out evaluations can be checked against it
+    check_evaluation(ISSUE_20_FINAL, str(folder), None)
+    with pytest.raises(SeedRangeError):
+        check_evaluation(SeedRange(1_000, 2_000), str(folder), None)

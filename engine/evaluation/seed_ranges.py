@@ -41,9 +41,13 @@ CALIBRATION = SeedRange(500_000, 1_000_000)
 # final range of issue 21's report: all looked at
 DEVELOPMENT = SeedRange(1_000_000, 4_000_000)
 # 4,000,000–4,399,999 looked at once, for the Prompt-to-Prompt figures (evaluate_p2p);
-# 4,400,000–4,499,999 once, for the classifier-guidance figures (evaluate_guidance); the next
-# report starts at 4,500,000
+# 4,400,000–4,499,999 once, for the classifier-guidance figures (evaluate_guidance);
+# 4,500,000–4,899,999 once, for issue 20's DiffEdit and inpainting figures (evaluate_edits
+# --sections diffedit repaint --n 60 from 4,500,000: object-kind scenes from 4,500,000, wall
+# colours from 4,600,000); the next report starts at 4,900,000 (and the one after it needs a
+# new final range above 5,000,000)
 FINAL = SeedRange(4_000_000, 5_000_000)
+ISSUE_20_FINAL = SeedRange(4_500_000, 4_900_000)  # looked at once (see above)
 NAMED = {"calibration": CALIBRATION, "development": DEVELOPMENT, "final": FINAL}
 
 CARD_LINE = re.compile(r"Training scene seeds:\s*([\d,]+)\s*[–-]\s*([\d,]+)")
@@ -86,15 +90,13 @@ def check_disjoint(used: SeedRange, model_dir: Path | None, probe_dir: Path | No
 
 def check_evaluation(used: SeedRange, model: str, probe: str | None) -> None:
     """``check_disjoint`` for an evaluation's ``--model`` spec and ``--probe`` path: the
-    demo models' folders for builtin:demo and builtin:demo-inpaint (its card records the
-    base model's seeds and its own), a folder path as given, no record for other
+    demo model's folder for builtin:demo, a folder path as given, no record for other
     built-ins (random weights) or single files; the shipped probe by default."""
-    from engine.models import DEMO_INPAINT_DIR, DEMO_MODEL_DIR
+    from engine.models import DEMO_MODEL_DIR
 
     from ..training.probe import PROBE_DIR
 
-    trained = {"builtin:demo": DEMO_MODEL_DIR, "builtin:demo-inpaint": DEMO_INPAINT_DIR}
-    model_dir = trained.get(model)
+    model_dir = DEMO_MODEL_DIR if model == "builtin:demo" else None
     if model_dir is None and Path(model).is_dir():
         model_dir = Path(model)
     check_disjoint(used, model_dir, Path(probe) if probe else PROBE_DIR)
