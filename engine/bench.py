@@ -49,7 +49,8 @@ def add_parser(sub) -> None:
         "--threads",
         type=int,
         default=None,
-        help="torch's CPU threads for every contender (default: torch's choice, the cores)",
+        help="torch's CPU threads for every contender, ours included (default: torch's "
+        "choice for the pipelines, engine.fast.cpu_threads for ours)",
     )
     p.add_argument("--seed", type=int, default=COMMON["seed"].default)
     p.add_argument(
@@ -203,7 +204,12 @@ def run(a: argparse.Namespace) -> int:
     from PIL import Image
 
     if a.threads:
+        import os
+
+        from .fast import ENV_THREADS
+
         torch.set_num_threads(a.threads)
+        os.environ[ENV_THREADS] = str(a.threads)  # the fast path's threads too: all equal
     if a.p2p:
         from .bench_attention import run as run_attention
 

@@ -86,6 +86,7 @@ class _Runner:
         self.bundle, self.fast, self.a = bundle, fast, a
         self.cuda = bundle.device.type == "cuda"
         self.previewer = Previewer(bundle)
+        self.pipeline_threads = torch.get_num_threads()  # before the fast path sets ours
 
     def sync(self) -> None:
         if self.cuda:
@@ -97,6 +98,17 @@ class _Runner:
 
     def _peak(self) -> float:
         return torch.cuda.max_memory_allocated(self.bundle.device) / 2**30 if self.cuda else 0.0
+
+    @contextlib.contextmanager
+    def threads(self, n: int | None):
+        """Run a contender at ``n`` CPU threads (None: as they are)."""
+        before = torch.get_num_threads()
+        if n:
+            torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
     def ours(self, image: np.ndarray, steps: int, fast: bool):
         from .algorithms.common import drive
@@ -127,7 +139,8 @@ class _Runner:
                 if not first:
                     first.append(time.perf_counter() - t0)
 
-        with torch.no_grad(), paused, self.fast.job():  # as the engine runs a job
+        ours_threads = self.threads(self.fast.threads)  # what the engine runs with
+        with torch.no_grad(), paused, self.fast.job(), ours_threads:  # as the engine runs a job
             result = drive(JOB_RUNNERS["sdedit"](ctx, req), preview)
         self.sync()
         seconds = time.perf_counter() - t0
@@ -142,7 +155,7 @@ class _Runner:
         self._peak_start()
         self.sync()
         t0 = time.perf_counter()
-        with paused:
+        with paused, self.threads(self.pipeline_threads):  # torch's default, as scripted
             out = pipe(
                 prompt=PROMPT,
                 image=Image.fromarray(image),
@@ -222,6 +235,11 @@ def run_fast(a: argparse.Namespace) -> int:
     run.fast = fast = FastPath(bundle)
     fast.warm_up(size, batches=(2,) if a.guidance != 1.0 else (1,))
     seconds, first, _ = run.ours(image, a.steps, fast=True)
+    print(
+        f"threads: ours {fast.threads or torch.get_num_threads()} (engine.fast.cpu_threads), "
+        f"pipelines {run.pipeline_threads}",
+        flush=True,
+    )
     print(
         f"first job after load: {seconds:.3f} s (first preview {first:.3f} s), eager (the "
         f"compile waits for the engine to be idle); compiled graphs ready: {fast.ready()}",

@@ -11,7 +11,8 @@ switched in behind the model's back, with the compile's cost kept away from the 
   and the first job at a new image size, run eagerly; the next ones run compiled.
 - **Static shapes, whole graphs** (``dynamic=False, fullgraph=True``): a graph per working
   size and batch. A compile that fails, or a compiled call that raises, sends that key back
-  to eager for the session, with one log line.
+  to eager for the session, with one log line. A compiled call never runs beside a compile
+  (dynamo's stance is process-wide): while one compiles, ready keys run eagerly too.
 - **Eager where compiling cannot help**: calls with gradients on (null-text inversion's
   optimisation), calls while attention processors other than the model's own are installed
   (Prompt-to-Prompt's controller), keys beyond ``MAX_GRAPHS`` per module.
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 ENV_FAST = "DIFFUSION_EDITOR_FAST"
 ENV_COMPILE_CACHE = "DIFFUSION_EDITOR_COMPILE_CACHE"
 ENV_CUDA_GRAPHS = "DIFFUSION_EDITOR_CUDA_GRAPHS"
+ENV_THREADS = "DIFFUSION_EDITOR_THREADS"
 # a compile starts only after the engine has been this long without a job: on 2 cores a
 # compile beside a job slowed the job many times over (the GIL and the cores are shared)
 IDLE_BEFORE_COMPILE = 1.0  # s
@@ -75,6 +77,20 @@ def fast_default(device: torch.device) -> bool:
     if "PYTEST_CURRENT_TEST" in os.environ:
         return False
     return device.type in ("cpu", "cuda")
+
+
+def cpu_threads() -> int | None:
+    """torch's CPU threads for the engine's fast path: ``DIFFUSION_EDITOR_THREADS`` if set,
+    else None (torch's own choice). Not chosen for the user: on the shared 2-core machine one
+    thread beat two while other work ran and lost to two when it was quiet (README,
+    Measured), so the right count depends on the machine's load."""
+    env = os.environ.get(ENV_THREADS, "").strip()
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            log.warning("%s=%r is not a number of threads; ignored.", ENV_THREADS, env)
+    return None
 
 
 def compile_cache_dir() -> Path:
@@ -311,6 +327,10 @@ class FastPath:
         self.compile_fn = compile_fn or default_compile
         self.clone_outputs = self.device.type == "cuda" if clone_outputs is None else clone_outputs
         self.enabled = True
+        # on a CPU, the threads the graphs are compiled for and run with (process-wide)
+        self.threads = cpu_threads() if self.device.type == "cpu" else None
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
         self.lock = threading.Lock()  # held by a compile, and by each compiled call
         self.epoch = 0  # bumped around weight changes: a compile across one is redone
         self._changing = 0

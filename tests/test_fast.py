@@ -208,6 +208,10 @@ def test_switch_from_the_environment(monkeypatch):
     assert fast_mod.fast_default(cpu) and not fast_mod.fast_default(torch.device("mps"))
     monkeypatch.setenv(fast_mod.ENV_COMPILE_CACHE, "/tmp/de-compile-cache")
     assert str(fast_mod.compile_cache_dir()) == "/tmp/de-compile-cache"
+    monkeypatch.delenv(fast_mod.ENV_THREADS, raising=False)
+    assert fast_mod.cpu_threads() is None  # torch's own choice unless asked
+    monkeypatch.setenv(fast_mod.ENV_THREADS, "1")
+    assert fast_mod.cpu_threads() == 1
 
 
 def _sdedit(seed=3):
