@@ -318,3 +318,16 @@ def test_no_compile_starts_while_a_job_runs(monkeypatch):
         assert path.wait(60) and path.ready("unet")
     finally:
         path.close()
+
+
+def test_cli_fast_compiles_first_then_runs_compiled(monkeypatch, tmp_path, capsys):
+    from engine.cli import main
+
+    rec = Recorder()
+    monkeypatch.setattr(fast_mod, "default_compile", rec)
+    out = tmp_path / "g.png"
+    args = ["generate", "--model", "builtin:tiny", "--fast", "--steps", "3", "-p", "a house"]
+    assert main([*args, "-o", str(out)]) == 0
+    assert out.exists() and "compiling the fast path" in capsys.readouterr().err
+    assert set(rec.made_on) == {"engine-compile"} and len(rec.made_on) == 2  # UNet, decoder
+    assert "engine" in rec.called_on  # the job itself ran the compiled graphs
