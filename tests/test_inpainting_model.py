@@ -228,3 +228,36 @@ def test_an_exported_fine_tune_loads_as_an_inpainting_model_with_its_seeds(tmp_p
     check_evaluation(ISSUE_20_FINAL, str(folder), None)
     with pytest.raises(SeedRangeError):
         check_evaluation(SeedRange(1_000, 2_000), str(folder), None)
+
+
+def test_an_sdxl_inpainting_folder_loads_and_inpaints(tmp_path):
+    """SDXL's inpainting UNet (9 channels) through the SDXL denoiser path: the extra inputs
+    are appended before its micro-conditioned call, and the keep region stays exact."""
+    from diffusers import DDIMScheduler, StableDiffusionXLInpaintPipeline
+
+    from engine import sdxl
+    from engine.training.train_inpaint import inpaint_unet
+
+    parts = sdxl.tiny_xl_components()
+    parts["unet"] = inpaint_unet(parts["unet"])
+    keys = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet")
+    pipe = StableDiffusionXLInpaintPipeline(
+        **{k: parts[k] for k in keys},
+        scheduler=DDIMScheduler.from_config(parts["scheduler_config"]),
+    )
+    folder = tmp_path / "xl-inpaint"
+    pipe.save_pretrained(folder)  # the layout SDXL inpainting checkpoints ship in
+    bundle = load_model(folder, device="cpu")
+    assert bundle.inpainting and bundle.family == sdxl.BASE
+    image, mask = picture(seed=2), ragged_mask()
+    seen, handle = _record_unet_inputs(bundle)
+    try:
+        req = EditRequest(
+            "repaint", image=image, mask=mask, prompt=PROMPT, steps=3, guidance=2.0, seed=1
+        )
+        out = _run(bundle, req).image
+    finally:
+        handle.remove()
+    keep = mask == 0
+    assert np.array_equal(out[keep], image[keep])
+    assert seen and all(x.shape[1] == 9 for x in seen)
