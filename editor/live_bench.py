@@ -93,14 +93,21 @@ def main(argv=None) -> int:
     parser.add_argument("--gap-ms", type=int, default=700, help="pause after each stroke")
     parser.add_argument("--size", type=int, default=0, help="canvas side (0: native size)")
     parser.add_argument("--prompt", default="a red house with a black roof on grass, day")
+    parser.add_argument(
+        "--steps", type=int, default=0, help="steps on an ordinary model (default: live's)"
+    )
     args = parser.parse_args(argv)
+    if args.steps:
+        from . import live
+
+        live.LIVE_STEPS = args.steps
     from .screenshots import photo
 
     app, engine, win = open_window(args.model)
     info = win.bridge.model_info
     side = args.size or info.native_size
     win.doc.set_image(photo(side))
-    win.doc.update_settings(prompt=args.prompt, seed=7)
+    win.doc.update_settings(prompt=args.prompt, seed=7, steps=max(25, args.steps))
     win.canvas.fit()
     win.canvas.brush.size = max(4, side // 16)
     win.set_live(True)
