@@ -7,8 +7,9 @@ switched in behind the model's back, with the compile's cost kept away from the 
 - **Never waiting.** Every call is keyed by its signature (shapes, strides, dtypes, devices,
   the other arguments, grad mode, the fused LoRAs). A key whose graph is ready runs compiled;
   any other key runs eagerly at once and is queued for the one background compile thread
-  (lowered priority, so an eager job keeps the cores first). The first job after a load,
-  and the first job at a new image size, run eagerly; the next ones run compiled.
+  (lowered priority; a compile starts only when no job has run for ``IDLE_BEFORE_COMPILE``,
+  see ``FastPath.job``). The first job after a load, and the first job at a new image size,
+  run eagerly; the next ones run compiled.
 - **Static shapes, whole graphs** (``dynamic=False, fullgraph=True``): a graph per working
   size and batch. A compile that fails, or a compiled call that raises, sends that key back
   to eager for the session, with one log line. A compiled call never runs beside a compile
@@ -26,9 +27,12 @@ switched in behind the model's back, with the compile's cost kept away from the 
   cache hit (seconds instead of minutes on a CPU).
 - **CUDA**: ``mode="reduce-overhead"`` (CUDA graphs) unless ``DIFFUSION_EDITOR_CUDA_GRAPHS=0``;
   outputs are cloned, since a CUDA graph's output buffer is overwritten by its next replay.
+  ``PreviewPipe`` takes the per-step preview's host copy off the critical path.
 
 Switches: ``DIFFUSION_EDITOR_FAST`` (``0`` off, ``1`` on; unset: on where it pays, see
-``fast_default``), ``DIFFUSION_EDITOR_COMPILE_CACHE`` (the cache folder).
+``fast_default``), ``DIFFUSION_EDITOR_COMPILE_CACHE`` (the cache folder),
+``DIFFUSION_EDITOR_CUDA_GRAPHS=0`` (compile without CUDA graphs), ``DIFFUSION_EDITOR_THREADS``
+(torch's CPU threads, set when the path starts; unset: torch's choice).
 """
 
 from __future__ import annotations

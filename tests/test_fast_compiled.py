@@ -3,8 +3,9 @@
 Tolerance (stated in the README): the compiled UNet's output within 1e-4 of its largest
 magnitude of the eager output, and a whole SDEdit job's picture within 2/255 of eager at any
 pixel (mean under 0.05/255): inductor reorders float sums, nothing more. The same seed on the
-same path gives the same picture bit for bit. Compiling takes minutes on a 2-core CPU, so
-the demo model's test is marked slow.
+same path gives the same picture bit for bit. Compiling takes minutes on a 2-core CPU the
+first time (seconds once inductor's cache, kept across sessions here, is warm), so the demo
+model's test is marked slow.
 """
 
 from __future__ import annotations
@@ -20,6 +21,20 @@ from engine.models import load_model
 
 OUTPUT_TOLERANCE = 1e-4  # of the eager output's largest magnitude
 PIXEL_MAX, PIXEL_MEAN = 2, 0.05  # of 255, over a whole job
+
+
+@pytest.fixture(autouse=True)
+def shared_compile_cache(monkeypatch):
+    """Inductor's caches in one folder across test sessions (content-addressed, so sharing
+    changes only how long a compile takes: minutes cold, seconds warm), unless one is set."""
+    import os
+    import tempfile
+
+    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ or "de-test-cache-" in os.environ.get(
+        "TORCHINDUCTOR_CACHE_DIR", ""
+    ):
+        folder = os.path.join(tempfile.gettempdir(), "diffusion-editor-test-inductor")
+        monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", folder)
 
 
 def _sdedit(bundle, fast: FastPath, on: bool, seed: int = 5) -> np.ndarray:
