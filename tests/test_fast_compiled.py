@@ -95,3 +95,40 @@ def test_compiled_demo_matches_eager():
     if not demo_model_available():
         pytest.skip("the demo model is not installed")
     _check("builtin:demo")
+
+
+def test_compiled_unet_follows_a_lora_change(tmp_path):
+    """After a fuse (as the engine wraps it) the compiled UNet computes with the new weights:
+    the same output as eager, and not the output from before."""
+    from test_lora import UNET_LAYERS, make_lora, write_diffusers
+
+    from engine.lora import add_lora
+
+    b = load_model("builtin:tiny", device="cpu")
+    fast = FastPath(b)
+    try:
+        fast.warm_up(batches=(2,))
+        assert fast.wait(1800)
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(2, 4, 8, 8, generator=g)
+        t = torch.full((2,), 700, dtype=torch.long)
+        emb = torch.randn(2, 77, int(b.unet.config.cross_attention_dim), generator=g)
+        lora = write_diffusers(
+            make_lora(b, 0, parts=(("unet", UNET_LAYERS),)), tmp_path / "l.safetensors"
+        )
+        with torch.no_grad():
+            before = b.unet(x, t, encoder_hidden_states=emb).sample
+            with fast.weights_changing():
+                add_lora(b, lora, 1.0)
+            b.unet(x, t, encoder_hidden_states=emb)  # eager: the new key's check is queued
+            assert fast.wait(1800)
+            after = b.unet(x, t, encoder_hidden_states=emb).sample
+            with fast.paused():
+                eager_after = b.unet(x, t, encoder_hidden_states=emb).sample
+        st = fast.status()["unet"]
+        assert st.compiled_calls == 2 and st.failed == 0, st
+        scale = float(eager_after.abs().max())
+        assert float((after - eager_after).abs().max()) <= OUTPUT_TOLERANCE * scale
+        assert float((after - before).abs().max()) > 100 * OUTPUT_TOLERANCE * scale
+    finally:
+        fast.close()
