@@ -259,3 +259,11 @@ def test_full_preview_on_request_uses_the_vae(engine, tiny):
     decoded = [s for s in steps if "decoded" in s.label]
     assert [s.i for s in decoded] == [2]  # exactly the step after the request
     assert decoded[0].preview.shape == (64, 64, 3)
+
+
+def test_a_load_leaves_the_model_out_of_later_full_collections(engine):
+    import gc
+
+    # the engine fixture's model is loaded: its objects sit in the permanent generation, so
+    # a later full collection (which holds the GIL, freezing the GUI) does not walk them
+    assert gc.get_freeze_count() > 10_000
