@@ -258,7 +258,7 @@ class Engine:
     ):
         """``fast``: compile the UNet and VAE decoder in the background after each load
         (``engine.fast``); None: ``fast_default`` (the DIFFUSION_EDITOR_FAST variable, else on
-        for CPU and CUDA)."""
+        for CUDA only)."""
         self._listeners: list[_Delivery] = []
         self._queue: deque[tuple[int, EditRequest | LoadModelRequest]] = deque()
         self._cv = threading.Condition()
