@@ -82,6 +82,7 @@ def paint_session(win, strokes: int, gap_ms: int, every_ms: int = 8) -> dict:
         "p50_ms": float(np.percentile(lat, 50)),
         "p95_ms": float(np.percentile(lat, 95)),
         "max_stall_ms": stall["max_ms"],
+        "p99_stall_ms": stall["p99_ms"],
         "updates": len(shown),
     }
 
@@ -121,7 +122,8 @@ def main(argv=None) -> int:
         f"live mode ({info.name}, {side}² canvas, {how}; {engine_threads()} CPU threads): "
         f"stroke release → live image p50 {r['p50_ms']:.0f} ms, p95 {r['p95_ms']:.0f} ms over "
         f"{r['measured']} of {r['strokes']} strokes ({r['overtaken']} overtaken by the next "
-        f"stroke); {r['updates']} updates; longest GUI stall {r['max_stall_ms']:.1f} ms"
+        f"stroke); {r['updates']} updates; GUI stalls: longest {r['max_stall_ms']:.1f} ms, "
+        f"p99 {r['p99_stall_ms']:.1f} ms"
     )
     win.doc.mark_saved()
     win.shutdown()
