@@ -192,11 +192,32 @@ def pick_device(device: str | None = None, dtype: str | None = None):
 # ---- builtin:tiny ------------------------------------------------------------------------
 
 
+def tiny_vae(**config) -> Any:
+    """The tiny models' random-weight VAE: 8x down, 4 latent channels, 64 px; ``config``
+    overrides (SDXL's scaling factor and fp16 upcast for ``builtin:tiny-xl``)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        **{
+            "in_channels": 3,
+            "out_channels": 3,
+            "down_block_types": ("DownEncoderBlock2D",) * 4,
+            "up_block_types": ("UpDecoderBlock2D",) * 4,
+            "block_out_channels": (16, 16, 32, 32),
+            "layers_per_block": 1,
+            "norm_num_groups": 8,
+            "latent_channels": 4,
+            "sample_size": 64,
+            **config,
+        }
+    )
+
+
 def tiny_components(seed: int = 0, in_channels: int = 4) -> dict[str, Any]:
     """A random-weight model with SD's architecture in miniature: 8x VAE, 4 latent channels,
     cross-attention UNet, CLIP text encoder and CLIP's real tokenizer. 64 px native size.
     ``in_channels`` 9 makes its UNet an inpainting one (``builtin:tiny-inpaint``)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(seed)
@@ -212,17 +233,7 @@ def tiny_components(seed: int = 0, in_channels: int = 4) -> dict[str, Any]:
         cross_attention_dim=32,
         attention_head_dim=8,
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(16, 16, 32, 32),
-        layers_per_block=1,
-        norm_num_groups=8,
-        latent_channels=4,
-        sample_size=64,
-    )
+    vae = tiny_vae()
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=49408,

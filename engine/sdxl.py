@@ -132,7 +132,7 @@ def tiny_xl_components(seed: int = 0) -> dict[str, Any]:
     resolution), linear projections, two transformer layers in the inner level, two CLIP
     encoders (the second with a projection and exact GELU, as OpenCLIP), micro-conditioning
     of 6 ids, SDXL's scheduler and VAE scale. 64 px native size, like ``builtin:tiny``."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import (
         CLIPTextConfig,
         CLIPTextModel,
@@ -141,6 +141,7 @@ def tiny_xl_components(seed: int = 0) -> dict[str, Any]:
     )
 
     from .loaders import CLIP_TOKENIZER_DIR, CONFIGS_DIR, _read_json
+    from .models import tiny_vae
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -160,19 +161,7 @@ def tiny_xl_components(seed: int = 0) -> dict[str, Any]:
         addition_time_embed_dim=8,
         projection_class_embeddings_input_dim=32 + 6 * 8,
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(16, 16, 32, 32),
-        layers_per_block=1,
-        norm_num_groups=8,
-        latent_channels=4,
-        sample_size=64,
-        scaling_factor=0.13025,
-        force_upcast=True,
-    )
+    vae = tiny_vae(scaling_factor=0.13025, force_upcast=True)  # SDXL's VAE settings
     common = dict(
         vocab_size=49408,
         hidden_size=32,
