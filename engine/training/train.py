@@ -192,6 +192,22 @@ def encode_dataset(vae, images: np.ndarray, dev, batch: int = 64, log=None) -> t
     return torch.cat(out)
 
 
+def noised_batch(mean, std, ids, idx, scale, ac, empty, dropout, kw):
+    """A training batch for scenes ``idx``: latents drawn from their cached VAE posteriors
+    (``mean``, ``std``), noised to random timesteps by q(x_t | x_0) (Ho et al. 2020, eq. 4),
+    and their captions, each replaced by the ``empty`` one with probability ``dropout`` (so
+    the model learns the unconditional branch of classifier-free guidance). ``kw``: the
+    generator and device. Returns (x_t, t, the noise, the captions)."""
+    z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, **kw)) * scale
+    t = torch.randint(0, len(ac), (len(idx),), **kw)
+    noise = torch.randn(z0.shape, **kw)
+    a = ac[t].view(-1, 1, 1, 1)
+    zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
+    cap = ids[idx].clone()
+    cap[torch.rand(len(idx), **kw) < dropout] = empty
+    return zt, t, noise, cap
+
+
 def train_unet(
     data: Path,
     run: Path,
@@ -316,13 +332,7 @@ def train_unet(
             log(step, 0, planned_steps=steps, steps_per_s=rate)
         kw = dict(generator=rng, device=dev)
         idx = torch.randint(0, len(mean), (batch,), **kw)
-        z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, **kw)) * scale
-        t = torch.randint(0, len(ac), (batch,), **kw)
-        noise = torch.randn(z0.shape, **kw)
-        a = ac[t].view(-1, 1, 1, 1)
-        zt = a.sqrt() * z0 + (1 - a).sqrt() * noise  # q(x_t | x_0), Ho et al. 2020 eq. 4
-        cap = ids[idx].clone()
-        cap[torch.rand(batch, **kw) < dropout] = empty
+        zt, t, noise, cap = noised_batch(mean, std, ids, idx, scale, ac, empty, dropout, kw)
         with autocast:
             emb = text(cap)[0]
             pred = unet(zt, t, encoder_hidden_states=emb).sample

@@ -40,7 +40,15 @@ from ..models import DEMO_MODEL_DIR
 from ..schedule import Schedule
 from ..world.raster import FIRST_OBJECT_LABEL
 from .dataset import WorldCache
-from .train import Logger, StopFlag, _ema_update, _save, encode_dataset, lr_factor
+from .train import (
+    Logger,
+    StopFlag,
+    _ema_update,
+    _save,
+    encode_dataset,
+    lr_factor,
+    noised_batch,
+)
 
 # how often each mask shape is drawn (object masks are what the evaluation's inpainting asks
 # for, strokes and boxes what the editor's brush and selection make)
@@ -189,13 +197,7 @@ def train_inpaint(
         extra = conditioning(vae, scale, images, torch.from_numpy(masks)[:, None].to(dev))
         ti = torch.from_numpy(idx).to(dev)
         kw = dict(generator=gen, device=dev)
-        z0 = (mean[ti] + std[ti] * torch.randn(mean[ti].shape, **kw)) * scale
-        t = torch.randint(0, len(ac), (batch,), **kw)
-        noise = torch.randn(z0.shape, **kw)
-        a = ac[t].view(-1, 1, 1, 1)
-        zt = a.sqrt() * z0 + (1 - a).sqrt() * noise  # q(x_t | x_0), Ho et al. 2020 eq. 4
-        cap = ids[ti].clone()
-        cap[torch.rand(batch, **kw) < dropout] = empty
+        zt, t, noise, cap = noised_batch(mean, std, ids, ti, scale, ac, empty, dropout, kw)
         with torch.no_grad():
             emb = text(cap)[0]
         pred = unet(torch.cat([zt, extra], 1), t, encoder_hidden_states=emb).sample
