@@ -77,9 +77,10 @@ def test_run_goes_first_and_apply_is_undoable(live_window, qtbot):
     win, submitted = live_window
     original = win.doc.image.copy()
     before = len(submitted)
+    win.live.timer.setInterval(1000)  # so the Run surely comes before the stroke's update
     paint(qtbot, win, 40, 40)
     with qtbot.waitSignal(win.bridge.finished, timeout=60_000):
-        win.run_method("sdedit")  # before the stroke's live update started
+        win.run_method("sdedit")
     assert len(win.doc.history) == 1 and len(submitted) == before  # live stood aside
     with qtbot.waitSignal(win.live.updated, timeout=60_000):
         pass  # and caught up after the Run
