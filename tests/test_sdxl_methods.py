@@ -6,6 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from job_driver import box_mask as box
+from job_driver import gradient_image
+from job_driver import run_job as run
 
 from engine import sdxl
 from engine.algorithms.common import run_to_end
@@ -14,11 +17,20 @@ from engine.algorithms.null_text import NullTextSettings, null_text_optimise
 from engine.algorithms.prompt_to_prompt import AttentionControl, align_tokens, prompt_to_prompt
 from engine.attention import hooked
 from engine.denoiser import Denoiser
-from engine.jobs import JOB_RUNNERS, JobContext
 from engine.prompts import token_weights
 from engine.types import EditRequest
 
 H, W = 48, 80  # non-square, not SDXL's native size
+
+
+def image(h=H, w=W, seed=0):
+    return gradient_image(h, w, seed)
+
+
+def box_mask(h=H, w=W):
+    return box(h, w)
+
+
 PROMPT = "a red house beside two pine trees"
 
 
@@ -32,31 +44,6 @@ def xl():
 @pytest.fixture()
 def d(xl):
     return Denoiser(xl)
-
-
-def image(h=H, w=W, seed=0):
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:h, 0:w]
-    base = np.stack([x * 255 / w, y * 255 / h, np.full_like(x, 128.0)], -1)
-    return (base + rng.normal(0, 10, (h, w, 3))).clip(0, 255).astype(np.uint8)
-
-
-def box_mask(h=H, w=W):
-    m = np.zeros((h, w), np.uint8)
-    m[h // 4 : 3 * h // 4, w // 3 : 2 * w // 3] = 255
-    return m
-
-
-def run(bundle, denoiser, req):
-    """Drive a job as the engine does, without its thread: (result, steps)."""
-    gen = JOB_RUNNERS[req.method](JobContext(bundle, denoiser), req)
-    steps = []
-    with torch.no_grad():
-        while True:
-            try:
-                steps.append(next(gen))
-            except StopIteration as stop:
-                return stop.value, steps
 
 
 def outside_exact(out, src, mask):

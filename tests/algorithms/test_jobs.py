@@ -7,42 +7,26 @@ import threading
 import numpy as np
 import pytest
 import torch
+from job_driver import box_mask as box
+from job_driver import gradient_image
+from job_driver import run_job as run
 
 from engine.algorithms.common import run_to_end
 from engine.algorithms.inversion import Inversion, ddim_invert
 from engine.algorithms.null_text import NullTextSettings, null_text_optimise
 from engine.engine import Engine
 from engine.errors import InputError
-from engine.jobs import JOB_RUNNERS, JobContext
 from engine.types import Cancelled, EditRequest, Finished, Step
 
 H, W = 40, 72  # non-square, not a multiple of 8
 
 
 def image(h=H, w=W, seed=0):
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:h, 0:w]
-    base = np.stack([x * 255 / w, y * 255 / h, np.full_like(x, 128.0)], -1)
-    return (base + rng.normal(0, 10, (h, w, 3))).clip(0, 255).astype(np.uint8)
+    return gradient_image(h, w, seed)
 
 
 def box_mask(h=H, w=W):
-    m = np.zeros((h, w), np.uint8)
-    m[h // 4 : 3 * h // 4, w // 3 : 2 * w // 3] = 255
-    return m
-
-
-def run(tiny, tiny_denoiser, req):
-    """Drive a job like the engine does, without its thread."""
-    ctx = JobContext(tiny, tiny_denoiser)
-    gen = JOB_RUNNERS[req.method](ctx, req)
-    steps = []
-    with torch.no_grad():
-        while True:
-            try:
-                steps.append(next(gen))
-            except StopIteration as stop:
-                return stop.value, steps
+    return box(h, w)
 
 
 def outside_exact(out, src, mask):
