@@ -192,6 +192,18 @@ def pick_device(device: str | None = None, dtype: str | None = None):
 # ---- builtin:tiny ------------------------------------------------------------------------
 
 
+# the tiny models' CLIP text encoders in miniature (CLIP's real vocabulary and 77 positions)
+TINY_CLIP = dict(
+    vocab_size=49408,
+    hidden_size=32,
+    intermediate_size=37,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=77,
+    projection_dim=32,
+)
+
+
 def tiny_vae(**config) -> Any:
     """The tiny models' random-weight VAE: 8x down, 4 latent channels, 64 px; ``config``
     overrides (SDXL's scaling factor and fp16 upcast for ``builtin:tiny-xl``)."""
@@ -234,17 +246,7 @@ def tiny_components(seed: int = 0, in_channels: int = 4) -> dict[str, Any]:
         attention_head_dim=8,
     )
     vae = tiny_vae()
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            projection_dim=32,
-        )
-    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_CLIP))
     tokenizer = CLIPTokenizer.from_pretrained(str(CLIP_TOKENIZER_DIR))
     return {
         "unet": unet.eval(),

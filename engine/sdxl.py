@@ -141,7 +141,7 @@ def tiny_xl_components(seed: int = 0) -> dict[str, Any]:
     )
 
     from .loaders import CLIP_TOKENIZER_DIR, CONFIGS_DIR, _read_json
-    from .models import tiny_vae
+    from .models import TINY_CLIP, tiny_vae
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -162,17 +162,8 @@ def tiny_xl_components(seed: int = 0) -> dict[str, Any]:
         projection_class_embeddings_input_dim=32 + 6 * 8,
     )
     vae = tiny_vae(scaling_factor=0.13025, force_upcast=True)  # SDXL's VAE settings
-    common = dict(
-        vocab_size=49408,
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        projection_dim=32,
-    )
-    text_encoder = CLIPTextModel(CLIPTextConfig(**common, hidden_act="quick_gelu"))
-    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**common, hidden_act="gelu"))
+    text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_CLIP, hidden_act="quick_gelu"))
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**TINY_CLIP, hidden_act="gelu"))
     tokenizer = CLIPTokenizer.from_pretrained(str(CLIP_TOKENIZER_DIR))
     tokenizer_2 = CLIPTokenizer.from_pretrained(str(CLIP_TOKENIZER_DIR), pad_token="!")
     scheduler = _read_json(CONFIGS_DIR / BASE / "scheduler" / "scheduler_config.json")
