@@ -1,20 +1,19 @@
 """SDXL conditioning and parity with diffusers' SDXL pipelines on builtin:tiny-xl.
 
 Parity: the same components, prompt, seed and steps through our loops and through
-``StableDiffusionXLPipeline`` / ``StableDiffusionXLImg2ImgPipeline`` (both with DDIM from the
-model's scheduler config). The VAE-encode convention is matched explicitly: our SDEdit encodes
-to the posterior mean, so the img2img pipeline receives those latents as its image (it takes
-a 4-channel image as latents) instead of sampling the posterior itself.
+``StableDiffusionXLPipeline`` / ``StableDiffusionXLImg2ImgPipeline`` (``sdxl_parity``, shared
+with the full-size check in ``test_sdxl_full_size.py``). The VAE-encode convention is matched
+explicitly: our SDEdit encodes to the posterior mean, so the img2img pipeline receives those
+latents as its image (it takes a 4-channel image as latents) instead of sampling the
+posterior itself.
 """
 
 import numpy as np
 import pytest
 import torch
+from sdxl_parity import sdedit_pair, text2img_pipeline, text_to_image_pair
 
 from engine import sdxl
-from engine.algorithms.common import run_to_end
-from engine.algorithms.generate import generate
-from engine.algorithms.sdedit import sdedit
 from engine.denoiser import Denoiser
 
 PROMPT = "a red house beside two pine trees under a sunset sky"
@@ -28,32 +27,6 @@ def xl():
     return load_model("builtin:tiny-xl", device="cpu")
 
 
-def _scheduler(bundle):
-    from diffusers import DDIMScheduler
-
-    return DDIMScheduler.from_config(bundle.scheduler_config)
-
-
-def _components(bundle):
-    return dict(
-        vae=bundle.vae,
-        text_encoder=bundle.text_encoder,
-        text_encoder_2=bundle.text_encoder_2,
-        tokenizer=bundle.tokenizer,
-        tokenizer_2=bundle.tokenizer_2,
-        unet=bundle.unet,
-        scheduler=_scheduler(bundle),
-    )
-
-
-def _text2img(bundle):
-    from diffusers import StableDiffusionXLPipeline
-
-    pipe = StableDiffusionXLPipeline(**_components(bundle), force_zeros_for_empty_prompt=True)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def test_tiny_xl_is_an_sdxl_base(xl):
     assert xl.family == sdxl.BASE and xl.native_size == 64
     assert xl.unet.config.addition_embed_type == "text_time"
@@ -65,7 +38,7 @@ def test_tiny_xl_is_an_sdxl_base(xl):
 def test_embeddings_match_the_pipelines_encode_prompt(xl, negative):
     """Penultimate hidden states of both encoders concatenated, the second encoder's pooled
     output, and zeros for an empty negative prompt (diffusers: negative_prompt=None)."""
-    pipe = _text2img(xl)
+    pipe = text2img_pipeline(xl)
     with torch.no_grad():
         pe, npe, pooled, npooled = pipe.encode_prompt(
             PROMPT, device="cpu", do_classifier_free_guidance=True, negative_prompt=negative or None
@@ -84,7 +57,7 @@ def test_embeddings_match_the_pipelines_encode_prompt(xl, negative):
 
 
 def test_time_ids_are_the_pipelines_defaults(xl):
-    pipe = _text2img(xl)
+    pipe = text2img_pipeline(xl)
     ids = pipe._get_add_time_ids(
         (64, 96), (0, 0), (64, 96), torch.float32, xl.text_encoder_2.config.projection_dim
     )
@@ -96,52 +69,20 @@ def test_time_ids_are_the_pipelines_defaults(xl):
 
 @pytest.mark.parametrize("negative", ["", "blurry, dark"])
 def test_text_to_image_matches_the_sdxl_pipeline(xl, negative):
-    pipe = _text2img(xl)
-    out = pipe(
-        PROMPT,
-        negative_prompt=negative or None,
-        num_inference_steps=STEPS,
-        guidance_scale=6.0,
-        height=64,
-        width=96,
-        generator=torch.Generator().manual_seed(3),
-        output_type="latent",
-    ).images
-    d = Denoiser(xl)
-    cond = d.condition(PROMPT, negative, 6.0)
-    g = torch.Generator().manual_seed(3)
-    ours = run_to_end(generate(d, cond, (1, 4, 8, 12), STEPS, 6.0, g))
+    ours, out = text_to_image_pair(xl, PROMPT, negative, STEPS, 6.0, (64, 96), seed=3)
     torch.testing.assert_close(ours, out, rtol=1e-4, atol=1e-5)
     assert not torch.equal(out, torch.zeros_like(out))
 
 
 def test_sdedit_matches_the_sdxl_img2img_pipeline(xl):
-    from diffusers import StableDiffusionXLImg2ImgPipeline
-
-    pipe = StableDiffusionXLImg2ImgPipeline(**_components(xl), requires_aesthetics_score=False)
-    pipe.set_progress_bar_config(disable=True)
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    latents = xl.encode(image)  # the posterior mean, scaled: what our SDEdit starts from
-    out = pipe(
-        PROMPT,
-        image=latents,  # 4 channels: taken as latents, so both use the posterior mean
-        strength=0.6,
-        num_inference_steps=STEPS,
-        guidance_scale=5.0,
-        generator=torch.Generator().manual_seed(7),
-        output_type="latent",
-    ).images
-    d = Denoiser(xl)
-    cond = d.condition(PROMPT, "", 5.0)
-    g = torch.Generator().manual_seed(7)
-    ours = run_to_end(sdedit(d, latents, cond, STEPS, 0.6, 5.0, g))
+    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    ours, out, latents = sdedit_pair(xl, image, PROMPT, 0.6, STEPS, 5.0, seed=7)
     torch.testing.assert_close(ours, out, rtol=1e-4, atol=1e-5)
     assert (ours - latents).abs().mean() > 1e-3  # it did edit
 
 
 def test_decode_matches_the_pipelines_decode(xl):
-    pipe = _text2img(xl)
+    pipe = text2img_pipeline(xl)
     z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     theirs = pipe.vae.decode(z / pipe.vae.config.scaling_factor).sample
     theirs = ((theirs[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0)

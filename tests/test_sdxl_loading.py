@@ -1,10 +1,11 @@
 """SDXL loading, offline: diffusers folders (base and the refiner's single-encoder layout),
 single files in the original SGM key layout, family detection, the shipped full-size configs.
 
-The SGM writer below is the test's own: it maps our diffusers weights to the key layout of
-Stability's generative-models checkpoints (``model.diffusion_model.*`` with the added
-embedding as ``label_emb.0.*``, ``first_stage_model.*``, ``conditioner.embedders.{i}.*``), so
-loading what it writes checks the loader's conversion against an independent mapping.
+The SGM writer (``sdxl_parity.to_sgm``) is the tests' own: it maps our diffusers weights to
+the key layout of Stability's generative-models checkpoints (``model.diffusion_model.*`` with
+the added embedding as ``label_emb.0.*``, ``first_stage_model.*``,
+``conditioner.embedders.{i}.*``), so loading what it writes checks the loader's conversion
+against an independent mapping.
 """
 
 from __future__ import annotations
@@ -15,47 +16,17 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
+from sdxl_parity import same_weights, to_sgm
 
-from engine import loaders, model_writer, sdxl
+from engine import loaders, sdxl
 from engine.algorithms.common import run_to_end
 from engine.algorithms.sdedit import sdedit
 from engine.denoiser import Denoiser
 from engine.errors import ModelLoadError
-from engine.loaders import UNET_PREFIX, VAE_PREFIX, detect_family
+from engine.loaders import detect_family
 from engine.models import load_model
 
 PROMPT = "a red house beside two pine trees"
-
-
-# ---- the test's SGM writer ------------------------------------------------------------------
-
-
-def to_sgm(unet, vae, text_encoder, text_encoder_2) -> dict[str, torch.Tensor]:
-    """Diffusers/transformers SDXL weights → one state dict in the SGM layout."""
-    out: dict[str, torch.Tensor] = {}
-    for key, value in unet.state_dict().items():
-        if key.startswith("add_embedding.linear_"):  # Linear, SiLU, Linear in SGM's Sequential
-            layer = {"1": "0", "2": "2"}[key.split(".")[1][-1]]
-            new = f"label_emb.0.{layer}.{key.rsplit('.', 1)[1]}"
-        else:
-            new = model_writer._unet_key_to_original(key, unet.config)
-        out[UNET_PREFIX + new] = value
-    n_up = len(vae.config.up_block_types)
-    for key, value in vae.state_dict().items():
-        new = model_writer._vae_key_to_original(key, n_up)
-        if ".mid.attn_1." in new and new.endswith("weight") and value.ndim == 2:
-            value = value[:, :, None, None]  # SGM's VAE attention is 1x1 convolutions
-        out[VAE_PREFIX + new] = value
-    if text_encoder is not None:  # OpenAI CLIP keeps transformers' names under embedders.0
-        for key, value in model_writer.clip_keys(text_encoder).items():
-            out[sdxl.SGM_CLIP_L + "text_model." + key] = value
-    prefix = sdxl.SGM_BIGG if text_encoder is not None else sdxl.SGM_BIGG_REFINER
-    big = model_writer.clip_keys(text_encoder_2)
-    projection = big.pop("text_projection.weight")  # P x D here, D x P (x @ W) in OpenCLIP
-    for key, value in model_writer._open_clip_to_original(big).items():
-        out[prefix + key.removeprefix(loaders.OPEN_CLIP_PREFIX)] = value
-    out[prefix + "text_projection"] = projection.T
-    return out
 
 
 # ---- tiny models ----------------------------------------------------------------------------
@@ -126,25 +97,16 @@ def saved(tmp_path_factory):
     return out
 
 
-def _same_weights(a, b) -> None:
-    sa, sb = a.state_dict(), b.state_dict()
-    sa = {k.removeprefix("text_model."): v for k, v in sa.items() if "position_ids" not in k}
-    sb = {k.removeprefix("text_model."): v for k, v in sb.items() if "position_ids" not in k}
-    assert sa.keys() == sb.keys()
-    for k in sa:
-        assert torch.equal(sa[k], sb[k]), k
-
-
 @pytest.mark.parametrize("name", ["base", "refiner"])
 @pytest.mark.parametrize("form", ["folder", "file"])
-def test_folder_and_sgm_file_load_the_same_weights(saved, name, form):
+def test_folder_and_sgm_file_load_thesame_weights(saved, name, form):
     item = saved[name]
     config_dir = item["folder"] if form == "file" else None  # tiny configs, not the shipped
     parts = loaders.load_path(item[form], config_dir=config_dir)
     for key in ("unet", "vae", "text_encoder_2"):
-        _same_weights(item["parts"][key], parts[key])
+        same_weights(item["parts"][key], parts[key])
     if name == "base":
-        _same_weights(item["parts"]["text_encoder"], parts["text_encoder"])
+        same_weights(item["parts"]["text_encoder"], parts["text_encoder"])
         assert parts["family"] == sdxl.BASE and parts["zero_empty_negative"]
         assert parts["tokenizer_2"].pad_token == "!" and parts["tokenizer"].pad_token != "!"
     else:
