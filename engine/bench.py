@@ -183,6 +183,7 @@ def _sdxl_pipeline(bundle):
     from diffusers import DDIMScheduler, StableDiffusionXLImg2ImgPipeline
 
     refiner = bundle.family == sdxl.REFINER
+    sdxl.keep_text_encoders_on_device(bundle)  # the pipeline runs them where they are
     pipe = StableDiffusionXLImg2ImgPipeline(
         # its own VAE: under fp16 the pipeline casts its VAE to fp32 and back on every call,
         # which would leave ours (kept in fp32, engine.vae) in fp16 for our next run

@@ -86,10 +86,36 @@ class Denoiser:
         # whole picture is to be generated (text-to-image on an inpainting model)
         self.inpaint: InpaintInputs | None = None
         self._blank: dict[tuple[int, int], InpaintInputs] = {}
+        self._visit_depth, self._visiting = 0, False  # see ``_encoder_visit``
+        if sdxl.offloads_text_encoders(bundle):
+            sdxl.place_text_encoders(bundle, on_device=False)  # they live on the CPU
 
     # ---- text ---------------------------------------------------------------------------
 
     MAX_CHUNKS = 8  # 600 tokens: far beyond any prompt that still steers the image
+
+    @contextmanager
+    def _encoder_visit(self):
+        """Encodes inside the block share one visit of the text encoders to the device
+        (``condition``: the prompt and the negative prompt); when the outermost block ends,
+        the bundle's ``offload_text_encoders`` option (``sdxl.offloads_text_encoders``)
+        sends them back to the CPU. They move only once an encode needs them
+        (``_encoders_here``), so a block whose prompts are all cached moves nothing."""
+        self._visit_depth += 1
+        try:
+            yield
+        finally:
+            self._visit_depth -= 1
+            if self._visit_depth == 0 and self._visiting:
+                self._visiting = False
+                if sdxl.offloads_text_encoders(self.bundle):
+                    sdxl.place_text_encoders(self.bundle, on_device=False)
+
+    def _encoders_here(self) -> None:
+        """The text encoders on the device for the encode about to run (in a visit)."""
+        if not self._visiting:
+            sdxl.place_text_encoders(self.bundle, on_device=True)
+            self._visiting = True
 
     def _window(self) -> int:
         """Tokens of text one encoder pass holds (77 less BOS and EOS for CLIP)."""
@@ -131,25 +157,31 @@ class Denoiser:
             )
         k = max(n, self.chunks)
         key = (text, k)
-        if self.xl and key not in self._cache:
-            self._cache[key] = self._encode_xl(text, k)
         if key not in self._cache:
-            plain = plain_text(text)
-            tw = token_weights(self.bundle.tokenizer, text) if plain != text else None
-            if tw is not None and tw.weighted:
-                w = self._window()
-                parts = [
-                    self._encode_ids(tw.ids[i : i + w], tw.weights[i : i + w])
-                    for i in range(0, max(1, len(tw.ids)), w)
-                ]
-                parts += [self._encode_window("")] * (k - len(parts))
-            elif n == 1:
-                parts = [self._encode_window(plain)] + [self._encode_window("")] * (k - 1)
-            else:
-                parts = [self._encode_ids(c) for c in self._windows(plain)]
-                parts += [self._encode_window("")] * (k - len(parts))
-            self._cache[key] = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+            with self._encoder_visit():
+                self._encoders_here()
+                self._cache[key] = self._encode(text, n, k)
         return self._cache[key]
+
+    def _encode(self, text: str, n: int, k: int) -> torch.Tensor:
+        """``encode_text`` without the cache, for ``n`` windows of text padded to ``k``."""
+        if self.xl:
+            return self._encode_xl(text, k)
+        plain = plain_text(text)
+        tw = token_weights(self.bundle.tokenizer, text) if plain != text else None
+        if tw is not None and tw.weighted:
+            w = self._window()
+            parts = [
+                self._encode_ids(tw.ids[i : i + w], tw.weights[i : i + w])
+                for i in range(0, max(1, len(tw.ids)), w)
+            ]
+            parts += [self._encode_window("")] * (k - len(parts))
+        elif n == 1:
+            parts = [self._encode_window(plain)] + [self._encode_window("")] * (k - 1)
+        else:
+            parts = [self._encode_ids(c) for c in self._windows(plain)]
+            parts += [self._encode_window("")] * (k - len(parts))
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
     def _encode_xl(self, text: str, k: int) -> torch.Tensor:
         """``encode_text`` for SDXL: the same windows, weights and padding as above, each
@@ -248,8 +280,9 @@ class Denoiser:
     def condition(self, prompt: str, negative_prompt: str = "", guidance: float = 1.0):
         """Embeddings for a prompt; the negative prompt becomes the unconditional branch."""
         self.chunks = max(self.chunks, self.chunk_count(prompt), self.chunk_count(negative_prompt))
-        cond = self.encode_text(prompt)
-        uncond = self.encode_negative(negative_prompt) if guidance != 1.0 else None
+        with self._encoder_visit():  # one round trip for both prompts
+            cond = self.encode_text(prompt)
+            uncond = self.encode_negative(negative_prompt) if guidance != 1.0 else None
         return Conditioning(cond, uncond)
 
     def mean_shift(self, x: torch.Tensor, t: int, variance: float) -> torch.Tensor | None:
