@@ -18,6 +18,10 @@ embeddings (batch, cache, save with an inversion, optimise as null-text does) ca
 pooled part along; only ``Denoiser.model_output`` unpacks it (``unpack``). The size ids are
 not packed: they follow the latents handed to the UNet (original = target = the working
 size, crop (0, 0): the defaults of the paper's inference and of diffusers' pipelines).
+
+The two encoders are 0.82 B parameters that idle while the UNet denoises, so on CUDA they
+live on the CPU and visit the GPU only to encode (``offloads_text_encoders``; the visits are
+the ``Denoiser``'s, around its cache of encodings).
 """
 
 from __future__ import annotations
