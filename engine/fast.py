@@ -430,6 +430,10 @@ class FastPath:
             b = self.bundle
             ch = int(b.vae.config.latent_channels)
             z = torch.zeros(1, ch, side, side, device=self.device, dtype=b.vae.dtype)
+            post = getattr(b.vae, "post_quant_conv", None)
+            if post is not None:  # the decoder's input as decode hands it over, layout too
+                with torch.no_grad():
+                    z = post(z)
             self._queue_for("vae_decoder", (z,), {})
 
     def _queue_for(self, name: str, args: tuple, kwargs: dict) -> None:

@@ -270,6 +270,11 @@ def _finish(name: str, parts: dict[str, Any], device: str | None, dtype: str | N
         if parts.get(key) is not None:
             to = vae_dt if key == "vae" else dt
             parts[key] = parts[key].to(dev, to).eval().requires_grad_(False)
+    if dev.type == "cpu":
+        # the VAE's convolutions run faster channels-last on the CPU (2 cores, demo VAE at
+        # 128²-256²: encode 0.72-0.80x, decode 0.82-0.95x the time); the UNet's did not
+        # (0.93-1.06x), so it keeps the default layout
+        parts["vae"] = parts["vae"].to(memory_format=torch.channels_last)
     bundle = ModelBundle(name=name, device=dev, dtype=dt, **parts)
     log.info("Loaded %s: %s", name, bundle.family_name)
     return bundle

@@ -32,8 +32,8 @@ def run_dtype(vae, dtype: torch.dtype, upcast: bool) -> torch.dtype:
 
 
 def run(vae, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """``fn(x)`` (an encode or decode) in the VAE's dtype; a non-finite result from a
-    float16 VAE moves the VAE to float32 and runs again."""
+    """``fn(x)`` (an encode or decode) in the VAE's dtype, in the default memory layout; a
+    non-finite result from a float16 VAE moves the VAE to float32 and runs again."""
     out = fn(x.to(vae.dtype))
     if vae.dtype == torch.float16 and not bool(torch.isfinite(out).all()):
         log.warning(
@@ -41,7 +41,9 @@ def run(vae, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> tor
         )
         vae.to(torch.float32)
         out = fn(x.to(torch.float32))
-    return out
+    # a channels-last VAE (the CPU's, engine.models) hands back channels-last tensors; the
+    # UNet and everything after it get the default layout
+    return out.contiguous()
 
 
 def decode(vae, z: torch.Tensor, tile_above: int = TILE_ABOVE) -> torch.Tensor:

@@ -3,6 +3,7 @@ bad path or file gives a ModelLoadError a user can act on; family detection; shi
 
 from __future__ import annotations
 
+import copy
 import json
 import pickle
 import shutil
@@ -55,13 +56,27 @@ def _outputs(unet, vae, text_encoder, tokenizer):
     return embedding, eps, image
 
 
+def _in_layout_of(vae, loaded_vae):
+    """``vae`` in ``loaded_vae``'s memory layout: the loader makes the VAE channels-last on
+    the CPU (engine.models), which changes the order of its float sums, not its weights."""
+    weight = loaded_vae.decoder.conv_in.weight
+    if weight.is_contiguous():
+        return vae
+    return copy.deepcopy(vae).to(memory_format=torch.channels_last)
+
+
 def _assert_identical(reference: dict, loaded, exact: bool = True) -> None:
     get = loaded.__getitem__ if isinstance(loaded, dict) else lambda k: getattr(loaded, k)
     for key in ("unet", "vae", "text_encoder"):
         a, b = reference[key].state_dict(), get(key).state_dict()
         assert a.keys() == b.keys(), key
         assert all(torch.equal(a[k], b[k].cpu()) for k in a), key
-    ref = _outputs(*(reference[k] for k in ("unet", "vae", "text_encoder", "tokenizer")))
+    ref = _outputs(
+        reference["unet"],
+        _in_layout_of(reference["vae"], get("vae")),
+        reference["text_encoder"],
+        reference["tokenizer"],
+    )
     new = _outputs(*(get(k) for k in ("unet", "vae", "text_encoder", "tokenizer")))
     for name, x, y in zip(("text embedding", "UNet output", "VAE decode"), ref, new):
         assert torch.equal(x, y) if exact else torch.allclose(x, y, atol=1e-5), name
