@@ -160,12 +160,14 @@ def _random_sdxl(family: str, device, dtype):
     return _finish(f"random:{family}", parts, device, dtype)
 
 
-def make_pipeline(bundle):
+def make_pipeline(bundle, pipeline_class=None):
+    """diffusers' img2img pipeline on the bundle's own modules with a DDIM scheduler; an SD
+    1.x/2.x ``pipeline_class`` that takes the same parts (the inpainting one) instead."""
     from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
 
-    if bundle.family in sdxl.FAMILIES:
+    if bundle.family in sdxl.FAMILIES and pipeline_class is None:
         return _sdxl_pipeline(bundle)
-    pipe = StableDiffusionImg2ImgPipeline(
+    pipe = (pipeline_class or StableDiffusionImg2ImgPipeline)(
         vae=bundle.vae,
         text_encoder=bundle.text_encoder,
         tokenizer=bundle.tokenizer,

@@ -82,19 +82,11 @@ def test_a_depth_or_instruct_unet_is_still_refused_in_a_sentence(tmp_path):
 
 
 def _pipeline(bundle):
-    from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline
+    from diffusers import StableDiffusionInpaintPipeline
 
-    pipe = StableDiffusionInpaintPipeline(
-        vae=bundle.vae,
-        text_encoder=bundle.text_encoder,
-        tokenizer=bundle.tokenizer,
-        unet=bundle.unet,
-        scheduler=DDIMScheduler.from_config(bundle.scheduler_config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
+    from engine.bench import make_pipeline
+
+    pipe = make_pipeline(bundle, StableDiffusionInpaintPipeline)
 
     def posterior_mean(image, generator):  # our VAE-encode convention
         return pipe.vae.config.scaling_factor * pipe.vae.encode(image).latent_dist.mean
