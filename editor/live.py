@@ -3,7 +3,8 @@ the live settings, shown beside the canvas.
 
 A change restarts a short debounce timer; when it fires the previous live update is
 cancelled (a stale update is stopped, never queued) and one for the document as it is now is
-submitted. The brush never waits: building a request copies the layers and returns, the
+submitted. A completed edit (a stroke released, an undo) starts an update at once when none
+is running. The brush never waits: building a request copies the layers and returns, the
 engine thread does the rest. An edit job (Run) has priority: live updates wait for it.
 
 A few-step model (an LCM, turbo, or an ordinary model with an LCM LoRA: ``ModelInfo.few_step``)
@@ -124,6 +125,7 @@ class LiveController(QObject):
         doc.layer_changed.connect(lambda name, _: name in LIVE_LAYERS and self.changed())
         doc.settings_changed.connect(self.changed)
         doc.reset.connect(self.changed)
+        doc.undo_stack.indexChanged.connect(self.committed)
         b.live_finished.connect(self._on_finished)
         b.live_ended.connect(self._on_ended)
         for signal in (b.finished, b.failed, b.cancelled, b.model_loaded):
@@ -156,6 +158,14 @@ class LiveController(QObject):
         if self.enabled:
             self.pending = True
             self.timer.start()
+
+    def committed(self) -> None:
+        """An edit is complete (a stroke released, an undo): nothing more is coming from it,
+        so an idle live view updates now instead of after the debounce. While an update
+        runs the debounce stays, so a burst of strokes still supersedes it only once."""
+        if self.enabled and self.pending and self.win.bridge.live_id is None:
+            self.timer.stop()
+            self._launch()
 
     def _launch(self) -> None:
         b = self.win.bridge

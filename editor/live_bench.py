@@ -45,8 +45,8 @@ def paint_session(win, strokes: int, gap_ms: int, every_ms: int = 8) -> dict:
             plan.append((every_ms, lambda p=p: send_mouse(vp, QEvent.Type.MouseMove, p, left)))
 
         def release(p=pts[-1]):
+            releases.append(time.monotonic())  # before: the release may submit an update
             send_mouse(vp, QEvent.Type.MouseButtonRelease, p, none)
-            releases.append(time.monotonic())
 
         plan.append((every_ms, release))
     loop = QEventLoop()

@@ -28,6 +28,7 @@ class UndoStack(QObject):
     """``commands[:index]`` are done; ``commands[index:]`` can be redone."""
 
     cleanChanged = Signal(bool)  # noqa: N815 — the names QUndoStack uses
+    indexChanged = Signal(int)  # noqa: N815 — after every push, undo and redo
 
     def __init__(self, parent=None, max_bytes=DEFAULT_MAX_BYTES, max_count=DEFAULT_MAX_COUNT):
         super().__init__(parent)
@@ -111,3 +112,4 @@ class UndoStack(QObject):
     def _changed(self, was_clean: bool) -> None:
         if self.isClean() != was_clean:
             self.cleanChanged.emit(self.isClean())
+        self.indexChanged.emit(self._index)
