@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from attention_driver import control_for, p2p_over
 from job_driver import box_mask as box
 from job_driver import gradient_image
 from job_driver import run_job as run
@@ -14,7 +15,7 @@ from engine import sdxl
 from engine.algorithms.common import run_to_end
 from engine.algorithms.inversion import Inversion, ddim_invert, invert, regenerate
 from engine.algorithms.null_text import NullTextSettings, null_text_optimise
-from engine.algorithms.prompt_to_prompt import AttentionControl, align_tokens, prompt_to_prompt
+from engine.algorithms.prompt_to_prompt import AttentionControl, align_tokens
 from engine.attention import hooked
 from engine.denoiser import Denoiser
 from engine.prompts import token_weights
@@ -129,33 +130,11 @@ def test_null_text_optimises_the_pooled_vector_too(xl, d):
         assert not null[:, -2, dim:].any() and not null[:, -1].any()
 
 
-def _control(a: str, b: str, tok, **kw) -> AttentionControl:
-    ids = [token_weights(tok, p).ids for p in (a, b)]
-    return AttentionControl(align_tokens(*ids, tok.model_max_length - 2), steps=1, **kw)
-
-
 @pytest.fixture(scope="module")
 def inverted(xl):
     d = Denoiser(xl)
     latents = xl.encode(image(64, 64)).float()
     return run_to_end(invert(d, latents, PROMPT, 4, 4.0, method="direct"))
-
-
-def _p2p(d, inv, target, control):
-    return run_to_end(
-        prompt_to_prompt(
-            d,
-            inv.trajectory[0],
-            inv.timesteps,
-            d.encode_text(inv.prompt),
-            d.encode_text(target),
-            inv.guidance,
-            inv.null_embeddings,
-            control,
-            anchor=inv.trajectory,
-            correct=True,
-        )
-    )
 
 
 def test_the_controller_sees_every_sdxl_attention_layer(xl, d, inverted):
@@ -171,7 +150,7 @@ def test_the_controller_sees_every_sdxl_attention_layer(xl, d, inverted):
 
     ids = token_weights(xl.tokenizer, PROMPT).ids
     spy = Spy(align_tokens(ids, ids, 75), steps=1, cross_until=1.0, self_until=1.0)
-    out = _p2p(d, inverted, PROMPT, spy)
+    out = p2p_over(d, inverted, PROMPT, spy)
     assert torch.equal(out, inverted.trajectory[-1])
     layers = list(xl.unet.attn_processors)
     assert set(seen) == set(layers)
@@ -184,17 +163,17 @@ def test_the_controller_sees_every_sdxl_attention_layer(xl, d, inverted):
 def test_the_hooked_path_matches_the_fused_one(xl, d, inverted):
     """With no injection (τ = 0) the controlled target branch is an ordinary re-edit."""
     edit = "a blue house beside two pine trees"
-    control = _control(PROMPT, edit, xl.tokenizer, cross_until=0.0, self_until=0.0)
-    ours = _p2p(d, inverted, edit, control)
+    control = control_for(PROMPT, edit, xl.tokenizer, cross_until=0.0, self_until=0.0)
+    ours = p2p_over(d, inverted, edit, control)
     plain = run_to_end(regenerate(d, inverted, d.encode_text(edit)))
     torch.testing.assert_close(ours, plain, rtol=1e-4, atol=1e-4)
-    injected = _control(PROMPT, edit, xl.tokenizer)
-    assert not torch.allclose(_p2p(d, inverted, edit, injected), plain, atol=1e-3)
+    injected = control_for(PROMPT, edit, xl.tokenizer)
+    assert not torch.allclose(p2p_over(d, inverted, edit, injected), plain, atol=1e-3)
 
 
 def test_hook_restored_after_a_job(xl, d):
     before = dict(xl.unet.attn_processors)
-    with hooked(xl.unet, _control(PROMPT, PROMPT, xl.tokenizer)):
+    with hooked(xl.unet, control_for(PROMPT, PROMPT, xl.tokenizer)):
         assert dict(xl.unet.attn_processors) != before
     assert {k: type(v) for k, v in xl.unet.attn_processors.items()} == {
         k: type(v) for k, v in before.items()

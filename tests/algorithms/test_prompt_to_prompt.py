@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from attention_driver import control_for, p2p_over
 
 from engine.algorithms.common import drive, run_to_end
 from engine.algorithms.inversion import invert
 from engine.algorithms.prompt_to_prompt import (
-    AttentionControl,
     align_tokens,
     prompt_to_prompt,
     token_positions,
@@ -85,37 +85,13 @@ def inverted(tiny, tiny_denoiser):
     return latents, invs
 
 
-def _p2p(d, inv, target: str, control: AttentionControl):
-    return run_to_end(
-        prompt_to_prompt(
-            d,
-            inv.trajectory[0],
-            inv.timesteps,
-            d.encode_text(inv.prompt),
-            d.encode_text(target),
-            inv.guidance,
-            inv.null_embeddings,
-            control,
-            anchor=inv.trajectory,
-            correct=inv.method == "direct",
-        )
-    )
-
-
-def _control(a: str, b: str, tok, **kw) -> AttentionControl:
-    from engine.prompts import token_weights
-
-    ids = [token_weights(tok, p).ids for p in (a, b)]
-    return AttentionControl(align_tokens(*ids, tok.model_max_length - 2), steps=1, **kw)
-
-
 def test_same_prompt_with_full_injection_reproduces_the_source_exactly(
     tiny, tiny_denoiser, inverted
 ):
     _, invs = inverted
     inv = invs["direct"]
-    control = _control(PROMPT, PROMPT, tiny.tokenizer, cross_until=1.0, self_until=1.0)
-    out = _p2p(tiny_denoiser, inv, PROMPT, control)
+    control = control_for(PROMPT, PROMPT, tiny.tokenizer, cross_until=1.0, self_until=1.0)
+    out = p2p_over(tiny_denoiser, inv, PROMPT, control)
     assert torch.equal(out, inv.trajectory[-1])  # the direct inversion's source, bit for bit
 
 
@@ -123,10 +99,10 @@ def test_an_empty_blend_mask_returns_the_source(tiny, tiny_denoiser, inverted):
     _, invs = inverted
     inv = invs["direct"]
     edit = "a blue house beside two pine trees"
-    control = _control(PROMPT, edit, tiny.tokenizer, blend=((), ()), blend_from=0.0)
-    assert torch.equal(_p2p(tiny_denoiser, inv, edit, control), inv.trajectory[-1])
-    free = _control(PROMPT, edit, tiny.tokenizer)  # the same edit without blending changes
-    assert not torch.allclose(_p2p(tiny_denoiser, inv, edit, free), inv.trajectory[-1])
+    control = control_for(PROMPT, edit, tiny.tokenizer, blend=((), ()), blend_from=0.0)
+    assert torch.equal(p2p_over(tiny_denoiser, inv, edit, control), inv.trajectory[-1])
+    free = control_for(PROMPT, edit, tiny.tokenizer)  # the same edit without blending changes
+    assert not torch.allclose(p2p_over(tiny_denoiser, inv, edit, free), inv.trajectory[-1])
 
 
 def test_the_hooked_path_matches_the_fused_one(tiny, tiny_denoiser, inverted):
@@ -137,8 +113,8 @@ def test_the_hooked_path_matches_the_fused_one(tiny, tiny_denoiser, inverted):
     _, invs = inverted
     inv = invs["negative_prompt"]
     edit = "a blue house beside two pine trees"
-    control = _control(PROMPT, edit, tiny.tokenizer, cross_until=0.0, self_until=0.0)
-    out = _p2p(tiny_denoiser, inv, edit, control)
+    control = control_for(PROMPT, edit, tiny.tokenizer, cross_until=0.0, self_until=0.0)
+    out = p2p_over(tiny_denoiser, inv, edit, control)
     plain = run_to_end(regenerate(tiny_denoiser, inv, tiny_denoiser.encode_text(edit)))
     assert torch.allclose(out, plain, atol=1e-4)
 
@@ -220,11 +196,11 @@ def test_v_prediction_models_take_the_same_paths(tiny):
     edit = "a blue house beside two pine trees"
     for method in ("negative_prompt", "direct"):
         inv = run_to_end(invert(d, latents, PROMPT, 5, 3.0, method=method))
-        free = _control(PROMPT, edit, tiny.tokenizer, cross_until=0.0, self_until=0.0)
+        free = control_for(PROMPT, edit, tiny.tokenizer, cross_until=0.0, self_until=0.0)
         plain = run_to_end(regenerate(d, inv, d.encode_text(edit)))
-        assert torch.allclose(_p2p(d, inv, edit, free), plain, atol=1e-4), method
-    same = _control(PROMPT, PROMPT, tiny.tokenizer, cross_until=1.0, self_until=1.0)
-    assert torch.equal(_p2p(d, inv, PROMPT, same), inv.trajectory[-1])
+        assert torch.allclose(p2p_over(d, inv, edit, free), plain, atol=1e-4), method
+    same = control_for(PROMPT, PROMPT, tiny.tokenizer, cross_until=1.0, self_until=1.0)
+    assert torch.equal(p2p_over(d, inv, PROMPT, same), inv.trajectory[-1])
 
 
 def test_a_painted_mask_replaces_or_intersects_the_blend(tiny, tiny_denoiser, inverted):
@@ -237,7 +213,7 @@ def test_a_painted_mask_replaces_or_intersects_the_blend(tiny, tiny_denoiser, in
     painted[..., : painted.shape[-1] // 2] = 1
 
     def run(intersect):
-        control = _control(PROMPT, edit, tiny.tokenizer, blend=((), ()), blend_from=0.0)
+        control = control_for(PROMPT, edit, tiny.tokenizer, blend=((), ()), blend_from=0.0)
         gen = prompt_to_prompt(
             d, inv.trajectory[0], inv.timesteps, d.encode_text(PROMPT), d.encode_text(edit),
             inv.guidance, inv.null_embeddings, control, anchor=inv.trajectory, correct=True,
