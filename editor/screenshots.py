@@ -336,9 +336,18 @@ class Shooter:
         w.set_live(True)
         w.tools_panel.set_colour((200, 40, 35))
         w.tools_panel.set_size(26)
+        painted = time.monotonic()  # the release may start the update before drag returns
         self.drag([(190 + 12 * i, y) for y in (300, 330, 360) for i in range(11)], tools.COLOUR)
-        painted = time.monotonic()
-        self.wait(lambda: w.live.result is not None and w.live.submitted_at > painted, 300)
+        live = w.live
+        self.wait(  # the last update is shown: none pending, none running
+            lambda: (
+                not live.pending
+                and w.bridge.live_id is None
+                and live.submitted_at > painted
+                and live.result is not None
+            ),
+            300,
+        )
         self.grab("live-mode.png")
         w.set_live(False)
         if switch:
