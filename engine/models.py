@@ -76,6 +76,9 @@ class ModelBundle:
     # a key of loaders.FAMILIES, or "sd" for an SD-architecture model of another size
     family: str = "sd"
     tile_above: int = vae_ops.TILE_ABOVE  # pixels; larger decodes run on tiles (engine.vae)
+    # SDXL's text encoders wait on the CPU between encodes (engine.sdxl): None = the default
+    # for the device (on for CUDA, DIFFUSION_EDITOR_OFFLOAD_TEXT_ENCODERS overrides it)
+    offload_text_encoders: bool | None = None
     schedule: Schedule = field(init=False)
 
     def __post_init__(self):

@@ -156,7 +156,7 @@ def offloads_text_encoders(bundle) -> bool:
     (``keep_text_encoders_on_device``), else ``offload_default``.
     Under it the encoders live on the CPU and visit the device only to encode (``Denoiser``);
     encodings are cached per prompt, so only a new prompt pays the two copies."""
-    chosen = getattr(bundle, "offload_text_encoders", None)
+    chosen = bundle.offload_text_encoders
     if chosen is None:
         return offload_default(bundle.device, bundle.family)
     return bool(chosen)
