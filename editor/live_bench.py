@@ -5,7 +5,8 @@ a scripted session (offscreen Qt is fine): each stroke is a press, a few moves a
 with real mouse events, then a pause of ``--gap-ms``. A stroke's latency is the time from
 its release to the first live result whose update was submitted after that release. A 1 ms
 timer records the longest GUI-thread stall over the whole session. Prints p50 / p95 latency,
-how many strokes were overtaken by the next one before their update showed, and the stall.
+how many strokes were overtaken by the next one before their update showed, the stall, and
+the idle machine's own longest gap measured just before (``editor.bench.machine_floor``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 import numpy as np
 from PySide6.QtCore import QEvent, QEventLoop, QPointF, Qt, QTimer
 
-from .bench import StallProbe, open_window, send_mouse
+from .bench import StallProbe, machine_floor, open_window, send_mouse
 
 MOVES = 6  # mouse moves per stroke, one per timer tick
 
@@ -97,7 +98,11 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--steps", type=int, default=0, help="steps on an ordinary model (default: live's)"
     )
+    parser.add_argument(
+        "--floor-seconds", type=float, default=30, help="idle-machine stall probe first (0: skip)"
+    )
     args = parser.parse_args(argv)
+    floor = machine_floor(args.floor_seconds) if args.floor_seconds else None
     if args.steps:
         from . import live
 
@@ -125,6 +130,12 @@ def main(argv=None) -> int:
         f"stroke); {r['updates']} updates; GUI stalls: longest {r['max_stall_ms']:.1f} ms, "
         f"p99 {r['p99_stall_ms']:.1f} ms"
     )
+    if floor:
+        print(
+            f"the idle machine before it: a bare 1 ms sleep loop's longest gap "
+            f"{floor['max_ms']:.1f} ms, p99 {floor['p99_ms']:.1f} ms "
+            f"over {args.floor_seconds:.0f} s"
+        )
     win.doc.mark_saved()
     win.shutdown()
     engine.shutdown()
