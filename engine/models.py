@@ -375,6 +375,7 @@ def load_model(
             )
         return BUILTINS[spec](device, dtype)
     path = Path(spec).expanduser()
-    parts = load_path(path, config_dir=config_dir, prediction_type=prediction_type)
+    _, run_dtype = pick_device(device, dtype)
+    parts = load_path(path, config_dir, prediction_type, dtype=run_dtype)
     bundle = _finish(path.name, parts, device, dtype)
     return _with_classifier(bundle, path) if path.is_dir() else bundle

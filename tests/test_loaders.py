@@ -106,6 +106,31 @@ def test_single_file_with_sidecar_loads_through_load_model(tiny, saved):
     _assert_identical(tiny, load_model(str(saved["file"]), device="cpu"))
 
 
+@pytest.mark.parametrize("kind", ["folder", "file"])
+def test_a_half_precision_load_builds_in_half_precision(saved, kind, monkeypatch):
+    """A bf16 (or a GPU's fp16) load copies the UNet and text encoder from the file straight
+    into that dtype, never into a float32 copy of the whole model first; the weights are
+    those of a float32 load cast afterwards, bit for bit. The VAE is built in float32."""
+    built, build = {}, loaders._build
+
+    def record(part, *args):
+        model = build(part, *args)
+        built[part] = model.dtype  # as built: loading casts the VAE later, in place
+        return model
+
+    monkeypatch.setattr(loaders, "_build", record)
+    half = load_model(str(saved[kind]), device="cpu", dtype="bf16")
+    assert built == {
+        "unet": torch.bfloat16,
+        "vae": torch.float32,
+        "text_encoder": torch.bfloat16,
+    }
+    full = load_model(str(saved[kind]), device="cpu")
+    for part in ("unet", "vae", "text_encoder"):
+        a, b = getattr(half, part).state_dict(), getattr(full, part).state_dict()
+        assert all(torch.equal(a[k], b[k].to(a[k].dtype)) for k in a), part
+
+
 def test_single_file_uses_the_original_sd_key_layout(saved):
     keys = set(load_file(saved["file"]))
     prefixes = (loaders.UNET_PREFIX, loaders.VAE_PREFIX, loaders.CLIP_PREFIX)
