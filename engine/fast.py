@@ -67,18 +67,20 @@ _OFF = ("0", "off", "false", "no")
 _ON = ("1", "on", "true", "yes")
 
 
+def env_switch(name: str, default: bool) -> bool:
+    """An on/off environment variable of the project: ``0``/``off``/``false``/``no`` or
+    ``1``/``on``/``true``/``yes``; unset or anything else is ``default``."""
+    env = os.environ.get(name, "").strip().lower()
+    return False if env in _OFF else True if env in _ON else default
+
+
 def fast_default(device: torch.device) -> bool:
     """Whether the fast path is on when nobody said: ``DIFFUSION_EDITOR_FAST`` if set, else on
     for CUDA only. On the CPU it measured 0.87–0.95× the eager time with the demo model
     (README, Measured) for minutes of background compiling on the user's few cores, and in
     live mode its compile activity stalled the GUI up to 100 ms: opt in there. MPS: inductor's
     MPS backend is too young to switch on unmeasured."""
-    env = os.environ.get(ENV_FAST, "").strip().lower()
-    if env in _OFF:
-        return False
-    if env in _ON:
-        return True
-    return device.type == "cuda"
+    return env_switch(ENV_FAST, device.type == "cuda")
 
 
 def cpu_threads() -> int | None:
@@ -116,7 +118,7 @@ def use_compile_cache() -> Path:
 def default_compile(fn: Callable, device: torch.device) -> Callable:
     """``torch.compile`` as the fast path uses it: static shapes, one whole graph; CUDA graphs
     on CUDA. (On the 2-core CPU, inductor's ``freezing`` measured slower: not used.)"""
-    cuda_graphs = os.environ.get(ENV_CUDA_GRAPHS, "1").strip().lower() not in _OFF
+    cuda_graphs = env_switch(ENV_CUDA_GRAPHS, True)
     mode = "reduce-overhead" if device.type == "cuda" and cuda_graphs else None
     return torch.compile(fn, fullgraph=True, dynamic=False, mode=mode)
 

@@ -26,7 +26,6 @@ the ``Denoiser``'s, around its cache of encodings).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -141,14 +140,9 @@ def offload_default(device: torch.device, family: str) -> bool:
     on CUDA, whose two encoders (0.82 B parameters, 1.6 GB in fp16) idle while the UNet
     denoises. On the CPU they already are where they would go, and MPS shares the host's
     memory: nothing to free there."""
-    from .fast import _OFF, _ON  # the project's one vocabulary for on/off switches
+    from .fast import env_switch  # the project's one vocabulary for on/off switches
 
-    env = os.environ.get(ENV_OFFLOAD, "").strip().lower()
-    if env in _OFF:
-        return False
-    if env in _ON:
-        return True
-    return device.type == "cuda" and family in FAMILIES
+    return env_switch(ENV_OFFLOAD, device.type == "cuda" and family in FAMILIES)
 
 
 def offloads_text_encoders(bundle) -> bool:
