@@ -100,24 +100,36 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
 
 
 def _box(x: torch.Tensor, r: int) -> torch.Tensor:
-    """Mean over a (2r+1)² window, edges replicated."""
-    return torch.nn.functional.avg_pool2d(
-        torch.nn.functional.pad(x, (r, r, r, r), mode="replicate"), 2 * r + 1, stride=1
-    )
+    """Mean over a (2r+1)² window, edges replicated; separable (a row pass, then a column
+    pass), so its cost grows with r, not r²."""
+    pool = torch.nn.functional.avg_pool2d
+    x = pool(torch.nn.functional.pad(x, (r, r, 0, 0), mode="replicate"), (1, 2 * r + 1), 1)
+    return pool(torch.nn.functional.pad(x, (0, 0, r, r), mode="replicate"), (2 * r + 1, 1), 1)
 
 
 def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
-    """He et al. 2010, "Guided Image Filtering", Alg. 1 with a grey guide: ``src`` (HxW) is
-    locally an affine function q = a·I + b of the guide ``guide`` (HxW in [0, 1]), fitted over
-    (2r+1)² windows with regularisation ``eps``, so the output's edges follow the image's."""
-    i = torch.from_numpy(np.ascontiguousarray(guide, dtype=np.float32))[None, None]
+    """He et al. 2010, "Guided Image Filtering": ``src`` (HxW) is locally an affine function
+    q = aᵀI + b of the guide ``guide`` (HxW grey, or HxWxC colour, in [0, 1]), fitted over
+    (2r+1)² windows with regularisation ``eps``, so the output's edges follow the image's.
+    Alg. 1 for a grey guide; §3.5 (eq. 19–21) for a colour guide, whose per-window
+    covariance Σ keeps edges between colours of equal brightness (a blue wall on a grey
+    roof) that a grey guide loses."""
+    g = np.asarray(guide, dtype=np.float32)
+    i = torch.from_numpy(np.ascontiguousarray(g if g.ndim == 3 else g[..., None]))
+    i = i.permute(2, 0, 1)[None]  # 1xCxHxW
     p = torch.from_numpy(np.ascontiguousarray(src, dtype=np.float32))[None, None]
+    c = i.shape[1]
     mean_i, mean_p = _box(i, radius), _box(p, radius)
-    var_i = _box(i * i, radius) - mean_i**2
-    cov_ip = _box(i * p, radius) - mean_i * mean_p
-    a = cov_ip / (var_i + eps)  # eq. 5
-    b = mean_p - a * mean_i  # eq. 6
-    return (_box(a, radius) * i + _box(b, radius))[0, 0].numpy()  # eq. 8
+    cov_ip = _box(i * p, radius) - mean_i * mean_p  # 1xCxHxW
+    # Σ per pixel (HxWxCxC) from the window means of every channel product
+    pairs = i[:, :, None] * i[:, None]  # 1xCxCxHxW
+    sigma = _box(pairs.flatten(1, 2), radius).unflatten(1, (c, c))
+    sigma = sigma - mean_i[:, :, None] * mean_i[:, None]
+    sigma = sigma[0].permute(2, 3, 0, 1) + eps * torch.eye(c)
+    a = torch.linalg.solve(sigma, cov_ip[0].permute(1, 2, 0)[..., None])[..., 0]  # eq. 19
+    a = a.permute(2, 0, 1)[None]
+    b = mean_p - (a * mean_i).sum(1, keepdim=True)  # eq. 20
+    return ((_box(a, radius) * i).sum(1) + _box(b, radius)[:, 0])[0].numpy()  # eq. 21
 
 
 def diffedit(

@@ -1,5 +1,6 @@
 """Measure the levers of DiffEdit's mask on demo-world scenes: noise samples per map, the
-cut (fixed or Otsu) and the upsampling (bilinear or guided by the image).
+noise level of the map, the cut (fixed or Otsu) and the upsampling (bilinear, or guided by
+the colour image or by its grey levels).
 
     python -m engine.evaluation.diffedit_levers --seeds 560000 --n 40
 
@@ -19,6 +20,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .evaluate_edits import (
@@ -33,7 +35,13 @@ from .seed_ranges import SeedRange, check_evaluation
 
 SAMPLES = (10, 20, 40)
 CUTS = (("fixed", 0.5), ("fixed", 0.4), ("fixed", 0.3), ("otsu", None))
-UPSAMPLING = (("bilinear", None), ("guided", 1e-2), ("guided", 1e-3), ("guided", 1e-1))
+UPSAMPLING = (
+    ("bilinear", None),
+    ("guided", 1e-2),
+    ("guided", 1e-3),
+    ("guided", 1e-4),
+    ("guided-grey", 1e-4),
+)
 
 
 def diffedit_cases(n: int, start: int):
@@ -45,23 +53,38 @@ def diffedit_cases(n: int, start: int):
 
 
 @torch.no_grad()
-def maps_for(bundle, case, samples: int, steps: int = 50):
-    """The normalised latent map of ``diffedit_mask`` for the case's edit (as the job)."""
+def maps_for(bundle, case, samples: int, steps: int = 50, strength: float = 0.5):
+    """The normalised latent map of ``diffedit_mask`` for the case's edit (as the job), the
+    image noised to ``strength`` (the job's ``mask_strength``)."""
     from engine.algorithms.common import run_to_end
     from engine.algorithms.diffedit import diffedit_mask
     from engine.denoiser import Denoiser
 
     d = Denoiser(bundle)
     latents = bundle.encode(case.before.image).float()
-    t = d.schedule.timesteps_for_strength(steps, 0.5)[0]
+    t = d.schedule.timesteps_for_strength(steps, strength)[0]
     gen = torch.Generator().manual_seed(case.seed)
     q, r = d.encode_text(case.after.caption), d.encode_text(case.before.caption)
     est = run_to_end(diffedit_mask(d, latents, q, r, t, gen, samples, 0.5, 2))
     return est.map[0, 0].cpu().numpy()
 
 
+def _grey_guide(image, eps):
+    """The image as a grey guide: three equal channels, with eps scaled so the colour
+    filter reduces exactly to the grey one (aᵀI = cov·I / (var + eps / 3) for I = (g, g, g))."""
+    grey = image.astype(np.float32).mean(axis=2, keepdims=True)
+    return np.repeat(grey, 3, axis=2), eps * 3
+
+
 def measure(
-    bundle, cases, samples=SAMPLES, cuts=CUTS, upsampling=UPSAMPLING, radii=(None,), log=print
+    bundle,
+    cases,
+    samples=SAMPLES,
+    cuts=CUTS,
+    upsampling=UPSAMPLING,
+    radii=(None,),
+    strengths=(0.5,),
+    log=print,
 ):
     from engine import imageops
     from engine.jobs.edits import _u8, mask_from_map
@@ -69,14 +92,20 @@ def measure(
     f = bundle.vae_factor
     scores: dict[str, list[float]] = {}
     for i, case in enumerate(cases):
-        for k in samples:
-            m = maps_for(bundle, case, k)
+        for k, s in itertools.product(samples, strengths):
+            m = maps_for(bundle, case, k, strength=s)
             for (mode, thr), (up, eps), r in itertools.product(cuts, upsampling, radii):
-                if r is not None and up != "guided":
+                if r is not None and not up.startswith("guided"):
                     continue
-                binary = mask_from_map(m, case.before.image, f, thr or 0.5, mode, up, eps, r)
-                name = f"n{k} {mode}{'' if thr is None else f' {thr}'} {up}"
-                name += "" if eps is None else f" eps {eps:g}"
+                image = case.before.image
+                if up == "guided-grey":
+                    image, eps = _grey_guide(image, eps)
+                kind = "guided" if up.startswith("guided") else up
+                binary = mask_from_map(m, image, f, thr or 0.5, mode, kind, eps, r)
+                name = f"n{k}{'' if s == 0.5 else f' s{s:g}'} {mode}"
+                name += f"{'' if thr is None else f' {thr}'} {up}"
+                name += "" if eps is None or up == "guided-grey" else f" eps {eps:g}"
+                name += f" eps {eps / 3:g}" if up == "guided-grey" else ""
                 name += "" if r is None else f" r {r}"
                 # as the job hands the mask out: blurred over a quarter cell, 8-bit, ≥ 128
                 soft = _u8(imageops.blur(binary, f / 4))
@@ -94,11 +123,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--thresholds", type=float, nargs="*", default=None, help="fixed cuts")
     p.add_argument("--eps", type=float, nargs="*", default=None, help="guided filter eps")
     p.add_argument("--radii", type=int, nargs="*", default=None, help="guided filter radii")
+    p.add_argument(
+        "--strengths", type=float, nargs="*", default=[0.5], help="noise levels of the map"
+    )
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args(argv)
     cuts = CUTS if a.thresholds is None else tuple(("fixed", t) for t in a.thresholds)
     ups = (
-        UPSAMPLING if a.eps is None else (("bilinear", None),) + tuple(("guided", e) for e in a.eps)
+        UPSAMPLING
+        if a.eps is None
+        else (("bilinear", None),) + tuple((g, e) for e in a.eps for g in ("guided", "guided-grey"))
     )
     radii = (None,) if a.radii is None else tuple(a.radii)
     check_evaluation(SeedRange(a.seeds, a.seeds + SPAN), a.model, None)
@@ -107,7 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     bundle = load_model(a.model, device="cpu")
     cases = diffedit_cases(a.n, a.seeds)
     res = measure(
-        bundle, cases, a.samples, cuts, ups, radii, log=lambda m: print(m, file=sys.stderr)
+        bundle,
+        cases,
+        a.samples,
+        cuts,
+        ups,
+        radii,
+        a.strengths,
+        log=lambda m: print(m, file=sys.stderr),
     )
     for name, v in sorted(res.items(), key=lambda kv: -kv[1]["iou"]["mean"]):
         ci = v["iou"]

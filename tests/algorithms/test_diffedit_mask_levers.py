@@ -36,6 +36,25 @@ def test_guided_filter_moves_a_blurry_edge_onto_the_guides_edge():
     assert np.abs(flat - blurry).max() < 0.2
 
 
+def test_a_colour_guide_keeps_an_edge_that_grey_levels_lose():
+    # a blue wall beside a grey roof of the same brightness: one grey level, two colours
+    guide = np.empty((32, 32, 3), np.float32)
+    guide[:, :20] = (0.2, 0.3, 0.7)
+    guide[:, 20:] = (0.4, 0.4, 0.4)
+    blurry = np.clip((np.arange(32, dtype=np.float32) - 12) / 10, 0, 1)[None].repeat(32, 0)
+    colour = guided_filter(guide, blurry, 4, 1e-3)
+    grey = guided_filter(guide.mean(axis=2), blurry, 4, 1e-3)
+    step = colour[:, 20].mean() - colour[:, 19].mean()
+    assert step > 0.3  # the colour edge is found
+    assert grey[:, 20].mean() - grey[:, 19].mean() < 0.15  # the grey guide smooths across it
+    # a grey guide is the one-channel case of the same filter
+    np.testing.assert_allclose(
+        guided_filter(guide.mean(axis=2), blurry, 4, 1e-3),
+        guided_filter(guide.mean(axis=2, keepdims=True), blurry, 4, 1e-3),
+        atol=1e-6,
+    )
+
+
 @pytest.mark.parametrize("mode", ["fixed", "otsu"])
 @pytest.mark.parametrize("upsampling", ["bilinear", "guided"])
 def test_mask_from_map_is_binary_at_working_size(mode, upsampling):
