@@ -244,6 +244,7 @@ def prompt_to_prompt(
     generator: torch.Generator | None = None,
     eta: float = 0.0,
     label: str = "re-edit",
+    show_mask: bool = False,
 ) -> Algorithm[torch.Tensor]:
     """Both branches from ``x`` down ``timesteps`` (DDIM, Song et al. 2021 eq. 12) with the
     source embedding ``source`` and the target one ``target``, per-step unconditional
@@ -261,7 +262,8 @@ def prompt_to_prompt(
     trajectory: x_tgt ← z*_{t−1} + (step_tgt − step_src). ``mask`` (latent size, 1 = edit; a
     painted mask) replaces the local-blend mask, or with ``intersect`` is multiplied with it
     once blending has started. Yields the target's x̂₀ (the source's where
-    the blend keeps it) and the blend mask as it forms."""
+    the blend keeps it) and the blend mask as it forms; with ``show_mask`` the given
+    ``mask`` too (one found for the user, such as DiffEdit's, is news; a painted one is not)."""
     sched = denoiser.schedule
     n = len(timesteps)
     control.steps, control.latent_hw = n, tuple(x.shape[-2:])
@@ -303,6 +305,6 @@ def prompt_to_prompt(
                 t_next = s_next + m * (t_next - s_next)
             x_src, x_tgt = s_next, t_next
             shown = x0[1:] if m is None else x0[:1] + m * (x0[1:] - x0[:1])
-            formed = m if mask is None or intersect else None  # a painted mask is no news
+            formed = m if mask is None or intersect or show_mask else None
             yield Progress(i + 1, n, t, x0=shown, label=label, mask=formed)
     return x_tgt

@@ -9,9 +9,10 @@ Edit kinds: wall and roof colour and object kind (word swaps), time of day (a gl
 snowy mountains (a refinement: words added). For each the world renders the true edit of a
 held-out scene (same scene, one attribute changed). Each scene is inverted under its
 caption (50 steps, guidance 7.5) with each inversion, then re-edited at full depth and
-without a painted mask with the edited caption, through the app's job runners, three ways:
-no control; Prompt-to-Prompt with the defaults (local blend on); Prompt-to-Prompt without
-local blend. Reported with 95 % intervals and n:
+without a painted mask with the edited caption, through the app's job runners, four ways:
+no control; Prompt-to-Prompt with the defaults (local blend on, its region DiffEdit's mask);
+Prompt-to-Prompt blending by the changed words' attention (the paper's local blend);
+Prompt-to-Prompt without local blend. Reported with 95 % intervals and n:
 
 - attribute changed: the probe reads the edited attribute's new value;
 - background PSNR: against the source, outside the true changed region (local edits);
@@ -53,6 +54,7 @@ INVERSIONS = ("ddim", "null_text", "direct")
 VARIANTS = {
     "none": {"control": "none"},
     "p2p": {"control": "p2p"},
+    "p2p, attention blend": {"control": "p2p", "blend_mask": "attention"},
     "p2p, no blend": {"control": "p2p", "local_blend": False},
 }
 SPAN = 400_000  # seeds one evaluation may touch from its start

@@ -23,12 +23,12 @@ from .base import JobContext, JobResult, Options, finish_image, job, seeded, sta
 
 
 def attention_control(
-    ctx: JobContext, o: Options, source: str, target: str, painted: bool = False
+    ctx: JobContext, o: Options, source: str, target: str, replaced: bool = False
 ) -> AttentionControl:
     """The controller for a source and a target prompt (the target's ``(word:w)`` weights
     become attention re-weighting), from the job's options. Long prompts are aligned across
-    their windows; blend words are looked up in the first window (75 tokens). ``painted``:
-    the job has a painted mask, which replaces the blend unless it is to intersect it."""
+    their windows; blend words are looked up in the first window (75 tokens). ``replaced``:
+    a mask (painted, or DiffEdit's) replaces the attention blend, so none is formed."""
     tok = ctx.bundle.tokenizer
     src, tgt = token_weights(tok, source), token_weights(tok, target)
     window, windows = tok.model_max_length - 2, ctx.denoiser.chunks
@@ -38,7 +38,6 @@ def attention_control(
         weights = torch.ones(tokens.own.shape)
         weights[token_positions(len(tgt.weights), window)] = torch.tensor(tgt.weights)
     blend = None
-    replaced = painted and o.choice("painted_mask") == "replace"
     if o.flag("local_blend") and not replaced:
         words = [w.strip() for w in o.text("blend_words").split(",") if w.strip()]
         if words:
@@ -102,9 +101,14 @@ def reedit_with_control(
     prompt: str,
     mask: torch.Tensor | None,
     start: int,
+    intersect: bool,
+    found: bool = False,
 ):
-    """The re-edit job's controlled path: the source branch replays the inversion."""
-    control = attention_control(ctx, o, inv.prompt, prompt, painted=mask is not None)
+    """The re-edit job's controlled path: the source branch replays the inversion. ``mask``
+    replaces the attention blend, or with ``intersect`` is multiplied with it; ``found``:
+    the mask was found for the user (DiffEdit's), so it is shown as the blend mask."""
+    replaced = mask is not None and not intersect
+    control = attention_control(ctx, o, inv.prompt, prompt, replaced=replaced)
     d = ctx.denoiser
     source = d.encode_text(inv.prompt)
     target = d.encode_text(plain_text(prompt))  # weights act on attention, not the text
@@ -120,7 +124,8 @@ def reedit_with_control(
         anchor=inv.trajectory[start:],
         correct=inv.method == "direct",
         mask=mask,
-        intersect=o.choice("painted_mask") == "intersect",
+        intersect=intersect,
+        show_mask=found,
     )
     return latents, control
 
@@ -142,7 +147,9 @@ def run_edit_generated(ctx: JobContext, req: EditRequest):
     generator = seeded(req)
     x = randn((1, b.latent_channels, hw[0] // f, hw[1] // f), generator, d.device)
     ts = d.schedule.timesteps(req.steps)
-    control = attention_control(ctx, o, source_prompt, req.prompt, painted=req.mask is not None)
+    intersect = o.choice("painted_mask") == "intersect"
+    replaced = req.mask is not None and not intersect
+    control = attention_control(ctx, o, source_prompt, req.prompt, replaced=replaced)
     null = d.encode_negative(req.negative_prompt) if req.guidance != 1.0 else None
     mask = None
     if req.mask is not None:
@@ -160,7 +167,7 @@ def run_edit_generated(ctx: JobContext, req: EditRequest):
         [null] * len(ts),
         control,
         mask=mask,
-        intersect=o.choice("painted_mask") == "intersect",
+        intersect=intersect,
         generator=generator,
         eta=o.number("eta"),
     )

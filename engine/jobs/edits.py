@@ -407,6 +407,25 @@ def inversion_problem(inv: Inversion) -> str | None:
     return None
 
 
+def diffedit_blend(ctx: JobContext, inv: Inversion, image: np.ndarray, prompt: str):
+    """The re-edit's local blend from DiffEdit's mask (``blend_mask`` "diffedit"): where
+    ``prompt`` and the inversion's prompt disagree about the source picture, as the DiffEdit
+    mask job finds it with its defaults (the inversion's chain, seed 0, so a re-edit is
+    repeatable). Yields the map as it forms; returns the soft mask at the image's size."""
+    req = EditRequest(
+        "diffedit_mask",
+        image=image,
+        prompt=prompt,
+        steps=inv.steps,
+        seed=0,
+        options={"reference_prompt": inv.prompt},
+    )
+    working = imageops.resize(image, tuple(inv.working_size or image.shape[:2]))
+    prep = Prepared(image, working, inv.trajectory[-1], None, None, None)
+    soft, _ = yield from _mask_phase(ctx, req, Options(req.method, req.options), prep)
+    return soft
+
+
 @job("reedit")
 def run_reedit(ctx: JobContext, req: EditRequest):
     """Regenerate an inverted image with req.prompt (empty: the source prompt) at the
@@ -448,22 +467,32 @@ def run_reedit(ctx: JobContext, req: EditRequest):
         )
     hw = image.shape[:2]
     mask = imageops.mask_to_float(req.mask, hw)
+    if mask is not None and not mask.any():
+        raise InputError("The mask is empty: paint where the re-edit should change.")
+    prompt = req.prompt or inv.prompt
+    p2p = o.choice("control") == "p2p"
+    intersect = o.choice("painted_mask") == "intersect"
+    extras = {}
+    found = p2p and o.flag("local_blend") and o.choice("blend_mask") == "diffedit"
+    found = found and (mask is None or intersect)
+    if found:
+        region = yield from diffedit_blend(ctx, inv, image, prompt)
+        mask, intersect = (region if mask is None else mask * region), False
+        extras["blend_mask"] = np.where(mask >= 0.5, 255, 0).astype(np.uint8)
     mask_w = mask_l = None
     latents0 = inv.trajectory[-1]
     if mask is not None:
-        if not mask.any():
-            raise InputError("The mask is empty: paint where the re-edit should change.")
         mask_w = imageops.resize(mask, inv.working_size or hw)
         mask_l = imageops.latent_mask(mask_w, latents0, grow=o.number("mask_grow"))
     prep = Prepared(image, image, latents0, mask, mask_w, mask_l)
     ctx.preview_size = tuple(inv.working_size or hw)
-    prompt = req.prompt or inv.prompt
     depth = o.number("depth")
     start = min(inv.steps - 1, round(inv.steps * (1 - depth)))
-    extras = {}
-    if o.choice("control") == "p2p":
-        latents, control = yield from reedit_with_control(ctx, o, inv, prompt, mask_l, start)
-        extras = attention_extras(ctx, control, prompt, hw)
+    if p2p:
+        latents, control = yield from reedit_with_control(
+            ctx, o, inv, prompt, mask_l, start, intersect, found
+        )
+        extras = {**attention_extras(ctx, control, prompt, hw), **extras}
     else:
         cond = ctx.denoiser.encode_text(prompt)
         latents = yield from regenerate(ctx.denoiser, inv, cond, mask=mask_l, start=start)

@@ -132,7 +132,10 @@ def test_invert_then_reedit(tiny, tiny_denoiser, method, tmp_path):
     # a shallower re-edit regenerates only the last part of the chain
     shallow = EditRequest("reedit", prompt="a red house", options={"inversion": inv, "depth": 0.5})
     out_s, steps_s = run(tiny, tiny_denoiser, shallow)
-    assert len(steps_s) == 1 and out_s.parameters["strength"] == 0.5
+    # with no painted mask the blend region is DiffEdit's mask, found first
+    assert steps_s[0].label == "mask" and "blend_mask" in out_s.extras
+    assert [s.label for s in steps_s].count("re-edit") == 1
+    assert out_s.parameters["strength"] == 0.5
     with pytest.raises(InputError, match="depth"):
         run(tiny, tiny_denoiser, EditRequest("reedit", options={"inversion": inv, "depth": 0}))
     if method == "null_text":  # saved to a file and re-edited from there: the same result
@@ -146,6 +149,39 @@ def test_invert_then_reedit(tiny, tiny_denoiser, method, tmp_path):
             ),
         )
         assert np.array_equal(again.image, out.image)
+
+
+def test_reedit_blends_inside_diffedits_region_by_default(tiny, tiny_denoiser):
+    from engine.imageops import dilate
+
+    src = image()
+    inv_req = EditRequest("invert", prompt="a house", image=src, steps=3, guidance=5.0)
+    inv = run(tiny, tiny_denoiser, inv_req)[0].extras["inversion"]
+    edit = EditRequest("reedit", prompt="a red house", options={"inversion": inv})
+    out, steps = run(tiny, tiny_denoiser, edit)
+    labels = [s.label for s in steps]
+    # DiffEdit's mask comes first, then the re-edit shows it as its blend mask
+    assert labels[0] == "mask" and labels.count("re-edit") == 3
+    assert all(s.mask is not None for s in steps if s.label == "re-edit")
+    blend = out.extras["blend_mask"]
+    assert blend.shape == (H, W) and 0 < (blend > 0).mean() < 1
+    # outside the region and its soft edge (a blur of σ = f/4 = 2 px reaches 6 px out) the
+    # picture is the source's, bit for bit
+    far = dilate(blend.astype(np.float32) / 255, 7) == 0
+    assert far.any() and np.array_equal(out.image[far], src[far])
+    # the same request gives the same picture (the mask's noise has a fixed seed)
+    assert np.array_equal(run(tiny, tiny_denoiser, edit)[0].image, out.image)
+    # a painted mask, intersected: the region stays inside it
+    painted = box_mask()
+    both = dict(edit.options, painted_mask="intersect")
+    inter = run(
+        tiny, tiny_denoiser, EditRequest("reedit", "a red house", mask=painted, options=both)
+    )[0]
+    assert not (inter.extras["blend_mask"] > 0)[painted == 0].any()
+    # attention's blend: no mask phase, the words' maps decide
+    words = dict(edit.options, blend_mask="attention")
+    att, att_steps = run(tiny, tiny_denoiser, EditRequest("reedit", "a red house", options=words))
+    assert "mask" not in [s.label for s in att_steps] and "blend_mask" in att.extras
 
 
 def test_null_text_loss_decreases_on_tiny(tiny, tiny_denoiser):

@@ -130,6 +130,9 @@ def test_photos_say_to_use_invert_and_reedit_with_p2p(make_window, qtbot, tmp_pa
     req = sent[-1]
     assert req.method == "reedit" and req.options["control"] == "p2p"
     assert [a for a in overlays if a is not None], "no forming mask reached the overlay"
+    # the default blend region, DiffEdit's mask, is now the mask layer
+    assert req.mask is None and np.array_equal(win.doc.mask, ev.extras["blend_mask"])
+    assert win.doc.mask.any()
     entry = win.doc.history[-1]
     assert entry.parameters["control"] == "p2p" and entry.parameters["keep_layout"] == 0.8
     assert entry.parameters["inversion"] == "ddim"  # the engine's own, not the id sent
