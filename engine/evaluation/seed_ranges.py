@@ -45,8 +45,9 @@ DEVELOPMENT = SeedRange(1_000_000, 4_000_000)
 # 4,500,000–4,899,999 once, for issue 20's DiffEdit and inpainting figures (evaluate_edits
 # --sections diffedit repaint --n 60 from 4,500,000: object-kind scenes from 4,500,000, wall
 # colours from 4,600,000); 4,900,000–5,299,999 once, for issue 20's second report (the same
-# sections and n from 4,900,000, after the colour-guided DiffEdit mask); the next report
-# starts at 5,300,000
+# sections and n from 4,900,000, after the colour-guided DiffEdit mask); 5,300,000–5,699,999
+# once, for the second Prompt-to-Prompt report (evaluate_p2p --seeds 5300000 --n 10, after
+# re-edits began to blend inside DiffEdit's mask); the next report starts at 5,700,000
 FINAL = SeedRange(4_000_000, 6_000_000)
 ISSUE_20_FINAL = SeedRange(4_500_000, 4_900_000)  # looked at once (see above)
 NAMED = {"calibration": CALIBRATION, "development": DEVELOPMENT, "final": FINAL}
