@@ -97,16 +97,14 @@ def measure(
             for (mode, thr), (up, eps), r in itertools.product(cuts, upsampling, radii):
                 if r is not None and not up.startswith("guided"):
                     continue
-                image = case.before.image
-                if up == "guided-grey":
-                    image, eps = _grey_guide(image, eps)
-                kind = "guided" if up.startswith("guided") else up
-                binary = mask_from_map(m, image, f, thr or 0.5, mode, kind, eps, r)
                 name = f"n{k}{'' if s == 0.5 else f' s{s:g}'} {mode}"
                 name += f"{'' if thr is None else f' {thr}'} {up}"
-                name += "" if eps is None or up == "guided-grey" else f" eps {eps:g}"
-                name += f" eps {eps / 3:g}" if up == "guided-grey" else ""
+                name += "" if eps is None else f" eps {eps:g}"
                 name += "" if r is None else f" r {r}"
+                image, kind = case.before.image, up
+                if up == "guided-grey":
+                    (image, eps), kind = _grey_guide(image, eps), "guided"
+                binary = mask_from_map(m, image, f, thr or 0.5, mode, kind, eps, r)
                 # as the job hands the mask out: blurred over a quarter cell, 8-bit, ≥ 128
                 soft = _u8(imageops.blur(binary, f / 4))
                 scores.setdefault(name, []).append(iou(soft >= 128, case.region))

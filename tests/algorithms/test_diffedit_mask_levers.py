@@ -83,3 +83,29 @@ def test_diffedit_mask_job_takes_the_levers(tiny, options):
         res = run_to_end(JOB_RUNNERS["diffedit_mask"](JobContext(tiny, Denoiser(tiny)), req))
     assert res.extras["mask"].shape == (64, 64) and res.extras["mask"].dtype == np.uint8
     assert 0 < (res.extras["mask"] >= 128).mean() < 1
+
+
+def test_the_levers_script_measures_every_variant_and_its_grey_guide_is_the_grey_filter(tiny):
+    from engine.evaluation.diffedit_levers import _grey_guide, diffedit_cases, measure
+
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    src = rng.random((24, 24)).astype(np.float32)
+    three, eps = _grey_guide(image, 1e-3)
+    np.testing.assert_allclose(
+        guided_filter(three / 255, src, 3, eps),
+        guided_filter(image.astype(np.float32).mean(axis=2) / 255, src, 3, 1e-3),
+        atol=1e-5,
+    )
+    ups = (("bilinear", None), ("guided", 1e-3), ("guided-grey", 1e-3))
+    res = measure(
+        tiny,
+        diffedit_cases(1, 560_000),
+        samples=(2,),
+        cuts=(("fixed", 0.5),),
+        upsampling=ups,
+        strengths=(0.5, 0.3),
+        log=lambda m: None,
+    )
+    assert len(res) == 6 and "n2 s0.3 fixed 0.5 guided-grey eps 0.001" in res
+    assert all(0 <= v["iou"]["mean"] <= 1 and v["iou"]["n"] == 1 for v in res.values())
