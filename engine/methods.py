@@ -540,7 +540,9 @@ METHODS: dict[str, MethodSpec] = {
                     "null-text, direct inversion): background PSNR 41-48 dB against 19-27 dB "
                     "with attention, the wall changed in 75-100 % against 62-88 %; on 8 "
                     "object-kind scenes (740,000+; null-text, direct): 45-49 dB against "
-                    "26-29 dB, changed 75-88 % against 38-62 %",
+                    "26-29 dB, changed 75-88 % against 38-62 %; on the final scenes the "
+                    "background held but walls changed less often than with attention "
+                    "(50-70 % against 70-90 %, README: Measured)",
                 ),
             },
             common=(),
