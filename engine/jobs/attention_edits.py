@@ -23,12 +23,18 @@ from .base import JobContext, JobResult, Options, finish_image, job, seeded, sta
 
 
 def attention_control(
-    ctx: JobContext, o: Options, source: str, target: str, replaced: bool = False
+    ctx: JobContext,
+    o: Options,
+    source: str,
+    target: str,
+    masked: bool = False,
+    intersect: bool = False,
 ) -> AttentionControl:
     """The controller for a source and a target prompt (the target's ``(word:w)`` weights
     become attention re-weighting), from the job's options. Long prompts are aligned across
-    their windows; blend words are looked up in the first window (75 tokens). ``replaced``:
-    a mask (painted, or DiffEdit's) replaces the attention blend, so none is formed."""
+    their windows; blend words are looked up in the first window (75 tokens). ``masked``: the
+    job has a mask (painted, or DiffEdit's), which replaces the attention blend (none is
+    formed) unless it is to ``intersect`` it."""
     tok = ctx.bundle.tokenizer
     src, tgt = token_weights(tok, source), token_weights(tok, target)
     window, windows = tok.model_max_length - 2, ctx.denoiser.chunks
@@ -38,7 +44,7 @@ def attention_control(
         weights = torch.ones(tokens.own.shape)
         weights[token_positions(len(tgt.weights), window)] = torch.tensor(tgt.weights)
     blend = None
-    if o.flag("local_blend") and not replaced:
+    if o.flag("local_blend") and (intersect or not masked):
         words = [w.strip() for w in o.text("blend_words").split(",") if w.strip()]
         if words:
             pos_s = tuple(p for w in words for p in word_positions(tok, source, w))
@@ -107,8 +113,7 @@ def reedit_with_control(
     """The re-edit job's controlled path: the source branch replays the inversion. ``mask``
     replaces the attention blend, or with ``intersect`` is multiplied with it; ``found``:
     the mask was found for the user (DiffEdit's), so it is shown as the blend mask."""
-    replaced = mask is not None and not intersect
-    control = attention_control(ctx, o, inv.prompt, prompt, replaced=replaced)
+    control = attention_control(ctx, o, inv.prompt, prompt, mask is not None, intersect)
     d = ctx.denoiser
     source = d.encode_text(inv.prompt)
     target = d.encode_text(plain_text(prompt))  # weights act on attention, not the text
@@ -148,8 +153,7 @@ def run_edit_generated(ctx: JobContext, req: EditRequest):
     x = randn((1, b.latent_channels, hw[0] // f, hw[1] // f), generator, d.device)
     ts = d.schedule.timesteps(req.steps)
     intersect = o.choice("painted_mask") == "intersect"
-    replaced = req.mask is not None and not intersect
-    control = attention_control(ctx, o, source_prompt, req.prompt, replaced=replaced)
+    control = attention_control(ctx, o, source_prompt, req.prompt, req.mask is not None, intersect)
     null = d.encode_negative(req.negative_prompt) if req.guidance != 1.0 else None
     mask = None
     if req.mask is not None:
