@@ -263,6 +263,11 @@ class JobController:
         win, doc = self.win, self.win.doc
         maps = ev.extras.get("attention_maps") or {}
         self.attention_maps = {str(k): np.asarray(v, np.float32) for k, v in maps.items()}
+        if ev.parameters.get("blend_region") == "whole picture":
+            win.status(
+                "The new prompt changes the whole picture (DiffEdit's map covers most of it), "
+                "so local blend was off for this re-edit."
+            )
         blend = ev.extras.get("blend_mask")
         if blend is None or blend.shape != doc.mask.shape or doc.mask.any():
             return

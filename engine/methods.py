@@ -233,7 +233,8 @@ ATTENTION_CONTROL = {
         float,
         0.8,
         "How long the edit keeps where things are (the share of steps that reuse the "
-        "source's word-to-region attention). Lower it when a swapped object needs a new shape.",
+        "source's word-to-region attention). Lower it when a swapped object needs a new shape "
+        "or the light of the whole picture changes.",
         0.0,
         1.0,
         label="Keep layout",
@@ -543,6 +544,19 @@ METHODS: dict[str, MethodSpec] = {
                     "26-29 dB, changed 75-88 % against 38-62 %; on the final scenes the "
                     "background held but walls changed less often than with attention "
                     "(50-70 % against 70-90 %, README: Measured)",
+                ),
+                "whole_picture": OptionSpec(
+                    float,
+                    0.3,
+                    "When DiffEdit's map is above a quarter of its peak over more than this "
+                    "share of the picture, the prompts disagree about all of it (time of day, "
+                    "light): the re-edit changes the whole picture, local blend off; 1: never.",
+                    0.0,
+                    1.0,
+                    form=False,
+                    calibrated="on calibration scenes (520,000+ and 560,000+, the ddim "
+                    "chain): time of day 0.18-1.00 (27 of 28 at 0.3 or more); wall, roof, "
+                    "object kind and snow-cap edits 0.04-0.25 (n 112)",
                 ),
             },
             common=(),

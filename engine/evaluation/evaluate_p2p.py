@@ -127,6 +127,7 @@ def _others(case: EditCase) -> list[int]:
 def p2p_metrics(run: Runner, probe, cases: dict[str, list[EditCase]], inversions=INVERSIONS):
     """Every case × inversion × variant; returns the table and the images for a grid."""
     rows = []  # (kind, inversion, variant, case, image, seconds)
+    whole = {}  # (kind, inversion, variant, seed) → the re-edit changed the whole picture
     for kind, kind_cases in cases.items():
         for c in kind_cases:
             for inversion in inversions:
@@ -136,6 +137,8 @@ def p2p_metrics(run: Runner, probe, cases: dict[str, list[EditCase]], inversions
                         "reedit", prompt=c.edit_prompt, options={"inversion": inv, **opts}
                     )
                     rows.append((kind, inversion, variant, c, res.image, secs))
+                    region = res.parameters.get("blend_region")
+                    whole[(kind, inversion, variant, c.seed)] = region == "whole picture"
                 run.log(f"  p2p {kind} seed {c.seed} {inversion}: done")
     # the control that bounds "changed": how often the probe reads the world's true edit
     ceiling = {}
@@ -172,6 +175,10 @@ def p2p_metrics(run: Runner, probe, cases: dict[str, list[EditCase]], inversions
                         [s / plain_secs[(kind, inversion, c.seed)] for c, _, s, _ in sel]
                     ),
                 }
+                if variant == "p2p":  # how often the default found an edit of everything
+                    entry["whole_picture"] = rate_ci(
+                        [whole[(kind, inversion, variant, c.seed)] for c, _, _, _ in sel]
+                    )
                 if not sel[0][0].region.all():
                     entry["background_psnr_db"] = mean_ci(
                         [psnr(img, c.before.image, ~c.region) for c, img, _, _ in sel]
@@ -197,11 +204,12 @@ def _cells(e: dict) -> list[str]:
         _ci(e["psnr_vs_true_edit_db"]) + " dB",
         _ci(e["other_attributes_kept"], True),
         f"×{e['time_vs_plain']['mean']:.2f}",
+        _ci(e["whole_picture"], True) if "whole_picture" in e else "—",
     ]
 
 
 def _brief(e: dict) -> str:
-    names = ("changed", "background", "vs true edit", "others kept", "time")
+    names = ("changed", "background", "vs true edit", "others kept", "time", "whole picture")
     return "; ".join(f"{n} {c}" for n, c in zip(names, _cells(e), strict=True))
 
 
@@ -211,8 +219,8 @@ def format_table(results: dict) -> str:
         f"{results['n']} scenes per edit kind, {STEPS} steps, guidance {GUIDANCE}",
         "",
         "| edit | inversion | control | changed | background PSNR | PSNR vs true edit | "
-        "others kept | time |",
-        "|---|---|---|---|---|---|---|---|",
+        "others kept | time | whole picture |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for key, e in results["table"].items():
         if "/" in key:

@@ -411,7 +411,9 @@ def diffedit_blend(ctx: JobContext, inv: Inversion, image: np.ndarray, prompt: s
     """The re-edit's local blend from DiffEdit's mask (``blend_mask`` "diffedit"): where
     ``prompt`` and the inversion's prompt disagree about the source picture, as the DiffEdit
     mask job finds it with its defaults (the inversion's chain, seed 0, so a re-edit is
-    repeatable). Yields the map as it forms; returns the soft mask at the image's size."""
+    repeatable). Yields the map as it forms; returns the soft mask at the image's size and
+    the share of the picture where the map is above a quarter of its peak (how broad the
+    disagreement is)."""
     req = EditRequest(
         "diffedit_mask",
         image=image,
@@ -422,8 +424,8 @@ def diffedit_blend(ctx: JobContext, inv: Inversion, image: np.ndarray, prompt: s
     )
     working = imageops.resize(image, tuple(inv.working_size or image.shape[:2]))
     prep = Prepared(image, working, inv.trajectory[-1], None, None, None)
-    soft, _ = yield from _mask_phase(ctx, req, Options(req.method, req.options), prep)
-    return soft
+    soft, raw = yield from _mask_phase(ctx, req, Options(req.method, req.options), prep)
+    return soft, float((raw > 0.25).mean())
 
 
 @job("reedit")
@@ -475,10 +477,19 @@ def run_reedit(ctx: JobContext, req: EditRequest):
     extras = {}
     found = p2p and o.flag("local_blend") and o.choice("blend_mask") == "diffedit"
     found = found and (mask is None or intersect)
+    whole = False
     if found:
-        region = yield from diffedit_blend(ctx, inv, image, prompt)
-        mask, intersect = (region if mask is None else mask * region), False
-        extras["blend_mask"] = np.where(mask >= 0.5, 255, 0).astype(np.uint8)
+        region, broad = yield from diffedit_blend(ctx, inv, image, prompt)
+        # the prompts disagree about (nearly) all of the picture, as for the time of day: a
+        # blend would keep the old light, so the whole picture may change (a painted mask
+        # still limits it)
+        whole = broad > o.number("whole_picture")
+        if whole:
+            o = Options(o.method, {**o.options, "local_blend": False})
+            found = intersect = False
+        else:
+            mask, intersect = (region if mask is None else mask * region), False
+            extras["blend_mask"] = np.where(mask >= 0.5, 255, 0).astype(np.uint8)
     mask_w = mask_l = None
     latents0 = inv.trajectory[-1]
     if mask is not None:
@@ -498,4 +509,6 @@ def run_reedit(ctx: JobContext, req: EditRequest):
         latents = yield from regenerate(ctx.denoiser, inv, cond, mask=mask_l, start=start)
     image = finish_image(ctx, latents, prep, hw, o.number("feather"))
     params = {"steps": inv.steps, "guidance": inv.guidance, "strength": depth}
+    if whole:
+        params["blend_region"] = "whole picture"
     return JobResult(image, {**_size_params(hw), **params, **inv.summary()}, extras)

@@ -130,7 +130,9 @@ def test_invert_then_reedit(tiny, tiny_denoiser, method, tmp_path):
     assert outside_exact(out.image, src, mask)
     assert out.parameters["inversion"] == method
     # a shallower re-edit regenerates only the last part of the chain
-    shallow = EditRequest("reedit", prompt="a red house", options={"inversion": inv, "depth": 0.5})
+    # (the random model's DiffEdit map is broad: whole_picture 1 keeps the blend local)
+    local = {"inversion": inv, "depth": 0.5, "whole_picture": 1.0}
+    shallow = EditRequest("reedit", prompt="a red house", options=local)
     out_s, steps_s = run(tiny, tiny_denoiser, shallow)
     # with no painted mask the blend region is DiffEdit's mask, found first
     assert steps_s[0].label == "mask" and "blend_mask" in out_s.extras
@@ -157,7 +159,9 @@ def test_reedit_blends_inside_diffedits_region_by_default(tiny, tiny_denoiser):
     src = image()
     inv_req = EditRequest("invert", prompt="a house", image=src, steps=3, guidance=5.0)
     inv = run(tiny, tiny_denoiser, inv_req)[0].extras["inversion"]
-    edit = EditRequest("reedit", prompt="a red house", options={"inversion": inv})
+    # the random model's DiffEdit map is broad: whole_picture 1 keeps the blend local
+    local = {"inversion": inv, "whole_picture": 1.0}
+    edit = EditRequest("reedit", prompt="a red house", options=local)
     out, steps = run(tiny, tiny_denoiser, edit)
     labels = [s.label for s in steps]
     # DiffEdit's mask comes first, then the re-edit shows it as its blend mask
@@ -182,6 +186,31 @@ def test_reedit_blends_inside_diffedits_region_by_default(tiny, tiny_denoiser):
     words = dict(edit.options, blend_mask="attention")
     att, att_steps = run(tiny, tiny_denoiser, EditRequest("reedit", "a red house", options=words))
     assert "mask" not in [s.label for s in att_steps] and "blend_mask" in att.extras
+    assert "blend_region" not in out.parameters
+
+
+def test_a_reedit_the_prompts_disagree_about_everywhere_changes_the_whole_picture(
+    tiny, tiny_denoiser
+):
+    """When DiffEdit's map is broad (``whole_picture``: 0 makes every map broad) the
+    re-edit is one without local blend, said in its parameters; a painted mask still
+    limits it."""
+    src = image()
+    inv_req = EditRequest("invert", prompt="a house", image=src, steps=3, guidance=5.0)
+    inv = run(tiny, tiny_denoiser, inv_req)[0].extras["inversion"]
+    broad = {"inversion": inv, "whole_picture": 0.0}
+    out, steps = run(tiny, tiny_denoiser, EditRequest("reedit", "a red house", options=broad))
+    assert steps[0].label == "mask" and "blend_mask" not in out.extras
+    assert out.parameters["blend_region"] == "whole picture"
+    unblended = {"inversion": inv, "local_blend": False}
+    plain = run(tiny, tiny_denoiser, EditRequest("reedit", "a red house", options=unblended))[0]
+    assert np.array_equal(out.image, plain.image) and "blend_region" not in plain.parameters
+    painted = box_mask()
+    limited = dict(broad, painted_mask="intersect")
+    masked = run(
+        tiny, tiny_denoiser, EditRequest("reedit", "a red house", mask=painted, options=limited)
+    )[0]
+    assert outside_exact(masked.image, src, painted) and "blend_mask" not in masked.extras
 
 
 def test_null_text_loss_decreases_on_tiny(tiny, tiny_denoiser):

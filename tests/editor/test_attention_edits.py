@@ -3,6 +3,8 @@ builtin:tiny with a few steps on small images: Edit prompt on a generated result
 re-edit of a PNG with attention control, the blend mask (forming, then in the mask layer),
 a prompt word's heat map, and a checkbox option through a project file."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from helpers import choose, click_and_wait, sent_requests, set_prompt
@@ -10,6 +12,8 @@ from PIL import Image
 from PySide6.QtCore import QRectF, Qt
 from PySide6.QtGui import QTextCursor
 from PySide6.QtWidgets import QCheckBox, QComboBox, QLabel, QLineEdit, QWidget
+
+from engine.methods import METHODS
 
 LEFT = Qt.MouseButton.LeftButton
 CTRL = Qt.KeyboardModifier.ControlModifier
@@ -107,7 +111,7 @@ def test_a_painted_mask_is_left_alone_and_replaces_the_blend(make_window, qtbot)
     assert "blend_mask" not in ev.extras and np.array_equal(win.doc.mask, painted)
 
 
-def test_photos_say_to_use_invert_and_reedit_with_p2p(make_window, qtbot, tmp_path):
+def test_photos_say_to_use_invert_and_reedit_with_p2p(make_window, qtbot, tmp_path, monkeypatch):
     path = tmp_path / "house.png"
     Image.fromarray(_image()).save(path)
     win = make_window()
@@ -125,6 +129,16 @@ def test_photos_say_to_use_invert_and_reedit_with_p2p(make_window, qtbot, tmp_pa
     assert p.findChild(QLineEdit, "param_blend_words").placeholderText() == "red"
     win.doc.update_settings(steps=3, guidance=2.0)
     click_and_wait(qtbot, win, p.prep)  # Invert
+    # on the random model and a noise picture DiffEdit's map is broad: the prompts disagree
+    # about the whole picture, so the re-edit ran without local blend and says so
+    ev = click_and_wait(qtbot, win, p.run)
+    assert ev.parameters["blend_region"] == "whole picture" and "blend_mask" not in ev.extras
+    assert "whole picture" in win.statusBar().currentMessage() and not win.doc.mask.any()
+    assert win.doc.history[-1].parameters["blend_region"] == "whole picture"
+    # a local edit (here: never count an edit as global) blends inside DiffEdit's mask
+    reedit = METHODS["reedit"].options
+    local = dataclasses.replace(reedit["whole_picture"], default=1.0)
+    monkeypatch.setitem(reedit, "whole_picture", local)
     overlays = record_overlays(win)
     ev = click_and_wait(qtbot, win, p.run)
     req = sent[-1]

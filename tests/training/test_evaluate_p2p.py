@@ -8,7 +8,8 @@ from engine.evaluation import evaluate_p2p as p2p
 
 
 class Replay:
-    """A stand-in for the job runner: 'none' returns the source, 'p2p' the true edit."""
+    """A stand-in for the job runner: 'none' returns the source, 'p2p' the true edit; the
+    default P2P re-edit of a roof says it changed the whole picture."""
 
     log = staticmethod(lambda m: None)
     invert = ev.Runner.invert  # the real one, through this __call__
@@ -22,7 +23,11 @@ class Replay:
         c = self.by_caption[fields["prompt"]]
         control = fields["options"]["control"]
         image = c.after.image if control == "p2p" else c.before.image
-        return SimpleNamespace(image=image, extras={}), 2.0 if control == "p2p" else 1.0
+        default = control == "p2p" and set(fields["options"]) == {"inversion", "control"}
+        whole = default and c.attribute == "house_roof"
+        params = {"blend_region": "whole picture"} if whole else {}
+        res = SimpleNamespace(image=image, extras={}, parameters=params)
+        return res, 2.0 if control == "p2p" else 1.0
 
 
 def test_the_table_tells_the_source_from_the_true_edit():
@@ -43,6 +48,11 @@ def test_the_table_tells_the_source_from_the_true_edit():
         assert edit["psnr_vs_true_edit_db"]["worst"] == float("inf")
         assert plain["psnr_vs_true_edit_db"]["mean"] < 40
         assert edit["time_vs_plain"]["mean"] == 2.0
+        assert edit["whole_picture"]["k"] == (3 if kind == "roof" else 0)
+        assert (
+            "whole_picture" not in plain
+            and "whole_picture" not in table[f"{kind}/direct/p2p, no blend"]
+        )
     assert len(rows) == 2 * 3 * len(p2p.VARIANTS)
     text = p2p.format_table({"seed_start": 0, "n": 3, "table": table})
     assert "| wall | direct | p2p |" in text and "control: the probe reads" in text
