@@ -237,6 +237,8 @@ class JobController:
         for more in ev.extras.get("batch", ()):  # the other pictures of the pass
             doc.add_result(more["image"], project.plain({**parameters, "seed": more["seed"]}))
         win.history_panel.select(entry)
+        if ev.extras.get("notice"):  # what the engine did of its own accord
+            win.status(ev.extras["notice"], 10000)
         if kind in ATTENTION:
             self._attention_result(ev)
         if job is not None and job.batch:  # the batch's next picture
@@ -263,11 +265,6 @@ class JobController:
         win, doc = self.win, self.win.doc
         maps = ev.extras.get("attention_maps") or {}
         self.attention_maps = {str(k): np.asarray(v, np.float32) for k, v in maps.items()}
-        if ev.parameters.get("blend_region") == "whole picture":
-            win.status(
-                "The new prompt changes the whole picture (DiffEdit's map covers most of it), "
-                "so local blend was off for this re-edit."
-            )
         blend = ev.extras.get("blend_mask")
         if blend is None or blend.shape != doc.mask.shape or doc.mask.any():
             return

@@ -280,6 +280,8 @@ def run_method(method: str, a: argparse.Namespace) -> int:
             print(f"error: {_one_line(result.message)}", file=sys.stderr)
             return 2 if result.kind in INPUT_KINDS else 1
         assert isinstance(result, Finished)
+        if result.extras.get("notice"):
+            print(f"note: {result.extras['notice']}", file=sys.stderr)
         writes = []
         if result.image is not None:
             writes.append((plan["image"], lambda p: save_png(result.image, p, result.parameters)))

@@ -378,6 +378,13 @@ def test_invert_saves_an_inversion_that_reedit_reads_back(tmp_path, capsys, monk
     )
     assert code == 0, err
     assert read_png_parameters(tmp_path / "re.png")["prompt"] == "a boat"
+    # an edit of the whole picture (whole_picture 0: any map counts) is said, and recorded
+    code, err = cli_main(
+        capsys, "reedit", *tiny, "-p", "a boat", "-O", "inversion=inv.pt",
+        "-O", "whole_picture=0", "-o", "whole.png",
+    )  # fmt: skip
+    assert code == 0 and "note: The new prompt changes the whole picture" in err, err
+    assert read_png_parameters(tmp_path / "whole.png")["Blend region"] == "whole picture"
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert leftovers == []  # no temporary files left behind
 

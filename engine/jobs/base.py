@@ -44,6 +44,10 @@ class JobContext:
 
 @dataclass
 class JobResult:
+    """A job's picture, the parameters that made it (PNG metadata, history), and what else
+    it hands on (``extras``: masks, inversions, ``notice``: one line the user should read,
+    about a choice the job made of its own accord)."""
+
     image: np.ndarray | None
     parameters: dict[str, Any] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)

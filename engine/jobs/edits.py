@@ -487,6 +487,10 @@ def run_reedit(ctx: JobContext, req: EditRequest):
         if whole:
             o = Options(o.method, {**o.options, "local_blend": False})
             found = intersect = False
+            extras["notice"] = (
+                "The new prompt changes the whole picture (DiffEdit's map covers most of it), "
+                "so this re-edit ran without local blend."
+            )
         else:
             mask, intersect = (region if mask is None else mask * region), False
             extras["blend_mask"] = np.where(mask >= 0.5, 255, 0).astype(np.uint8)

@@ -202,6 +202,7 @@ def test_a_reedit_the_prompts_disagree_about_everywhere_changes_the_whole_pictur
     out, steps = run(tiny, tiny_denoiser, EditRequest("reedit", "a red house", options=broad))
     assert steps[0].label == "mask" and "blend_mask" not in out.extras
     assert out.parameters["blend_region"] == "whole picture"
+    assert "without local blend" in out.extras["notice"]
     unblended = {"inversion": inv, "local_blend": False}
     plain = run(tiny, tiny_denoiser, EditRequest("reedit", "a red house", options=unblended))[0]
     assert np.array_equal(out.image, plain.image) and "blend_region" not in plain.parameters

@@ -133,7 +133,7 @@ def test_photos_say_to_use_invert_and_reedit_with_p2p(make_window, qtbot, tmp_pa
     # about the whole picture, so the re-edit ran without local blend and says so
     ev = click_and_wait(qtbot, win, p.run)
     assert ev.parameters["blend_region"] == "whole picture" and "blend_mask" not in ev.extras
-    assert "whole picture" in win.statusBar().currentMessage() and not win.doc.mask.any()
+    assert win.statusBar().currentMessage() == ev.extras["notice"] and not win.doc.mask.any()
     assert win.doc.history[-1].parameters["blend_region"] == "whole picture"
     # a local edit (here: never count an edit as global) blends inside DiffEdit's mask
     reedit = METHODS["reedit"].options
