@@ -307,9 +307,8 @@ class Shooter:
         night = PHOTO_CAPTION.replace("the sun", "the moon").replace("dusk", "night")
         doc.update_settings(method="reedit", prompt=night)
         doc.update_settings(steps=self.steps)
-        # the attention blend, as the shipped picture shows it (time of day is its weak case;
-        # DiffEdit's blend keeps the old light altogether: README, Measured)
-        self.set_options("reedit", source_prompt=PHOTO_CAPTION, blend_mask="attention")
+        # the defaults: DiffEdit's map finds an edit of the whole picture, so no local blend
+        self.set_options("reedit", source_prompt=PHOTO_CAPTION)
         w.prompt_panel.load_settings()
         w.run_method("reedit", stage=0)
         self.wait(lambda: not w.bridge.busy, 900)

@@ -47,8 +47,12 @@ DEVELOPMENT = SeedRange(1_000_000, 4_000_000)
 # colours from 4,600,000); 4,900,000–5,299,999 once, for issue 20's second report (the same
 # sections and n from 4,900,000, after the colour-guided DiffEdit mask); 5,300,000–5,699,999
 # once, for the second Prompt-to-Prompt report (evaluate_p2p --seeds 5300000 --n 10, after
-# re-edits began to blend inside DiffEdit's mask); the next report starts at 5,700,000
-FINAL = SeedRange(4_000_000, 6_000_000)
+# re-edits began to blend inside DiffEdit's mask); 5,700,000–6,099,999 once, for the third
+# (evaluate_p2p --seeds 5700000 --n 10 --kinds time / weight: scenes 6,000,000+ and
+# 6,060,000+, after an edit of the whole picture began to turn local blend off; and
+# DiffEdit's map on 20 scenes per local kind from 5,700,000); the next report starts at
+# 6,100,000
+FINAL = SeedRange(4_000_000, 8_000_000)
 ISSUE_20_FINAL = SeedRange(4_500_000, 4_900_000)  # looked at once (see above)
 NAMED = {"calibration": CALIBRATION, "development": DEVELOPMENT, "final": FINAL}
 
