@@ -554,9 +554,10 @@ METHODS: dict[str, MethodSpec] = {
                     0.0,
                     1.0,
                     form=False,
-                    calibrated="on calibration scenes (520,000+ and 560,000+, the ddim "
-                    "chain): time of day 0.18-1.00 (27 of 28 at 0.3 or more); wall, roof, "
-                    "object kind and snow-cap edits 0.04-0.25 (n 112)",
+                    calibrated="on calibration scenes (20 per kind from 520,000+ and "
+                    "560,000+ with the kinds' offsets of evaluate_p2p): time of day above "
+                    "0.3 in 37 of 40 (0.18-1.00); wall, roof, object-kind and snow-cap edits "
+                    "0.04-0.25, one wall 0.31 (1 of 160 above)",
                 ),
             },
             common=(),

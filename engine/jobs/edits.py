@@ -489,7 +489,7 @@ def run_reedit(ctx: JobContext, req: EditRequest):
             found = intersect = False
             extras["notice"] = (
                 "The new prompt changes the whole picture (DiffEdit's map covers most of it), "
-                "so this re-edit ran without local blend."
+                "so this re-edit ran without local blend; paint a mask to keep parts of it."
             )
         else:
             mask, intersect = (region if mask is None else mask * region), False
