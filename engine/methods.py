@@ -532,9 +532,10 @@ METHODS: dict[str, MethodSpec] = {
                     "diffedit",
                     "Where Local blend lets the edit change: diffedit finds where the new "
                     "prompt and the source prompt disagree about the picture (DiffEdit's "
-                    "mask, shown as it forms) and keeps everything else exactly as it was; "
-                    "attention uses the changed words' attention maps (Prompt-to-Prompt's "
-                    "local blend; Blend words apply to it).",
+                    "mask, shown as it forms) and keeps everything else exactly as it was "
+                    "(when they disagree about the whole picture, as for the time of day, "
+                    "all of it may change); attention uses the changed words' attention "
+                    "maps (Prompt-to-Prompt's local blend; Blend words apply to it).",
                     choices=("diffedit", "attention"),
                     label="Blend region",
                     calibrated="on 8 calibration wall-colour scenes (540,000+; ddim, "
