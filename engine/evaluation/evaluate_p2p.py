@@ -10,7 +10,8 @@ snowy mountains (a refinement: words added). For each the world renders the true
 held-out scene (same scene, one attribute changed). Each scene is inverted under its
 caption (50 steps, guidance 7.5) with each inversion, then re-edited at full depth and
 without a painted mask with the edited caption, through the app's job runners, four ways:
-no control; Prompt-to-Prompt with the defaults (local blend on, its region DiffEdit's mask);
+no control; Prompt-to-Prompt with the defaults (local blend on, its region DiffEdit's mask,
+or none when that map says the edit is of the whole picture);
 Prompt-to-Prompt blending by the changed words' attention (the paper's local blend);
 Prompt-to-Prompt without local blend. Reported with 95 % intervals and n:
 
@@ -19,7 +20,8 @@ Prompt-to-Prompt without local blend. Reported with 95 % intervals and n:
 - PSNR against the true edit (the world's render of the edited scene);
 - other attributes kept: the share of the other attributes the probe reads as in the source
   (for time of day, sun and moon are part of the edit and left out);
-- time: the re-edit's wall time over the plain re-edit's on the same scene.
+- time: the re-edit's wall time over the plain re-edit's on the same scene;
+- whole picture (the defaults only): how often the re-edit ran without blend for that reason.
 """
 
 from __future__ import annotations
