@@ -254,7 +254,8 @@ ATTENTION_CONTROL = {
         bool,
         True,
         "Change only where the changed words are; everything else stays as it was. Turn it "
-        "off for edits of the whole picture (style, light).",
+        "off for edits of the whole picture (style, light); a re-edit whose Blend region is "
+        "diffedit turns it off itself when it finds one.",
         label="Local blend",
     ),
     "blend_words": OptionSpec(
