@@ -189,9 +189,7 @@ def test_reedit_blends_inside_diffedits_region_by_default(tiny, tiny_denoiser):
     assert "blend_region" not in out.parameters
 
 
-def test_a_reedit_the_prompts_disagree_about_everywhere_changes_the_whole_picture(
-    tiny, tiny_denoiser
-):
+def test_a_reedit_whose_prompts_disagree_everywhere_changes_the_whole_picture(tiny, tiny_denoiser):
     """When DiffEdit's map is broad (``whole_picture``: 0 makes every map broad) the
     re-edit is one without local blend, said in its parameters; a painted mask still
     limits it."""
