@@ -488,8 +488,9 @@ def run_reedit(ctx: JobContext, req: EditRequest):
             o = Options(o.method, {**o.options, "local_blend": False})
             found = intersect = False
             extras["notice"] = (
-                "The new prompt changes the whole picture (DiffEdit's map covers most of it), "
-                "so this re-edit ran without local blend; paint a mask to keep parts of it."
+                "The new prompt changes the whole picture (DiffEdit's map of the two prompts "
+                "is broad), so this re-edit ran without local blend; paint a mask to keep "
+                "parts of it."
             )
         else:
             mask, intersect = (region if mask is None else mask * region), False
