@@ -53,4 +53,6 @@ def test_training_builds_the_extra_inputs_as_inference_does(tiny, seed):
     x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1
     ours = conditioning(tiny.vae, tiny.vae_scale, x, torch.from_numpy(mask)[None, None])
     assert torch.equal(ours[:, :1], ref.mask)
-    torch.testing.assert_close(ours[:, 1:], ref.masked_latents, rtol=0, atol=1e-5)
+    # training encodes in bf16 (train_inpaint.conditioning): equal up to its rounding
+    scale = ref.masked_latents.abs().max().item()
+    torch.testing.assert_close(ours[:, 1:], ref.masked_latents, rtol=0, atol=3e-2 * scale)
