@@ -213,6 +213,12 @@ class MainWindow(FileActions, QMainWindow):
             lambda: self.load_model("builtin:demo-lcm"),
             tip="The demo model distilled to run in 4 steps: for Live mode",
         )
+        self._action(
+            mm,
+            "Demo &inpainting model",
+            lambda: self.load_model("builtin:demo-inpaint"),
+            tip="The demo model fine-tuned to inpaint: Inpaint hands it the mask itself",
+        )
         self._action(mm, "&Tiny test model", lambda: self.load_model(FALLBACK_MODEL))
         self._action(mm, "Tiny SD&XL test model", lambda: self.load_model("builtin:tiny-xl"))
         self._action(mm, "Open diffusers &folder…", self.open_model_folder)

@@ -6,6 +6,7 @@
 - ``builtin:demo``  the project's trained demo model under ``assets/models/demo``;
 - ``builtin:demo-lcm``  the demo model distilled for 2-8 steps (``assets/models/demo-lcm``);
 - ``builtin:tiny-inpaint``  ``builtin:tiny`` with a 9-channel inpainting UNet (tests);
+- ``builtin:demo-inpaint``  the demo model fine-tuned to inpaint (``assets/models/demo-inpaint``);
 - a diffusers folder in the Stable Diffusion layout, or a single ``.safetensors``/``.ckpt``
   checkpoint in the original SD layout (see ``engine.loaders``).
 Nothing here downloads: ``engine.offline`` sets the hub's offline switches first.
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 DEMO_MODEL_DIR = ASSETS / "models" / "demo"
 # the demo model distilled into a latent consistency model (engine.training.distill)
 DEMO_LCM_DIR = ASSETS / "models" / "demo-lcm"
+# the demo model fine-tuned as an inpainting model (engine.training.train_inpaint)
+DEMO_INPAINT_DIR = ASSETS / "models" / "demo-inpaint"
 
 # SD 1.5's scheduler config in the form diffusers writes it; our tiny and demo models use
 # the same so every code path matches real checkpoints.
@@ -332,6 +335,16 @@ def _load_demo_lcm(device, dtype):
     return _with_classifier(bundle, DEMO_MODEL_DIR)
 
 
+def _load_demo_inpaint(device, dtype):
+    if not (DEMO_INPAINT_DIR / "model_index.json").exists():
+        raise ModelLoadError(
+            f"The demo inpainting model is missing from {DEMO_INPAINT_DIR}. Reinstall the app, "
+            "or train it with `python -m engine.training.train_inpaint`."
+        )
+    bundle = _finish("builtin:demo-inpaint", load_diffusers_folder(DEMO_INPAINT_DIR), device, dtype)
+    return _with_classifier(bundle, DEMO_MODEL_DIR)
+
+
 def _with_classifier(bundle: ModelBundle, folder: Path) -> ModelBundle:
     """Load ``folder/classifier`` into the bundle (fp32: its gradients guide sampling)."""
     from .classifier import WEIGHTS_NAME, load_classifier
@@ -352,6 +365,7 @@ BUILTINS: dict[str, Callable[[str | None, str | None], ModelBundle]] = {
     "builtin:demo": _load_demo,
     "builtin:demo-lcm": _load_demo_lcm,
     "builtin:tiny-inpaint": _load_tiny_inpaint,
+    "builtin:demo-inpaint": _load_demo_inpaint,
 }
 DEFAULT_MODEL = "builtin:demo"
 

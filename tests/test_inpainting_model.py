@@ -253,3 +253,27 @@ def test_an_sdxl_inpainting_folder_loads_and_inpaints(tmp_path):
     keep = mask == 0
     assert np.array_equal(out[keep], image[keep])
     assert seen and all(x.shape[1] == 9 for x in seen)
+
+
+def test_the_demo_inpainting_model_inpaints_a_picture_from_disk(tmp_path, capsys, monkeypatch):
+    """As a user would: a picture and a mask on disk, ``python -m engine repaint --model
+    builtin:demo-inpaint``, the result reopened: outside the mask the input's pixels, inside
+    something new, and the model named in the PNG's parameters."""
+    from engine import cli
+    from engine.evaluation.evaluate_edits import find_cases, object_kind_case
+    from engine.evaluation.seed_ranges import CALIBRATION, check_evaluation
+    from engine.metadata import read_png_parameters
+
+    check_evaluation(CALIBRATION, "builtin:demo-inpaint", None)  # its card records its seeds
+    case = find_cases(object_kind_case, 1, CALIBRATION.start)[0]
+    Image.fromarray(case.before.image).save(tmp_path / "in.png")
+    Image.fromarray(case.mask.astype(np.uint8) * 255).save(tmp_path / "mask.png")
+    monkeypatch.chdir(tmp_path)
+    argv = ["repaint", "-i", "in.png", "--mask", "mask.png", "-p", case.after.caption]
+    argv += ["--model", "builtin:demo-inpaint", "--jump-n-sample", "1", "--steps", "8"]
+    assert cli.main([*argv, "-o", "out.png"]) == 0, capsys.readouterr().err
+    out = np.asarray(Image.open(tmp_path / "out.png").convert("RGB"))
+    assert np.array_equal(out[~case.mask], case.before.image[~case.mask])
+    changed = np.abs(out[case.mask].astype(int) - case.before.image[case.mask]).mean()
+    assert changed > 10  # grey levels: the masked object was repainted, not copied back
+    assert read_png_parameters(tmp_path / "out.png")["Model"] == "builtin:demo-inpaint"

@@ -50,8 +50,10 @@ DEVELOPMENT = SeedRange(1_000_000, 4_000_000)
 # re-edits began to blend inside DiffEdit's mask); 5,700,000–6,099,999 once, for the third
 # (evaluate_p2p --seeds 5700000 --n 10 --kinds time / weight: scenes 6,000,000+ and
 # 6,060,000+, after an edit of the whole picture began to turn local blend off; and
-# DiffEdit's map on 20 scenes per local kind from 5,700,000); the next report starts at
-# 6,100,000
+# DiffEdit's map on 20 scenes per local kind from 5,700,000); 6,100,000–6,499,999 once, for
+# issue 20's third report (evaluate_edits --seeds 6100000 --n 60 --sections repaint
+# --inpaint-model builtin:demo-inpaint, after the inpainting fine-tune's longer run); the next
+# report starts at 6,500,000
 FINAL = SeedRange(4_000_000, 8_000_000)
 ISSUE_20_FINAL = SeedRange(4_500_000, 4_900_000)  # looked at once (see above)
 NAMED = {"calibration": CALIBRATION, "development": DEVELOPMENT, "final": FINAL}
@@ -96,13 +98,15 @@ def check_disjoint(used: SeedRange, model_dir: Path | None, probe_dir: Path | No
 
 def check_evaluation(used: SeedRange, model: str, probe: str | None) -> None:
     """``check_disjoint`` for an evaluation's ``--model`` spec and ``--probe`` path: the
-    demo model's folder for builtin:demo, a folder path as given, no record for other
-    built-ins (random weights) or single files; the shipped probe by default."""
-    from engine.models import DEMO_MODEL_DIR
+    demo models' folders for builtin:demo and builtin:demo-inpaint (its card records the
+    base model's seeds and its own), a folder path as given, no record for other built-ins
+    (random weights) or single files; the shipped probe by default."""
+    from engine.models import DEMO_INPAINT_DIR, DEMO_MODEL_DIR
 
     from ..training.probe import PROBE_DIR
 
-    model_dir = DEMO_MODEL_DIR if model == "builtin:demo" else None
+    trained = {"builtin:demo": DEMO_MODEL_DIR, "builtin:demo-inpaint": DEMO_INPAINT_DIR}
+    model_dir = trained.get(model)
     if model_dir is None and Path(model).is_dir():
         model_dir = Path(model)
     check_disjoint(used, model_dir, Path(probe) if probe else PROBE_DIR)

@@ -8,12 +8,12 @@ the world's scenes under random masks of the shapes people paint: strokes, boxes
 masks from the world's label maps (grown by a few pixels, as painted around an object), and
 the whole image (so it still generates from nothing). The text encoder and VAE stay frozen.
 
-    python -m engine.training.train_inpaint --data runs/world --run runs/inpaint --minutes 50
-    python -m engine.training.train_inpaint --run runs/inpaint --export runs/demo-inpaint
-    python -m engine.evaluation.evaluate_edits --sections repaint --inpaint-model runs/demo-inpaint
+    python -m engine.training data --out runs/world --n 8000
+    python -m engine.training.train_inpaint --data runs/world --run runs/inpaint --n-images 6000 \
+        --minutes 92 --threads 2
+    python -m engine.training.train_inpaint --run runs/inpaint --export assets/models/demo-inpaint
 
-Not shipped: 615 CPU steps did not inpaint measurably better than the demo model (README,
-Measured); the recipe and the figures are there.
+Shipped as ``builtin:demo-inpaint``; its model card has the run and its figures.
 
 Resumable like ``engine.training.train`` (checkpoint in the run folder, SIGINT/SIGTERM save
 and stop, ``--minutes`` fits the cosine to the time), one JSON line per log step in
