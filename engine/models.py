@@ -314,35 +314,20 @@ def demo_model_available() -> bool:
     return (DEMO_MODEL_DIR / "model_index.json").exists()
 
 
-def _load_demo(device, dtype):
-    if not demo_model_available():
-        raise ModelLoadError(
-            f"The demo model is missing from {DEMO_MODEL_DIR}. Reinstall the app, or train it "
-            "with `python -m engine.training`."
-        )
-    bundle = _finish("builtin:demo", load_diffusers_folder(DEMO_MODEL_DIR), device, dtype)
-    return _with_classifier(bundle, DEMO_MODEL_DIR)
+def _shipped(name: str, where: Callable[[], Path], missing: str):
+    """The loader of a model the project trains and ships in the folder ``where()`` names (read
+    at load time, so tests can move it); ``missing`` says what it is and how to make it
+    again. Every one reads the demo model's latents, so the demo's noise-aware classifier
+    guides them all."""
 
+    def load(device, dtype):
+        folder = where()
+        if not (folder / "model_index.json").exists():
+            raise ModelLoadError(f"The {missing.format(folder=folder)}")
+        bundle = _finish(name, load_diffusers_folder(folder), device, dtype)
+        return _with_classifier(bundle, DEMO_MODEL_DIR)
 
-def _load_demo_lcm(device, dtype):
-    if not (DEMO_LCM_DIR / "model_index.json").exists():
-        raise ModelLoadError(
-            f"The few-step demo model is missing from {DEMO_LCM_DIR}. Reinstall the app, or "
-            "distil it with `python -m engine.training.distill`."
-        )
-    bundle = _finish("builtin:demo-lcm", load_diffusers_folder(DEMO_LCM_DIR), device, dtype)
-    # the teacher's noise-aware classifier reads the same latents: guidance works here too
-    return _with_classifier(bundle, DEMO_MODEL_DIR)
-
-
-def _load_demo_inpaint(device, dtype):
-    if not (DEMO_INPAINT_DIR / "model_index.json").exists():
-        raise ModelLoadError(
-            f"The demo inpainting model is missing from {DEMO_INPAINT_DIR}. Reinstall the app, "
-            "or train it with `python -m engine.training.train_inpaint`."
-        )
-    bundle = _finish("builtin:demo-inpaint", load_diffusers_folder(DEMO_INPAINT_DIR), device, dtype)
-    return _with_classifier(bundle, DEMO_MODEL_DIR)
+    return load
 
 
 def _with_classifier(bundle: ModelBundle, folder: Path) -> ModelBundle:
@@ -362,10 +347,25 @@ def _with_classifier(bundle: ModelBundle, folder: Path) -> ModelBundle:
 BUILTINS: dict[str, Callable[[str | None, str | None], ModelBundle]] = {
     "builtin:tiny": _load_tiny,
     "builtin:tiny-xl": _load_tiny_xl,
-    "builtin:demo": _load_demo,
-    "builtin:demo-lcm": _load_demo_lcm,
+    "builtin:demo": _shipped(
+        "builtin:demo",
+        lambda: DEMO_MODEL_DIR,
+        "demo model is missing from {folder}. Reinstall the app, or train it with "
+        "`python -m engine.training`.",
+    ),
+    "builtin:demo-lcm": _shipped(
+        "builtin:demo-lcm",
+        lambda: DEMO_LCM_DIR,
+        "few-step demo model is missing from {folder}. Reinstall the app, or distil it with "
+        "`python -m engine.training.distill`.",
+    ),
     "builtin:tiny-inpaint": _load_tiny_inpaint,
-    "builtin:demo-inpaint": _load_demo_inpaint,
+    "builtin:demo-inpaint": _shipped(
+        "builtin:demo-inpaint",
+        lambda: DEMO_INPAINT_DIR,
+        "demo inpainting model is missing from {folder}. Reinstall the app, or train it with "
+        "`python -m engine.training.train_inpaint`.",
+    ),
 }
 DEFAULT_MODEL = "builtin:demo"
 
