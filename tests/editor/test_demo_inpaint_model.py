@@ -1,0 +1,76 @@
+"""Model › Demo inpainting model, as a user reaches it: a picture opened from disk, the model
+picked from the menu, a mask painted over an object, Inpaint run, the result exported and
+reopened. Its own engine, so the shared one keeps builtin:tiny."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import choose, click_and_wait, drag, hard_brush_at_100, set_prompt, view_point
+from PIL import Image
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QMessageBox
+
+from editor import tools
+from engine import Engine
+from engine.metadata import read_png_parameters
+
+
+@pytest.fixture
+def window(qtbot, data_dir):
+    from editor.app import MainWindow
+
+    eng = Engine("builtin:tiny", device="cpu")
+    assert type(eng.wait(1, timeout=180)).__name__ == "ModelLoaded"
+    win = MainWindow(eng, model=None, autosave_ms=10**9)
+    win.ask = lambda *a, **k: QMessageBox.StandardButton.Discard
+    qtbot.addWidget(win)
+    win.resize(900, 700)
+    win.show()
+    qtbot.waitExposed(win)
+    yield win
+    win.close()
+    win.shutdown()
+    eng.shutdown()
+
+
+def test_inpaint_with_the_demo_inpainting_model_from_the_menu(qtbot, window, tmp_path):
+    from engine.evaluation.evaluate_edits import find_cases, object_kind_case
+    from engine.evaluation.seed_ranges import CALIBRATION
+
+    win = window
+    case = find_cases(object_kind_case, 1, CALIBRATION.start)[0]
+    Image.fromarray(case.before.image).save(tmp_path / "scene.png")
+    assert win.open_path(str(tmp_path / "scene.png"))
+    model_menu = next(a for a in win.menuBar().actions() if a.text().replace("&", "") == "Model")
+    entries = {a.text().replace("&", ""): a for a in model_menu.menu().actions()}
+    entry = entries["Demo inpainting model"]
+    with qtbot.waitSignal(win.bridge.model_loaded, timeout=120_000):
+        entry.trigger()
+    assert win.bridge.model_info.name == "builtin:demo-inpaint"
+
+    ys, xs = np.nonzero(case.mask)  # brush across the object, as wide as it is tall
+    hard_brush_at_100(win.canvas, int(ys.max() - ys.min()) + 4)
+    win.tool_actions[tools.MASK].trigger()
+    y = int(ys.mean())
+    drag(qtbot, win.canvas, [view_point(win.canvas, x, y) for x in (xs.min(), xs.max())])
+    mask = win.doc.mask > 0
+    assert mask[case.mask].mean() > 0.9
+
+    choose(win, "repaint", qtbot, jump_n_sample=1)
+    set_prompt(win, qtbot, case.after.caption)
+    win.doc.update_settings(steps=8)
+    done = click_and_wait(qtbot, win, win.prompt_panel.run, timeout=120_000)
+    assert type(done).__name__ == "Finished", done
+    result = win.doc.history[-1].image
+    assert np.array_equal(result[~mask], case.before.image[~mask])
+    assert np.abs(result[mask].astype(int) - case.before.image[mask]).mean() > 10
+
+    qtbot.mouseClick(win.history_panel.apply, Qt.MouseButton.LeftButton)
+    assert np.array_equal(win.doc.image, result)
+    out = tmp_path / "inpainted.png"
+    win.ask_save_path = lambda *a, **k: str(out)
+    assert win.export_png()
+    assert read_png_parameters(out)["Model"] == "builtin:demo-inpaint"
+    assert win.open_path(str(out))
+    assert np.array_equal(win.doc.image, result)
