@@ -1,4 +1,7 @@
-"""Mouse helpers: drive the canvas viewport with real press/move/release events."""
+"""Mouse helpers: drive the canvas viewport with real press/move/release events; and a window
+on an engine of its own."""
+
+from contextlib import contextmanager
 
 import numpy as np
 from PySide6.QtCore import QPoint, Qt
@@ -87,3 +90,28 @@ def click_and_wait(qtbot, win, button, timeout=90_000):
     with qtbot.waitSignal(win.bridge.finished, timeout=timeout) as blocker:
         qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
     return blocker.args[0]
+
+
+@contextmanager
+def window_on_own_engine(qtbot, model: str):
+    """A shown main window on a fresh engine with ``model`` loaded, so a test may switch
+    models without touching the shared engine (which keeps builtin:tiny)."""
+    from PySide6.QtWidgets import QMessageBox
+
+    from editor.app import MainWindow
+    from engine import Engine
+
+    eng = Engine(model, device="cpu")
+    assert type(eng.wait(1, timeout=180)).__name__ == "ModelLoaded"
+    win = MainWindow(eng, model=None, autosave_ms=10**9)
+    win.ask = lambda *a, **k: QMessageBox.StandardButton.Discard
+    qtbot.addWidget(win)
+    win.resize(900, 700)
+    win.show()
+    qtbot.waitExposed(win)
+    try:
+        yield win
+    finally:
+        win.close()
+        win.shutdown()
+        eng.shutdown()

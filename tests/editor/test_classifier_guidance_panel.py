@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import choose, click_and_wait, sent_requests, set_prompt
-from PySide6.QtWidgets import QMessageBox, QWidget
+from helpers import choose, click_and_wait, sent_requests, set_prompt, window_on_own_engine
+from PySide6.QtWidgets import QWidget
 
-from engine import Engine
 from engine.classifier import LatentClassifier, save_classifier
 from engine.model_writer import save_diffusers_folder
 from engine.training.train_classifier import attributes_list
@@ -17,24 +16,13 @@ from engine.training.train_classifier import attributes_list
 
 @pytest.fixture
 def guided_window(qtbot, tmp_path, data_dir):
-    from editor.app import MainWindow
     from engine.models import load_model
 
     folder = save_diffusers_folder(load_model("builtin:tiny", device="cpu"), tmp_path / "m")
     torch.manual_seed(0)
     save_classifier(LatentClassifier(attributes_list(), latent_size=8), folder / "classifier")
-    eng = Engine(str(folder), device="cpu")
-    assert type(eng.wait(1, timeout=180)).__name__ == "ModelLoaded"
-    win = MainWindow(eng, model=None, autosave_ms=10**9)
-    win.ask = lambda *a, **k: QMessageBox.StandardButton.Discard
-    qtbot.addWidget(win)
-    win.resize(900, 700)
-    win.show()
-    qtbot.waitExposed(win)
-    yield win
-    win.close()
-    win.shutdown()
-    eng.shutdown()
+    with window_on_own_engine(qtbot, str(folder)) as win:
+        yield win
 
 
 def _field(win, key):

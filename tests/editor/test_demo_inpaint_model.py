@@ -6,32 +6,26 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import choose, click_and_wait, drag, hard_brush_at_100, set_prompt, view_point
+from helpers import (
+    choose,
+    click_and_wait,
+    drag,
+    hard_brush_at_100,
+    set_prompt,
+    view_point,
+    window_on_own_engine,
+)
 from PIL import Image
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QMessageBox
 
 from editor import tools
-from engine import Engine
 from engine.metadata import read_png_parameters
 
 
 @pytest.fixture
 def window(qtbot, data_dir):
-    from editor.app import MainWindow
-
-    eng = Engine("builtin:tiny", device="cpu")
-    assert type(eng.wait(1, timeout=180)).__name__ == "ModelLoaded"
-    win = MainWindow(eng, model=None, autosave_ms=10**9)
-    win.ask = lambda *a, **k: QMessageBox.StandardButton.Discard
-    qtbot.addWidget(win)
-    win.resize(900, 700)
-    win.show()
-    qtbot.waitExposed(win)
-    yield win
-    win.close()
-    win.shutdown()
-    eng.shutdown()
+    with window_on_own_engine(qtbot, "builtin:tiny") as win:
+        yield win
 
 
 def test_inpaint_with_the_demo_inpainting_model_from_the_menu(qtbot, window, tmp_path):
