@@ -35,7 +35,7 @@ from .document import Document
 from .fileops import FileActions
 from .jobs import JobController
 from .live import LiveController, LivePanel
-from .loras import LoraMenu, use_model_defaults
+from .loras import LoraMenu, use_inpainting_default, use_model_defaults
 from .panels.history import HistoryPanel
 from .panels.new_document import NewDocumentDialog
 from .panels.prompt import PromptPanel
@@ -80,6 +80,7 @@ class MainWindow(FileActions, QMainWindow):
         self.model_spec = model
         self._closed = False
         self.model_note = ""
+        self._inpainting_model = False  # the loaded model is one (use_inpainting_default)
 
         self.canvas = Canvas(self.doc)
         self.banner = QLabel()
@@ -384,9 +385,12 @@ class MainWindow(FileActions, QMainWindow):
         self.prompt_panel.set_available(self.engine.methods())
         self.prompt_panel.set_model_parts(info.parts)  # e.g. classifier guidance
         changed = use_model_defaults(self.doc, info)  # a few-step model's sampler and steps
-        if changed:
+        inpainting = "inpainting" in info.parts
+        changed_too = use_inpainting_default(self.doc, inpainting, self._inpainting_model)
+        self._inpainting_model = inpainting
+        if changed or changed_too:
             self.prompt_panel.load_settings()
-            self.status(changed)
+            self.status("; ".join(s for s in (changed, changed_too) if s))
 
     def _on_load_failed(self, ev) -> None:
         self.loading_bar.hide()

@@ -1,10 +1,11 @@
-"""LoRAs in the Model menu, and the form defaults a few-step model asks for.
+"""LoRAs in the Model menu, and the form defaults a few-step or an inpainting model asks for.
 
 *Model › Add LoRA…* fuses a ``.safetensors`` LoRA into the loaded model (engine.lora: it
 works for every method); *Model › LoRAs* lists the fused ones with their weights, each with
 *Set weight…* and *Remove* (its weights come back bit-exactly). The engine answers each
 change with the model's info, whose ``few_step``/``defaults`` may now ask for other settings
 (an LCM LoRA wants the lcm sampler at 4 steps): ``use_model_defaults`` puts them in the form.
+An inpainting model needs no resampling: ``use_inpainting_default`` sets Inpaint's Resamples.
 """
 
 from __future__ import annotations
@@ -40,6 +41,23 @@ def use_model_defaults(doc, info) -> str:
             "set for Generate and SDEdit"
         )
     return f"Ordinary model: sampler ddim, {steps} steps, guidance {guidance:g} set back"
+
+
+def use_inpainting_default(doc, inpainting: bool, was_inpainting: bool) -> str:
+    """When an inpainting model replaces an ordinary one, Inpaint's Resamples at its default
+    becomes 1 (the model sees the area's surroundings itself; the engine's default for it);
+    when an ordinary model replaces it, a 1 goes back to the default. A value the user chose
+    stays. Returns a sentence for the status line ("" when nothing changed)."""
+    if inpainting == was_inpainting:
+        return ""
+    p = next(p for p in METHODS["repaint"].params if p.key == "jump_n_sample")
+    old, new = (p.default, 1) if inpainting else (1, p.default)
+    if value(doc, "repaint", p) != old:
+        return ""
+    set_value(doc, "repaint", p, new)
+    if inpainting:
+        return "Inpainting model: Inpaint's Resamples set to 1 (no resampling needed)"
+    return f"Ordinary model: Inpaint's Resamples set back to {new}"
 
 
 def _sampler_param(method: str) -> Param:

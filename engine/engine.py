@@ -448,7 +448,9 @@ class Engine:
             str(b.dtype).replace("torch.", ""),
             b.prediction_type,
             b.native_size,
-            ("classifier",) if b.classifier is not None else (),
+            # the model's optional parts, and "inpainting" for a 9-channel UNet (its
+            # Resamples default is 1, engine.jobs.edits)
+            ("classifier",) * (b.classifier is not None) + ("inpainting",) * b.inpainting,
             few.kind,
             MappingProxyType(dict(few.defaults)),
             loras,

@@ -415,8 +415,8 @@ METHODS: dict[str, MethodSpec] = {
                     int,
                     3,
                     "How many times each stretch is redone so the area blends in: more fits "
-                    "better and is slower (1: no resampling, enough with an inpainting "
-                    "model).",
+                    "better and is slower (1: no resampling, the default with an inpainting "
+                    "model, which sees the area's surroundings itself).",
                     1,
                     100,
                     label="Resamples",

@@ -126,7 +126,8 @@ class ModelInfo:
     dtype: str
     prediction_type: str
     native_size: int
-    # optional parts the model ships, which some options need (OptionSpec.requires)
+    # optional parts the model ships, which some options need (OptionSpec.requires), and
+    # "inpainting" for an inpainting UNet
     parts: tuple[str, ...] = ()
     # a few-step model ("lcm", "lcm-lora", "turbo", "hyper", "tcd"; "" for an ordinary one,
     # engine.few_step) and the form values it wants: {"sampler": "lcm", "steps", "guidance"}

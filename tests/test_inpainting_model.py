@@ -157,8 +157,9 @@ def _run(bundle, req):
         return run_to_end(JOB_RUNNERS[req.method](ctx, req))
 
 
-@pytest.mark.parametrize("resamples", [1, 3])
+@pytest.mark.parametrize("resamples", [None, 1, 3])
 def test_inpainting_job_feeds_the_mask_and_keeps_the_rest_bit_exact(inpaint, resamples):
+    """None: Resamples not named, which is 1 for an inpainting model."""
     image, mask = picture(48, 80, seed=5), np.zeros((48, 80), np.uint8)
     mask[10:30, 20:60] = 255
     req = EditRequest(
@@ -169,7 +170,7 @@ def test_inpainting_job_feeds_the_mask_and_keeps_the_rest_bit_exact(inpaint, res
         steps=STEPS,
         guidance=3.0,
         seed=4,
-        options={"jump_n_sample": resamples, "jump_length": 2},
+        options={"jump_length": 2, **({"jump_n_sample": resamples} if resamples else {})},
     )
     seen, handle = _record_unet_inputs(inpaint)
     try:
@@ -184,8 +185,11 @@ def test_inpainting_job_feeds_the_mask_and_keeps_the_rest_bit_exact(inpaint, res
     m = seen[0][:1, 4]
     assert m.max() == 1 and m.min() == 0 and 0 < float(m.mean()) < 1
     assert all(torch.equal(x[:1, 4], m) for x in seen)
-    if resamples == 1:  # no resampling: one call per step (guidance batched into it)
+    assert result.parameters["jump_n_sample"] == (resamples or 1)
+    if resamples in (None, 1):  # no resampling: one call per step (guidance batched into it)
         assert len(seen) == STEPS
+    else:
+        assert len(seen) > STEPS
 
 
 def test_generate_on_an_inpainting_model_uses_blank_inputs(inpaint):
@@ -270,10 +274,12 @@ def test_the_demo_inpainting_model_inpaints_a_picture_from_disk(tmp_path, capsys
     Image.fromarray(case.mask.astype(np.uint8) * 255).save(tmp_path / "mask.png")
     monkeypatch.chdir(tmp_path)
     argv = ["repaint", "-i", "in.png", "--mask", "mask.png", "-p", case.after.caption]
-    argv += ["--model", "builtin:demo-inpaint", "--jump-n-sample", "1", "--steps", "8"]
+    argv += ["--model", "builtin:demo-inpaint", "--steps", "8"]  # Resamples: the model's 1
     assert cli.main([*argv, "-o", "out.png"]) == 0, capsys.readouterr().err
     out = np.asarray(Image.open(tmp_path / "out.png").convert("RGB"))
     assert np.array_equal(out[~case.mask], case.before.image[~case.mask])
     changed = np.abs(out[case.mask].astype(int) - case.before.image[case.mask]).mean()
     assert changed > 10  # grey levels: the masked object was repainted, not copied back
-    assert read_png_parameters(tmp_path / "out.png")["Model"] == "builtin:demo-inpaint"
+    params = read_png_parameters(tmp_path / "out.png")
+    assert params["Model"] == "builtin:demo-inpaint"
+    assert (params["Jump n sample"], params["Unet calls"]) == ("1", "8"), params

@@ -72,14 +72,29 @@ def run_repaint(ctx: JobContext, req: EditRequest):
         out = image.copy()
         out[y0:y1, x0:x1] = part
     params = {**_size_params(image.shape[:2]), "unet_calls": calls, "strength": o.number("denoise")}
+    if not o.flag("soft_mask"):
+        params["jump_n_sample"] = resamples(o, ctx.bundle)  # the model's default is recorded
     if box is not None:
         params["crop"] = f"{box[1]},{box[0]},{box[3]},{box[2]}"  # x0,y0,x1,y1
     return JobResult(out, params)
 
 
+# RePaint's resamples with an inpainting model when the request names none
+INPAINTING_MODEL_RESAMPLES = 1
+
+
+def resamples(o: Options, bundle) -> int:
+    """RePaint's resamples as asked; unasked, 1 with an inpainting model: it sees the known
+    area itself, and on issue 20's final scenes resampling on top found no more new objects
+    (73 % both) at 2.5x the time."""
+    if "jump_n_sample" not in o.options and bundle.inpainting:
+        return INPAINTING_MODEL_RESAMPLES
+    return o.number("jump_n_sample")
+
+
 def _repaint_area(ctx: JobContext, req: EditRequest, o: Options):
     """RePaint over the request's whole image; (the result at its size, model calls)."""
-    j, r = o.number("jump_length"), o.number("jump_n_sample")
+    j, r = o.number("jump_length"), resamples(o, ctx.bundle)
     prep = prepare(ctx, req, grow=o.number("mask_grow"))
     cond = ctx.denoiser.condition(req.prompt, req.negative_prompt, req.guidance)
     strength, content = o.number("denoise"), o.choice("masked_content")

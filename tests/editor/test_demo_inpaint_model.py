@@ -17,6 +17,7 @@ from helpers import (
 )
 from PIL import Image
 from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QWidget
 
 from editor import tools
 from engine.metadata import read_png_parameters
@@ -39,9 +40,15 @@ def test_inpaint_with_the_demo_inpainting_model_from_the_menu(qtbot, window, tmp
     model_menu = next(a for a in win.menuBar().actions() if a.text().replace("&", "") == "Model")
     entries = {a.text().replace("&", ""): a for a in model_menu.menu().actions()}
     entry = entries["Demo inpainting model"]
+    choose(win, "repaint", qtbot)
+    resamples = win.prompt_panel.findChild(QWidget, "param_jump_n_sample")
+    assert resamples.value() == 3  # RePaint's default on an ordinary model
     with qtbot.waitSignal(win.bridge.model_loaded, timeout=120_000):
         entry.trigger()
     assert win.bridge.model_info.name == "builtin:demo-inpaint"
+    resamples = win.prompt_panel.findChild(QWidget, "param_jump_n_sample")
+    assert resamples.value() == 1  # the inpainting model needs no resampling
+    assert "Resamples set to 1" in win.statusBar().currentMessage()
 
     ys, xs = np.nonzero(case.mask)  # brush across the object, as wide as it is tall
     hard_brush_at_100(win.canvas, int(ys.max() - ys.min()) + 4)
@@ -51,7 +58,7 @@ def test_inpaint_with_the_demo_inpainting_model_from_the_menu(qtbot, window, tmp
     mask = win.doc.mask > 0
     assert mask[case.mask].mean() > 0.9
 
-    choose(win, "repaint", qtbot, jump_n_sample=1)
+    choose(win, "repaint", qtbot)
     set_prompt(win, qtbot, case.after.caption)
     win.doc.update_settings(steps=8)
     done = click_and_wait(qtbot, win, win.prompt_panel.run, timeout=120_000)
@@ -65,6 +72,12 @@ def test_inpaint_with_the_demo_inpainting_model_from_the_menu(qtbot, window, tmp
     out = tmp_path / "inpainted.png"
     win.ask_save_path = lambda *a, **k: str(out)
     assert win.export_png()
-    assert read_png_parameters(out)["Model"] == "builtin:demo-inpaint"
+    params = read_png_parameters(out)
+    assert (params["Model"], params["Jump n sample"]) == ("builtin:demo-inpaint", "1")
     assert win.open_path(str(out))
     assert np.array_equal(win.doc.image, result)
+
+    with qtbot.waitSignal(win.bridge.model_loaded, timeout=120_000):
+        win.load_model("builtin:tiny")  # an ordinary model again: RePaint's default is back
+    resamples = win.prompt_panel.findChild(QWidget, "param_jump_n_sample")
+    assert resamples.value() == 3
