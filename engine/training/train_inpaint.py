@@ -130,9 +130,12 @@ def train_inpaint(
     ckpt_every: int = 100,
     base: Path = DEMO_MODEL_DIR,
     n_images: int | None = None,
+    init: Path | None = None,
 ) -> Path:
     """ε-prediction with Min-SNR-γ weights (as ``train.train_unet``) on the 9-channel UNet,
-    from ``base``'s weights; only the UNet learns. CPU or CUDA (``pick_device``'s choice)."""
+    from ``base``'s weights, or from the inpainting UNet of the folder ``init`` (a second
+    stage: a fresh optimiser and cosine on an earlier run's export); only the UNet learns.
+    CPU or CUDA (``pick_device``'s choice)."""
     from ..models import pick_device
 
     dev, _ = pick_device("auto", "fp32")
@@ -140,7 +143,16 @@ def train_inpaint(
     parts = load_diffusers_folder(base)
     vae, text, tok = parts["vae"].to(dev), parts["text_encoder"].to(dev), parts["tokenizer"]
     scale = float(parts["vae_scale"])
-    unet = inpaint_unet(parts["unet"]).to(dev).train()
+    if init is None:
+        unet = inpaint_unet(parts["unet"])
+    else:
+        unet = load_diffusers_folder(init)["unet"].float()
+        if unet.config.in_channels != INPAINT_IN_CHANNELS:
+            raise SystemExit(
+                f"{init} is not an inpainting model (its UNet takes "
+                f"{unet.config.in_channels} channels, not {INPAINT_IN_CHANNELS})"
+            )
+    unet = unet.to(dev).train()
     cache = WorldCache.open(data)
     latents_path = run / "latents.pt"
     if not latents_path.exists():
@@ -266,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--n-images", type=int, default=None, help="train on the first N scenes")
     p.add_argument("--export", type=Path, default=None, help="write the run to this folder")
+    p.add_argument("--init", type=Path, default=None, help="start from this inpainting folder")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -274,7 +287,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.data is None:
         p.error("--data is required for training")
-    train_inpaint(a.data, a.run, a.steps, a.batch, a.lr, minutes=a.minutes, n_images=a.n_images)
+    train_inpaint(
+        a.data, a.run, a.steps, a.batch, a.lr, minutes=a.minutes, n_images=a.n_images, init=a.init
+    )
     return 0
 
 
