@@ -56,3 +56,28 @@ def test_training_builds_the_extra_inputs_as_inference_does(tiny, seed):
     # training encodes in bf16 (train_inpaint.conditioning): equal up to its rounding
     scale = ref.masked_latents.abs().max().item()
     torch.testing.assert_close(ours[:, 1:], ref.masked_latents, rtol=0, atol=3e-2 * scale)
+
+
+def test_a_second_stage_starts_from_the_given_inpainting_model(tmp_path):
+    """``--init``: training resumes from an exported inpainting UNet (here one whose extra
+    input channels are not zero), not from the base grown afresh; a folder without an
+    inpainting UNet is refused in a sentence."""
+    from engine.loaders import load_diffusers_folder
+    from engine.model_writer import save_diffusers_folder
+    from engine.models import tiny_components
+    from engine.training.dataset import build_cache
+    from engine.training.train_inpaint import export_inpaint, train_inpaint
+
+    data, _ = build_cache(tmp_path / "world", 4, workers=1)
+    base = save_diffusers_folder(tiny_components(), tmp_path / "base")
+    with pytest.raises(SystemExit, match="not an inpainting model"):
+        train_inpaint(data, tmp_path / "refused", steps=1, batch=2, base=base, init=base)
+    parts = tiny_components(in_channels=9)
+    with torch.no_grad():
+        parts["unet"].conv_in.weight[:, 4:] = 0.5  # unlike a fresh start's zeros
+    init = save_diffusers_folder(parts, tmp_path / "stage1")
+    run = tmp_path / "stage2"
+    train_inpaint(data, run, steps=2, batch=2, lr=1e-6, base=base, init=init)
+    out = export_inpaint(run, tmp_path / "exported", base=base)
+    w = load_diffusers_folder(out)["unet"].conv_in.weight.float()
+    torch.testing.assert_close(w[:, 4:], torch.full_like(w[:, 4:], 0.5), rtol=0, atol=1e-2)
