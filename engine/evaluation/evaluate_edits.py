@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from ..imageops import psnr
+from ..methods import METHODS
 from ..training.probe import HELDOUT_SEED, load_probe
 from ..world.scene import (
     ATTRIBUTE_NAMES,
@@ -528,7 +529,9 @@ def repaint_metrics(
     kinds = {"repaint": (run, {}), "naive": (run, {"jump_n_sample": 1})}
     if inpaint_run is not None:
         kinds["inpaint_model"] = (inpaint_run, {"jump_n_sample": 1})
-        kinds["inpaint_model_repaint"] = (inpaint_run, {})
+        # named: unnamed, an inpainting model runs without resampling (engine.jobs.edits)
+        resample = METHODS["repaint"].options["jump_n_sample"].default
+        kinds["inpaint_model_repaint"] = (inpaint_run, {"jump_n_sample": resample})
     for label, (runner, options) in kinds.items():
         exact, seams, images, times = [], [], [], []
         for c in cases:

@@ -129,6 +129,8 @@ def test_edit_metrics_run_on_tiny():
         assert r["repaint"][k]["outside_bit_exact_guarantee_held"] is True
         assert r["repaint"][k]["wall_s"] > 0
     assert r["repaint"]["inpaint_model"]["model"] == "builtin:tiny-inpaint"
+    # with RePaint on top names its resamples: unnamed, an inpainting model runs without
+    assert r["repaint"]["inpaint_model_repaint"]["options"] == {"jump_n_sample": 3}
     assert 0 < r["repaint"]["seam_ratio_vae_floor"]["mean"] < float("inf")
     assert r["repaint"]["controls"]["original"]["new_object"]["k"] == 0
     assert r["reedit"]["house_wall/masked"]["background_bit_exact_guarantee_held"] is True
