@@ -441,7 +441,14 @@ METHODS: dict[str, MethodSpec] = {
                     "appeared in 71 % at grow 0 (grow 1: 65 %; no resampling: 52 %); on 40 of "
                     "them the seam ratio fell 2.9 → 1.9 and grow 2 gave 45 %",
                 ),
-                "feather": dataclasses.replace(FEATHER, label="Mask blur px"),
+                "feather": dataclasses.replace(
+                    FEATHER,
+                    help="Softens the edge of the inpainted area over this many pixels, "
+                    "inside the mask, so it blends in (0: automatic, 1 % of the picture's "
+                    "side, at least 4 px: half of the model's 8-pixel blocks). Pixels "
+                    "outside never change.",
+                    label="Mask blur px",
+                ),
             },
             common=("steps", "guidance", "seed"),
             mask="required",

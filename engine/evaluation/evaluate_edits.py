@@ -524,6 +524,7 @@ def repaint_metrics(
     the old object blurred in place (a smudge must not pass) and the untouched original
     (nothing new must be seen)."""
     from engine.jobs.base import paste_into
+    from engine.jobs.edits import repaint_feather
 
     out: dict = {"seeds": [cases[0].seed, cases[-1].seed], "n": len(cases), "steps": steps}
     kinds = {"repaint": (run, {}), "naive": (run, {"jump_n_sample": 1})}
@@ -565,10 +566,15 @@ def repaint_metrics(
     out["controls"] = new_object_controls(probe, cases)
     out["seam_ratio_original"] = mean_ci([seam_ratio(c.before.image, c.mask) for c in cases])
     # what a latent-space method can reach at best: the true edit through the VAE, pasted with
-    # the jobs' feather
+    # the Inpaint jobs' automatic feather
     b = run.bundle
     pasted = [
-        paste_into(c.before.image, b.decode(b.encode(c.after.image)), c.mask.astype(np.float32))
+        paste_into(
+            c.before.image,
+            b.decode(b.encode(c.after.image)),
+            c.mask.astype(np.float32),
+            repaint_feather(0.0, c.mask.shape, b.vae_factor),
+        )
         for c in cases
     ]
     out["seam_ratio_vae_floor"] = mean_ci([seam_ratio(x, c.mask) for x, c in zip(pasted, cases)])

@@ -57,6 +57,30 @@ def test_repaint_job(tiny, tiny_denoiser, sampler):
     assert not np.array_equal(res.image, src)
 
 
+def test_inpaints_automatic_mask_blur_is_half_a_latent_cell_on_small_pictures(tiny, tiny_denoiser):
+    """Mask blur 0 (automatic) is 4 px on a small picture (1 % of its side would be under 1
+    px), and 1 % of the side on a large one; the same job with the value named agrees."""
+    from engine.jobs.edits import repaint_feather
+
+    assert repaint_feather(0.0, (H, W), 8) == 4.0
+    assert repaint_feather(0.0, (512, 768), 8) == pytest.approx(7.68)
+    assert repaint_feather(2.5, (H, W), 8) == 2.5
+    src, mask = image(), box_mask()
+    results = []
+    for feather in (0.0, 4.0, 2.0):
+        req = EditRequest(
+            "repaint",
+            prompt="a house",
+            image=src,
+            mask=mask,
+            steps=4,
+            options={"jump_n_sample": 1, "feather": feather},
+        )
+        results.append(run(tiny, tiny_denoiser, req)[0].image)
+    assert np.array_equal(results[0], results[1])
+    assert not np.array_equal(results[0], results[2])
+
+
 def test_diffedit_mask_job(tiny, tiny_denoiser):
     src = image()
     req = EditRequest(
