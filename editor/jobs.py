@@ -155,9 +155,22 @@ class JobController:
     def _phases(request: EditRequest) -> int:
         """How many model-call phases the job runs one after the other (one progress bar
         spans them): DiffEdit without a mask finds one first; null-text inversion inverts,
-        optimises, and makes a second pass when its check asks for one."""
+        optimises, and makes a second pass when its check asks for one; an attention-
+        controlled edit whose blend region is DiffEdit's finds it first (Edit prompt without
+        the picture replays the generation before that)."""
         if request.method == "diffedit" and request.mask is None:
             return 2
+        if request.method in ("reedit", "edit_generated"):
+            specs = ENGINE_METHODS[request.method].options
+
+            def option(key):
+                return request.options.get(key, specs[key].default)
+
+            finds = option("local_blend") and option("blend_mask") == "diffedit"
+            finds = finds and (request.mask is None or option("painted_mask") == "intersect")
+            if request.method == "reedit":
+                return 2 if finds and option("control") == "p2p" else 1
+            return (2 if request.image is not None else 3) if finds else 1
         if request.method == "invert":
             inversion = str(request.options.get("inversion", "null_text"))
             return 3 if inversion == "null_text" else 2 if inversion.startswith("null") else 1

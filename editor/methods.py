@@ -281,7 +281,9 @@ def build_request(
                 "Edit the prompt first: it is still the one the image was generated with."
             )
         opts = {**opts, "source_prompt": source.pop("prompt"), "eta": replay_eta(doc)}
-        return EditRequest("edit_generated", mask=mask, options=opts, **{**common, **source})
+        # the picture itself: the blend region is found on it, and kept outside that region
+        fields = {**common, **source}
+        return EditRequest("edit_generated", image=image, mask=mask, options=opts, **fields)
     # the panel's DiffEdit edits inside a mask (made by its first stage, or painted)
     needs_mask = ENGINE_METHODS[engine_method].mask == "required" or engine_method == "diffedit"
     if mask is None and needs_mask:

@@ -427,5 +427,22 @@ def test_attention_control_from_the_cli_for_a_photo_and_a_generated_image(
     assert code == 0, err
     meta = read_png_parameters(tmp_path / "edit.png")
     assert meta["Source prompt"] == "a red house" and meta["Seed"] == "7"
+    # given the generated picture, DiffEdit's region is found on it (here kept local) and
+    # the rest of it is kept; without it the generation is replayed: the same picture
+    local = ["-O", "whole_picture=1", "--source-prompt", "a red house"]
+    size = ["--seed", "7", "--width", "64", "--height", "64"]
+    code, err = cli_main(
+        capsys, "edit_generated", *tiny, "-p", "a blue house", *size, *local, "-i", "gen.png",
+        "-o", "given.png",
+    )  # fmt: skip
+    assert code == 0, err
+    code, err = cli_main(
+        capsys, "edit_generated", *tiny, "-p", "a blue house", *size, *local, "-o", "replayed.png"
+    )  # fmt: skip
+    assert code == 0, err
+    given, replayed = (np.asarray(Image.open(f)) for f in ("given.png", "replayed.png"))
+    assert np.array_equal(given, replayed)
+    assert not np.array_equal(given, np.asarray(Image.open("gen.png")))
+    assert (np.asarray(Image.open("gen.png")) == given).all(-1).mean() > 0.3
     code, err = cli_main(capsys, "edit_generated", *tiny, "-p", "a blue house", "-o", "x.png")
     assert code == 2 and "error: Give the prompt" in err and "Traceback" not in err

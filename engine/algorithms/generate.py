@@ -17,9 +17,13 @@ def generate(
     guidance: float,
     generator: Generators,
     eta: float = 0.0,
+    label: str = "",
 ) -> Algorithm[torch.Tensor]:
-    """Sample latents of ``latent_shape`` for the prompt in ``cond``; returns x_0 latents."""
+    """Sample latents of ``latent_shape`` for the prompt in ``cond``; returns x_0 latents
+    (``label``: its steps' progress label)."""
     timesteps = denoiser.schedule.timesteps(steps)
     # x_T ~ N(0, I): the chain starts from pure noise
     x = randn(latent_shape, generator, denoiser.device, torch.float32)
-    return (yield from ddim_sample(denoiser, x, timesteps, cond, guidance, generator, eta))
+    return (
+        yield from ddim_sample(denoiser, x, timesteps, cond, guidance, generator, eta, label=label)
+    )

@@ -4,11 +4,14 @@ replay the original beside the edit). Options: ``engine.methods.ATTENTION_CONTRO
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
 from .. import imageops
 from ..algorithms.common import randn
+from ..algorithms.generate import generate
 from ..algorithms.inversion import Inversion
 from ..algorithms.prompt_to_prompt import (
     AttentionControl,
@@ -19,7 +22,16 @@ from ..algorithms.prompt_to_prompt import (
 from ..errors import InputError
 from ..prompts import plain_text, token_weights, word_positions
 from ..types import EditRequest
-from .base import JobContext, JobResult, Options, finish_image, job, seeded, start_job
+from .base import (
+    JobContext,
+    JobResult,
+    Options,
+    Prepared,
+    finish_image,
+    job,
+    seeded,
+    start_job,
+)
 
 
 def attention_control(
@@ -100,6 +112,72 @@ def attention_extras(
     return extras
 
 
+WHOLE_PICTURE_NOTICE = (
+    "The new prompt changes the whole picture (DiffEdit's map of the two prompts is broad), "
+    "so this edit ran without local blend; paint a mask to keep parts of it."
+)
+
+
+def diffedit_blend(ctx, image, working_hw, latents, reference: str, prompt: str, steps: int):
+    """Local blend's region from DiffEdit's mask (Blend region "diffedit"): where ``prompt``
+    and ``reference`` (the source prompt) disagree about ``image``, as the DiffEdit mask job
+    finds it with its defaults (a ``steps`` chain, seed 0, so an edit is repeatable);
+    ``latents``: the image's at ``working_hw``. Yields the map as it forms; returns the soft
+    mask at the image's size and the share of the picture where the map is above a quarter
+    of its peak (how broad the disagreement is)."""
+    from .edits import _mask_phase  # (edits imports this module)
+
+    req = EditRequest(
+        "diffedit_mask",
+        image=image,
+        prompt=prompt,
+        steps=steps,
+        seed=0,
+        options={"reference_prompt": reference},
+    )
+    prep = Prepared(image, imageops.resize(image, working_hw), latents, None, None, None)
+    soft, raw = yield from _mask_phase(ctx, req, Options(req.method, req.options), prep)
+    return soft, float((raw > 0.25).mean())
+
+
+@dataclasses.dataclass(frozen=True)
+class BlendRegion:
+    """What limits an attention-controlled edit. ``mask``: float at image size (painted,
+    found by DiffEdit, or the two multiplied); ``intersect``: the attention blend is still to
+    be multiplied with it; ``found``: DiffEdit found it (so it is shown to the user);
+    ``whole``: the edit is of the whole picture, so it runs without local blend (in
+    ``options``)."""
+
+    options: Options
+    mask: np.ndarray | None
+    intersect: bool
+    found: bool = False
+    whole: bool = False
+
+    def wants_diffedit(self) -> bool:
+        o = self.options
+        wanted = o.flag("local_blend") and o.choice("blend_mask") == "diffedit"
+        return wanted and (self.mask is None or self.intersect)
+
+    def with_map(self, region: np.ndarray, broad: float) -> BlendRegion:
+        """Blend inside DiffEdit's ``region`` (within a painted mask), unless the map is
+        ``broad``: then the prompts disagree about (nearly) all of the picture, as for the
+        time of day, and a blend would keep the old light, so the whole picture may change
+        (a painted mask still limits it)."""
+        if broad > self.options.number("whole_picture"):
+            o = Options(self.options.method, {**self.options.options, "local_blend": False})
+            return BlendRegion(o, self.mask, False, whole=True)
+        mask = region if self.mask is None else self.mask * region
+        return BlendRegion(self.options, mask, False, found=True)
+
+    def extras(self) -> dict:
+        if self.whole:
+            return {"notice": WHOLE_PICTURE_NOTICE}
+        if self.found:
+            return {"blend_mask": np.where(self.mask >= 0.5, 255, 0).astype(np.uint8)}
+        return {}
+
+
 def reedit_with_control(
     ctx: JobContext,
     o: Options,
@@ -139,7 +217,10 @@ def reedit_with_control(
 def run_edit_generated(ctx: JobContext, req: EditRequest):
     """Edit a generated image by editing its prompt: its seed, size, steps, guidance and
     negative prompt replay the original generation as the source branch, the new prompt
-    runs beside it under attention control (no inversion needed)."""
+    runs beside it under attention control (no inversion needed). ``req.image``, when given,
+    is that generated picture: DiffEdit's blend region is found on it and the result keeps
+    its pixels outside the region; without it the generation is replayed first when the
+    region needs it."""
     o = start_job(ctx, req)
     source_prompt = o.text("source_prompt")
     if not source_prompt:
@@ -148,33 +229,60 @@ def run_edit_generated(ctx: JobContext, req: EditRequest):
     b, d = ctx.bundle, ctx.denoiser
     h, w = req.height or b.native_size, req.width or b.native_size
     hw = imageops.working_size(h, w, b.native_size, b.vae_factor)
-    f = b.vae_factor
-    generator = seeded(req)
-    x = randn((1, b.latent_channels, hw[0] // f, hw[1] // f), generator, d.device)
-    ts = d.schedule.timesteps(req.steps)
-    intersect = o.choice("painted_mask") == "intersect"
-    control = attention_control(ctx, o, source_prompt, req.prompt, req.mask is not None, intersect)
+    image = None if req.image is None else imageops.check_image(req.image)
+    if image is not None and image.shape[:2] != (h, w):
+        raise InputError(
+            f"The image is {image.shape[1]}x{image.shape[0]} but was generated at {w}x{h}; "
+            "Edit prompt replays the generation at its size."
+        )
+    mask = imageops.mask_to_float(req.mask, (h, w))
+    if mask is not None and not mask.any():
+        raise InputError("The mask is empty: paint where the edit should change.")
     null = d.encode_negative(req.negative_prompt) if req.guidance != 1.0 else None
-    mask = None
-    if req.mask is not None:
-        m = imageops.mask_to_float(req.mask, (h, w))
-        if not m.any():
-            raise InputError("The mask is empty: paint where the edit should change.")
-        mask = imageops.latent_mask(imageops.resize(m, hw), x)
+    blend = BlendRegion(o, mask, o.choice("painted_mask") == "intersect")
+    if blend.wants_diffedit():
+        if image is None:  # the source picture, replayed as Generate made it
+            cond = d.condition(source_prompt, req.negative_prompt, req.guidance)
+            shape = (1, b.latent_channels, hw[0] // b.vae_factor, hw[1] // b.vae_factor)
+            eta = o.number("eta")
+            source = generate(d, cond, shape, req.steps, req.guidance, seeded(req), eta, "source")
+            x0 = yield from source
+            image = finish_image(ctx, x0, None, (h, w))
+        latents = b.encode(imageops.resize(image, hw)).float()
+        found = diffedit_blend(ctx, image, hw, latents, source_prompt, req.prompt, req.steps)
+        blend = blend.with_map(*(yield from found))
+    generator = seeded(req)
+    f = b.vae_factor
+    x = randn((1, b.latent_channels, hw[0] // f, hw[1] // f), generator, d.device)
+    control = attention_control(
+        ctx, blend.options, source_prompt, req.prompt, blend.mask is not None, blend.intersect
+    )
+    mask_l = None
+    if blend.mask is not None:
+        # a found region gets the re-edit's default room of one latent cell to blend in
+        mask_l = imageops.latent_mask(imageops.resize(blend.mask, hw), x, grow=int(blend.found))
     latents = yield from prompt_to_prompt(
         d,
         x,
-        ts,
+        d.schedule.timesteps(req.steps),
         d.encode_text(source_prompt),
         d.encode_text(plain_text(req.prompt)),
         req.guidance,
-        [null] * len(ts),
+        [null] * req.steps,
         control,
-        mask=mask,
-        intersect=intersect,
+        mask=mask_l,
+        intersect=blend.intersect,
         generator=generator,
         eta=o.number("eta"),
+        show_mask=blend.found,
     )
-    image = finish_image(ctx, latents, None, (h, w))
-    extras = attention_extras(ctx, control, req.prompt, (h, w))
-    return JobResult(image, {"size": f"{w}x{h}", "source_prompt": source_prompt}, extras)
+    # outside the mask, the picture the user has, pixel for pixel
+    keep = None
+    if image is not None and blend.mask is not None:
+        keep = Prepared(image, None, None, blend.mask, None, None)
+    out = finish_image(ctx, latents, keep, (h, w))
+    extras = {**attention_extras(ctx, control, req.prompt, (h, w)), **blend.extras()}
+    params = {"size": f"{w}x{h}", "source_prompt": source_prompt}
+    if blend.whole:
+        params["blend_region"] = "whole picture"
+    return JobResult(out, params, extras)

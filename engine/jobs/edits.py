@@ -21,7 +21,7 @@ from ..algorithms.repaint import repaint, repaint_calls
 from ..denoiser import inpaint_inputs
 from ..errors import FileError, InputError
 from ..types import EditRequest
-from .attention_edits import attention_extras, reedit_with_control
+from .attention_edits import BlendRegion, attention_extras, diffedit_blend, reedit_with_control
 from .base import (
     JobContext,
     JobResult,
@@ -434,27 +434,6 @@ def inversion_problem(inv: Inversion) -> str | None:
     return None
 
 
-def diffedit_blend(ctx: JobContext, inv: Inversion, image: np.ndarray, prompt: str):
-    """The re-edit's local blend from DiffEdit's mask (``blend_mask`` "diffedit"): where
-    ``prompt`` and the inversion's prompt disagree about the source picture, as the DiffEdit
-    mask job finds it with its defaults (the inversion's chain, seed 0, so a re-edit is
-    repeatable). Yields the map as it forms; returns the soft mask at the image's size and
-    the share of the picture where the map is above a quarter of its peak (how broad the
-    disagreement is)."""
-    req = EditRequest(
-        "diffedit_mask",
-        image=image,
-        prompt=prompt,
-        steps=inv.steps,
-        seed=0,
-        options={"reference_prompt": inv.prompt},
-    )
-    working = imageops.resize(image, tuple(inv.working_size or image.shape[:2]))
-    prep = Prepared(image, working, inv.trajectory[-1], None, None, None)
-    soft, raw = yield from _mask_phase(ctx, req, Options(req.method, req.options), prep)
-    return soft, float((raw > 0.25).mean())
-
-
 @job("reedit")
 def run_reedit(ctx: JobContext, req: EditRequest):
     """Regenerate an inverted image with req.prompt (empty: the source prompt) at the
@@ -500,28 +479,14 @@ def run_reedit(ctx: JobContext, req: EditRequest):
         raise InputError("The mask is empty: paint where the re-edit should change.")
     prompt = req.prompt or inv.prompt
     p2p = o.choice("control") == "p2p"
-    intersect = o.choice("painted_mask") == "intersect"
-    extras = {}
-    found = p2p and o.flag("local_blend") and o.choice("blend_mask") == "diffedit"
-    found = found and (mask is None or intersect)
-    whole = False
-    if found:
-        region, broad = yield from diffedit_blend(ctx, inv, image, prompt)
-        # the prompts disagree about (nearly) all of the picture, as for the time of day: a
-        # blend would keep the old light, so the whole picture may change (a painted mask
-        # still limits it)
-        whole = broad > o.number("whole_picture")
-        if whole:
-            o = Options(o.method, {**o.options, "local_blend": False})
-            found = intersect = False
-            extras["notice"] = (
-                "The new prompt changes the whole picture (DiffEdit's map of the two prompts "
-                "is broad), so this re-edit ran without local blend; paint a mask to keep "
-                "parts of it."
-            )
-        else:
-            mask, intersect = (region if mask is None else mask * region), False
-            extras["blend_mask"] = np.where(mask >= 0.5, 255, 0).astype(np.uint8)
+    blend = BlendRegion(o, mask, o.choice("painted_mask") == "intersect")
+    if p2p and blend.wants_diffedit():
+        working = tuple(inv.working_size or hw)
+        found = diffedit_blend(
+            ctx, image, working, inv.trajectory[-1], inv.prompt, prompt, inv.steps
+        )
+        blend = blend.with_map(*(yield from found))
+    o, mask, intersect, extras = blend.options, blend.mask, blend.intersect, blend.extras()
     mask_w = mask_l = None
     latents0 = inv.trajectory[-1]
     if mask is not None:
@@ -533,7 +498,7 @@ def run_reedit(ctx: JobContext, req: EditRequest):
     start = min(inv.steps - 1, round(inv.steps * (1 - depth)))
     if p2p:
         latents, control = yield from reedit_with_control(
-            ctx, o, inv, prompt, mask_l, start, intersect, found
+            ctx, o, inv, prompt, mask_l, start, intersect, blend.found
         )
         extras = {**attention_extras(ctx, control, prompt, hw), **extras}
     else:
@@ -541,6 +506,6 @@ def run_reedit(ctx: JobContext, req: EditRequest):
         latents = yield from regenerate(ctx.denoiser, inv, cond, mask=mask_l, start=start)
     image = finish_image(ctx, latents, prep, hw, o.number("feather"))
     params = {"steps": inv.steps, "guidance": inv.guidance, "strength": depth}
-    if whole:
+    if blend.whole:
         params["blend_region"] = "whole picture"
     return JobResult(image, {**_size_params(hw), **params, **inv.summary()}, extras)

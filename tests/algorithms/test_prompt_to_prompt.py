@@ -19,6 +19,7 @@ from engine.algorithms.prompt_to_prompt import (
     token_positions,
 )
 from engine.attention import is_hooked
+from engine.errors import InputError
 from engine.jobs import JOB_RUNNERS, JobContext
 from engine.types import EditRequest
 
@@ -179,6 +180,80 @@ def test_editing_a_generated_image_with_its_own_prompt_gives_it_back(tiny, tiny_
     req = EditRequest("edit_generated", **common, options={"source_prompt": PROMPT})
     same = _run(tiny, tiny_denoiser, req).image
     assert np.abs(same.astype(int) - plain.astype(int)).max() <= 2  # 8-bit rounding only
+
+
+def _steps_and_result(tiny, d, req):
+    steps = []
+    result = drive(JOB_RUNNERS[req.method](JobContext(tiny, d), req), steps.append)
+    return steps, result
+
+
+def test_edit_prompt_blends_inside_diffedits_region_of_the_picture(tiny, tiny_denoiser):
+    """Blend region diffedit (the default): DiffEdit's map of the two prompts on the given
+    picture comes first, shown as the blend mask while the edit runs; outside its soft edge
+    the result is the picture, bit for bit. Without the picture the generation is replayed
+    first, and the result is the same."""
+    from engine.imageops import dilate
+
+    common = dict(steps=4, guidance=3.0, seed=3, width=64, height=64)
+    picture = _run(tiny, tiny_denoiser, EditRequest("generate", prompt=PROMPT, **common)).image
+    # the random model's map is broad: whole_picture 1 keeps the blend local
+    local = {"source_prompt": PROMPT, "whole_picture": 1.0}
+    edit = "a blue house beside two pine trees"
+    req = EditRequest("edit_generated", prompt=edit, image=picture, options=local, **common)
+    steps, out = _steps_and_result(tiny, tiny_denoiser, req)
+    labels = [s.label for s in steps]
+    assert labels[0] == "mask" and labels.count("re-edit") == 4
+    assert all(s.mask is not None for s in steps if s.label == "re-edit")
+    blend = out.extras["blend_mask"]
+    assert blend.shape == (64, 64) and 0 < (blend > 0).mean() < 1
+    far = dilate(blend.astype(np.float32) / 255, 7) == 0
+    assert far.any() and np.array_equal(out.image[far], picture[far])
+    assert not np.array_equal(out.image, picture)
+    replayed = EditRequest("edit_generated", prompt=edit, options=local, **common)
+    steps, again = _steps_and_result(tiny, tiny_denoiser, replayed)
+    assert [s.label for s in steps].count("source") == 4
+    assert np.array_equal(again.image, out.image)
+    assert np.array_equal(again.extras["blend_mask"], blend)
+    # attention's blend: no map first, the words' attention decides
+    words = EditRequest(
+        "edit_generated",
+        prompt=edit,
+        image=picture,
+        options={**local, "blend_mask": "attention"},
+        **common,
+    )
+    steps, att = _steps_and_result(tiny, tiny_denoiser, words)
+    assert "mask" not in [s.label for s in steps] and "blend_mask" in att.extras
+
+
+def test_edit_prompt_of_the_whole_picture_runs_without_blend_and_says_so(tiny, tiny_denoiser):
+    """A broad map (whole_picture 0 makes every map broad) turns local blend off: the same
+    picture as with local blend off, the parameters and a notice say so; a picture of
+    another size is refused in a sentence."""
+    common = dict(steps=3, guidance=3.0, seed=4, width=64, height=64)
+    picture = _run(tiny, tiny_denoiser, EditRequest("generate", prompt=PROMPT, **common)).image
+    edit = "a blue house beside two pine trees"
+
+    def edit_with(**options):
+        opts = {"source_prompt": PROMPT, **options}
+        req = EditRequest("edit_generated", prompt=edit, image=picture, options=opts, **common)
+        return _run(tiny, tiny_denoiser, req)
+
+    broad = edit_with(whole_picture=0.0)
+    assert broad.parameters["blend_region"] == "whole picture"
+    assert "without local blend" in broad.extras["notice"] and "blend_mask" not in broad.extras
+    plain = edit_with(local_blend=False)
+    assert np.array_equal(broad.image, plain.image) and "blend_region" not in plain.parameters
+    small = EditRequest(
+        "edit_generated",
+        prompt=edit,
+        image=picture[:32],
+        options={"source_prompt": PROMPT},
+        **common,
+    )
+    with pytest.raises(InputError, match="generated at 64x64"):
+        _run(tiny, tiny_denoiser, small)
 
 
 def test_v_prediction_models_take_the_same_paths(tiny):

@@ -13,6 +13,7 @@ from PySide6.QtCore import QRectF, Qt
 from PySide6.QtGui import QTextCursor
 from PySide6.QtWidgets import QCheckBox, QComboBox, QLabel, QLineEdit, QWidget
 
+from engine.imageops import dilate
 from engine.methods import METHODS
 
 LEFT = Qt.MouseButton.LeftButton
@@ -47,7 +48,15 @@ def generate_and_apply(win, qtbot, prompt="a red house", seed=1234):
     return win.doc.image.copy()
 
 
-def test_edit_prompt_of_a_generated_image_keeps_its_seed_and_fills_the_mask(make_window, qtbot):
+def test_edit_prompt_of_a_generated_image_keeps_its_seed_and_fills_the_mask(
+    make_window, qtbot, monkeypatch
+):
+    # on the random model DiffEdit's map is broad (an edit of the whole picture); here a
+    # local edit is wanted, so no map counts as broad
+    options = METHODS["edit_generated"].options
+    monkeypatch.setitem(
+        options, "whole_picture", dataclasses.replace(options["whole_picture"], default=1.0)
+    )
     win = make_window(_image())
     sent = sent_requests(win)
     p = win.prompt_panel
@@ -74,13 +83,20 @@ def test_edit_prompt_of_a_generated_image_keeps_its_seed_and_fills_the_mask(make
     win.doc.update_settings(steps=9, guidance=5.0, seed=77)  # ignored: the image's are used
     assert not win.doc.mask.any()
     overlays = record_overlays(win)
+    bars = []  # the progress bar after each step: two phases, the map and the edit
+    win.bridge.step.connect(lambda ev: bars.append((p.progress.format(), p.progress.value())))
     ev = click_and_wait(qtbot, win, p.run)
+    assert bars[0][0].startswith("mask 1/") and bars[-1][0].startswith("re-edit 3/3 · phase 2")
+    assert [v for _, v in bars] == sorted(v for _, v in bars) and bars[-1][1] == 1000
+    assert max(v for f, v in bars if f.startswith("mask")) == 500  # the map: half the bar
     req = sent[-1]
     assert req.method == "edit_generated" and req.prompt == "a blue house"
     assert (req.seed, req.steps, req.guidance) == (1234, 3, 2.0)
     assert (req.height, req.width) == generated.shape[:2]
     assert req.options["source_prompt"] == "a red house" and req.options["local_blend"] is True
-    assert req.mask is None
+    assert req.mask is None and np.array_equal(req.image, generated)
+    # DiffEdit's map of the two prompts on the picture came first, then the edit
+    assert req.options.get("blend_mask", "diffedit") == "diffedit"
     # the forming blend mask was shown over the image, then put away
     shown = [a for a in overlays if a is not None]
     assert shown and all(a.ndim == 3 and a.shape[2] == 4 for a in shown)
@@ -89,6 +105,10 @@ def test_edit_prompt_of_a_generated_image_keeps_its_seed_and_fills_the_mask(make
     blend = ev.extras["blend_mask"]
     assert blend.any() and np.array_equal(win.doc.mask, blend)
     assert win.canvas.layers["mask"].isVisible()
+    # outside the region and its soft edge the result is the picture, pixel for pixel
+    far = dilate(blend.astype(np.float32) / 255, 7) == 0
+    assert far.any() and np.array_equal(ev.image[far], generated[far])
+    assert not np.array_equal(ev.image, generated)
     entry = win.doc.history[-1]
     assert entry.parameters["method"] == "edit_generated" and entry.parameters["seed"] == 1234
     assert entry.parameters["source_prompt"] == "a red house"

@@ -312,6 +312,7 @@ def test_edit_prompt_replays_the_parameters_of_the_image_layer():
     assert req.options["source_prompt"] == "a red house"  # an edit's edit: the same original
     assert (req.seed, req.steps, req.guidance, req.negative_prompt) == (1234, 3, 2.5, "blurry")
     assert (req.width, req.height) == (64, 48)
+    assert np.array_equal(req.image, doc.image)  # the picture: the blend region is found on it
     doc.describe({"prompt": "a red house", "method": "generate", "seed": 1, "steps": 3,
                   "guidance": 2.0, "size": "32x32"})  # fmt: skip
     with pytest.raises(NeedsInput, match="generated at 32x32"):
