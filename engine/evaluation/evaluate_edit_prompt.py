@@ -31,9 +31,9 @@ import numpy as np
 from ..imageops import psnr
 from ..training.probe import load_probe
 from ..world.scene import ATTRIBUTE_NAMES
-from .evaluate_edits import EditCase, Runner, find_cases, mean_ci, rate_ci
-from .evaluate_p2p import KIND_OFFSETS, MAKERS, SPAN, _others
-from .seed_ranges import NAMED, SeedRange, SeedRangeError, check_evaluation
+from .evaluate_edits import EditCase, Runner, mean_ci, rate_ci
+from .evaluate_p2p import _others, cases_from
+from .seed_ranges import SeedRangeError
 
 STEPS, GUIDANCE = 50, 7.5
 VARIANTS = {
@@ -128,18 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     from engine.models import load_model
 
-    start = NAMED[a.seeds].start if a.seeds in NAMED else int(a.seeds.replace(",", ""))
     try:
-        check_evaluation(SeedRange(start, start + SPAN), a.model, a.probe)
+        start, cases = cases_from(a.seeds, a.model, a.probe, a.kinds, a.n)
     except SeedRangeError as e:
         print(f"evaluate_edit_prompt: {e}", file=sys.stderr)
         return 2
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     run = Runner(load_model(a.model, device="cpu"), log)
-    cases = {}
-    for kind in a.kinds:
-        spans = 2 if kind == "time" else 1  # the time word and the sun/moon phrase
-        cases[kind] = find_cases(MAKERS[kind], a.n, start + KIND_OFFSETS[kind], spans)
     table = edit_prompt_metrics(run, load_probe(a.probe), cases)
     results = {"seed_start": start, "n": a.n, "table": table}
     print(format_table(results))

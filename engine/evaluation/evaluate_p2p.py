@@ -257,6 +257,19 @@ def save_grid(rows, path: Path, inversion: str = "null_text") -> None:
     big.save(path)
 
 
+def cases_from(seeds: str, model: str, probe: str | None, kinds, n: int):
+    """(start, {kind: n cases}) from ``seeds`` (a range's name or its first seed), once the
+    range is checked against what the model and the probe were trained on (else
+    ``SeedRangeError``)."""
+    start = NAMED[seeds].start if seeds in NAMED else int(seeds.replace(",", ""))
+    check_evaluation(SeedRange(start, start + SPAN), model, probe)
+    cases = {}
+    for kind in kinds:
+        spans = 2 if kind == "time" else 1  # the time word and the sun/moon phrase
+        cases[kind] = find_cases(MAKERS[kind], n, start + KIND_OFFSETS[kind], spans)
+    return start, cases
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m engine.evaluation.evaluate_p2p", description=__doc__.split("\n")[0]
@@ -272,18 +285,13 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     from engine.models import load_model
 
-    start = NAMED[a.seeds].start if a.seeds in NAMED else int(a.seeds.replace(",", ""))
     try:
-        check_evaluation(SeedRange(start, start + SPAN), a.model, a.probe)
+        start, cases = cases_from(a.seeds, a.model, a.probe, a.kinds, a.n)
     except SeedRangeError as e:
         print(f"evaluate_p2p: {e}", file=sys.stderr)
         return 2
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     run = Runner(load_model(a.model, device="cpu"), log)
-    cases = {}
-    for kind in a.kinds:
-        spans = 2 if kind == "time" else 1  # the time word and the sun/moon phrase
-        cases[kind] = find_cases(MAKERS[kind], a.n, start + KIND_OFFSETS[kind], spans)
     table, rows = p2p_metrics(run, load_probe(a.probe), cases, tuple(a.inversions))
     results = {"seed_start": start, "n": a.n, "table": table}
     print(format_table(results))

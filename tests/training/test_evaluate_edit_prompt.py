@@ -54,3 +54,8 @@ def test_the_table_tells_the_source_from_the_true_edit():
         assert "whole_picture" not in back
     text = ep.format_table({"seed_start": 700_000, "n": 3, "table": table})
     assert "| wall | attention blend | 3/3 | 0/3" in text and "| 3/3 |" in text
+
+
+def test_a_range_the_model_was_trained_on_is_refused(capsys):
+    assert ep.main(["--seeds", "0", "--n", "1"]) == 2
+    assert "overlap the training seeds" in capsys.readouterr().err
