@@ -54,7 +54,9 @@ DEVELOPMENT = SeedRange(1_000_000, 4_000_000)
 # issue 20's third report (evaluate_edits --seeds 6100000 --n 60 --sections repaint
 # --inpaint-model builtin:demo-inpaint, after the inpainting fine-tune's longer run);
 # 6,500,000–6,899,999 once, for its fourth (the same command from 6,500,000, after Inpaint's
-# automatic mask blur grew to half a latent cell); the next report starts at 6,900,000
+# automatic mask blur grew to half a latent cell); 6,900,000–7,299,999 once, for Edit
+# prompt's blend region (evaluate_edit_prompt --seeds 6900000 --n 20); the next report
+# starts at 7,300,000
 FINAL = SeedRange(4_000_000, 8_000_000)
 ISSUE_20_FINAL = SeedRange(4_500_000, 4_900_000)  # looked at once (see above)
 NAMED = {"calibration": CALIBRATION, "development": DEVELOPMENT, "final": FINAL}
