@@ -324,7 +324,7 @@ class MethodSpec:
 
 
 # where Local blend lets an attention-controlled edit change (re-edit and Edit prompt alike;
-# engine.jobs.edits.diffedit_blend)
+# engine.jobs.attention_edits.diffedit_blend)
 BLEND_MASK = OptionSpec(
     str,
     "diffedit",
