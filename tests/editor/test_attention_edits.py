@@ -14,6 +14,7 @@ from PySide6.QtGui import QTextCursor
 from PySide6.QtWidgets import QCheckBox, QComboBox, QLabel, QLineEdit, QWidget
 
 from engine.imageops import dilate
+from engine.metadata import read_png_parameters
 from engine.methods import METHODS
 
 LEFT = Qt.MouseButton.LeftButton
@@ -242,3 +243,39 @@ def test_a_checkbox_option_survives_saving_and_reopening_the_project(
     assert p.findChild(QLineEdit, "param_blend_words").text() == "roof"
     stored = other.doc.settings["options"]["reedit"]
     assert stored.get("local_blend", True) is blend  # the default need not be stored
+
+
+def test_edit_prompt_of_a_generated_png_opened_from_disk(make_window, qtbot, tmp_path, monkeypatch):
+    """As a user meets it: a picture generated, exported, and opened again in a new window;
+    Edit prompt finds DiffEdit's region on that picture, keeps the rest of it pixel for pixel,
+    and its result, applied and exported, reopens with its parameters."""
+    options = METHODS["edit_generated"].options
+    local = dataclasses.replace(options["whole_picture"], default=1.0)  # (random model: broad)
+    monkeypatch.setitem(options, "whole_picture", local)
+    first = make_window(_image())
+    generate_and_apply(first, qtbot, seed=99)
+    png = tmp_path / "generated.png"
+    first.ask_save_path = lambda *a, **k: str(png)
+    assert first.export_png()
+    on_disk = np.asarray(Image.open(png).convert("RGB"))
+
+    win = make_window()
+    assert win.open_path(str(png))
+    sent = sent_requests(win)
+    choose(win, "edit_generated", qtbot)
+    set_prompt(win, qtbot, "a blue house")
+    ev = click_and_wait(qtbot, win, win.prompt_panel.run)
+    assert type(ev).__name__ == "Finished", ev
+    req = sent[-1]
+    assert np.array_equal(req.image, on_disk) and req.seed == 99
+    blend = ev.extras["blend_mask"]
+    far = dilate(blend.astype(np.float32) / 255, 7) == 0
+    assert far.any() and np.array_equal(ev.image[far], on_disk[far])
+    qtbot.mouseClick(win.history_panel.apply, LEFT)
+    edited = tmp_path / "edited.png"
+    win.ask_save_path = lambda *a, **k: str(edited)
+    assert win.export_png()
+    params = read_png_parameters(edited)
+    assert params["Source prompt"] == "a red house" and params["Seed"] == "99"
+    assert win.open_path(str(edited))
+    assert np.array_equal(win.doc.image, ev.image)
