@@ -19,6 +19,7 @@ from PySide6.QtCore import Qt
 from engine import EditRequest, imageops
 from engine.engine import INTERRUPTED
 from engine.methods import METHODS as ENGINE_METHODS
+from engine.methods import finds_blend_region
 
 from . import project
 from .document import image_key
@@ -166,8 +167,7 @@ class JobController:
             def option(key):
                 return request.options.get(key, specs[key].default)
 
-            finds = option("local_blend") and option("blend_mask") == "diffedit"
-            finds = finds and (request.mask is None or option("painted_mask") == "intersect")
+            finds = finds_blend_region(option, request.mask is not None)
             if request.method == "reedit":
                 return 2 if finds and option("control") == "p2p" else 1
             return (2 if request.image is not None else 3) if finds else 1

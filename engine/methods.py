@@ -365,6 +365,15 @@ WHOLE_PICTURE = OptionSpec(
 )
 
 
+def finds_blend_region(option: Callable[[str], Any], painted: bool) -> bool:
+    """Whether an attention-controlled edit first finds its blend region with DiffEdit, from
+    its options (``option(key)``: the value given, else the default): local blend on, Blend
+    region diffedit, and no ``painted`` mask or one it is to intersect. The engine's jobs and
+    the editor's progress bar both ask this."""
+    wanted = option("local_blend") and option("blend_mask") == "diffedit"
+    return bool(wanted) and (not painted or option("painted_mask") == "intersect")
+
+
 METHODS: dict[str, MethodSpec] = {
     m.name: m
     for m in (

@@ -20,6 +20,7 @@ from ..algorithms.prompt_to_prompt import (
     token_positions,
 )
 from ..errors import InputError
+from ..methods import finds_blend_region
 from ..prompts import plain_text, token_weights, word_positions
 from ..types import EditRequest
 from .base import (
@@ -155,9 +156,7 @@ class BlendRegion:
     whole: bool = False
 
     def wants_diffedit(self) -> bool:
-        o = self.options
-        wanted = o.flag("local_blend") and o.choice("blend_mask") == "diffedit"
-        return wanted and (self.mask is None or self.intersect)
+        return finds_blend_region(self.options.get, self.mask is not None)
 
     def with_map(self, region: np.ndarray, broad: float) -> BlendRegion:
         """Blend inside DiffEdit's ``region`` (within a painted mask), unless the map is
@@ -248,6 +247,7 @@ def run_edit_generated(ctx: JobContext, req: EditRequest):
             source = generate(d, cond, shape, req.steps, req.guidance, seeded(req), eta, "source")
             x0 = yield from source
             image = finish_image(ctx, x0, None, (h, w))
+        # encoded as a given picture is (not the replay's own latents), so both paths agree
         latents = b.encode(imageops.resize(image, hw)).float()
         found = diffedit_blend(ctx, image, hw, latents, source_prompt, req.prompt, req.steps)
         blend = blend.with_map(*(yield from found))
