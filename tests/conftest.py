@@ -34,3 +34,18 @@ def engine():
     assert isinstance(eng.wait(eng.load_model("builtin:tiny", "cpu"), 120), ModelLoaded)
     yield eng
     eng.shutdown()
+
+
+@pytest.fixture
+def guided_mask_edge(monkeypatch):
+    """DiffEdit's masks take the colour-guided edge instead of the default (whole picture
+    regions). The random tiny model's map covers most of a picture, and snapped to a smooth
+    picture's few large regions it covers all of it; tests of what happens outside a
+    DiffEdit region use this to keep some picture outside."""
+    import dataclasses
+
+    from engine.methods import METHODS
+
+    options = METHODS["diffedit_mask"].options
+    guided = dataclasses.replace(options["mask_upsampling"], default="guided")
+    monkeypatch.setitem(options, "mask_upsampling", guided)

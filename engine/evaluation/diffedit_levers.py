@@ -1,6 +1,7 @@
 """Measure the levers of DiffEdit's mask on demo-world scenes: noise samples per map, the
-noise level of the map, the cut (fixed or Otsu) and the upsampling (bilinear, or guided by
-the colour image or by its grey levels).
+noise level of the map, the cut (fixed or Otsu) and the upsampling (bilinear, guided by the
+colour image or by its grey levels, or snapped to the picture's regions after the colour
+guide).
 
     python -m engine.evaluation.diffedit_levers --seeds 560000 --n 40
 
@@ -41,6 +42,7 @@ UPSAMPLING = (
     ("guided", 1e-3),
     ("guided", 1e-4),
     ("guided-grey", 1e-4),
+    ("segments", 1e-4),
 )
 
 
@@ -130,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     ups = (
         UPSAMPLING
         if a.eps is None
-        else (("bilinear", None),) + tuple((g, e) for e in a.eps for g in ("guided", "guided-grey"))
+        else (("bilinear", None),)
+        + tuple((g, e) for e in a.eps for g in ("guided", "guided-grey", "segments"))
     )
     radii = (None,) if a.radii is None else tuple(a.radii)
     check_evaluation(SeedRange(a.seeds, a.seeds + SPAN), a.model, None)

@@ -450,7 +450,8 @@ def inversion_metrics(run: Runner, seeds: list[int], steps=50, guidance=7.5) -> 
 
 
 # DiffEdit's mask as the paper sets it (10 noises, the map cut at 0.5; our bilinear pixel
-# refinement) and as the app's defaults set it (engine.methods)
+# refinement), the colour-guided edge alone (the default up to issue 20's fourth report),
+# and as the app's defaults set it (engine.methods)
 DIFFEDIT_SETTINGS = {
     "paper": {
         "n_samples": 10,
@@ -458,6 +459,7 @@ DIFFEDIT_SETTINGS = {
         "mask_threshold": "fixed",
         "mask_upsampling": "bilinear",
     },
+    "guided": {"mask_upsampling": "guided"},
     "ours": {},
 }
 

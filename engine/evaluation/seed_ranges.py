@@ -55,9 +55,12 @@ DEVELOPMENT = SeedRange(1_000_000, 4_000_000)
 # --inpaint-model builtin:demo-inpaint, after the inpainting fine-tune's longer run);
 # 6,500,000–6,899,999 once, for its fourth (the same command from 6,500,000, after Inpaint's
 # automatic mask blur grew to half a latent cell); 6,900,000–7,299,999 once, for Edit
-# prompt's blend region (evaluate_edit_prompt --seeds 6900000 --n 20); the next report
-# starts at 7,300,000
-FINAL = SeedRange(4_000_000, 8_000_000)
+# prompt's blend region (evaluate_edit_prompt --seeds 6900000 --n 20); 7,300,000–7,699,999
+# once, for issue 20's fifth report (evaluate_edits --seeds 7300000 --n 60 --sections
+# diffedit, after DiffEdit's mask began to snap to the picture's regions); the next report
+# starts at 7,700,000. The range was 4,000,000–7,999,999 until then; 8,000,000+ had never
+# been used
+FINAL = SeedRange(4_000_000, 12_000_000)
 ISSUE_20_FINAL = SeedRange(4_500_000, 4_900_000)  # looked at once (see above)
 NAMED = {"calibration": CALIBRATION, "development": DEVELOPMENT, "final": FINAL}
 

@@ -177,7 +177,7 @@ def test_invert_then_reedit(tiny, tiny_denoiser, method, tmp_path):
         assert np.array_equal(again.image, out.image)
 
 
-def test_reedit_blends_inside_diffedits_region_by_default(tiny, tiny_denoiser):
+def test_reedit_blends_inside_diffedits_region_by_default(tiny, tiny_denoiser, guided_mask_edge):
     from engine.imageops import dilate
 
     src = image()

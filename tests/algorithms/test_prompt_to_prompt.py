@@ -188,7 +188,9 @@ def _steps_and_result(tiny, d, req):
     return steps, result
 
 
-def test_edit_prompt_blends_inside_diffedits_region_of_the_picture(tiny, tiny_denoiser):
+def test_edit_prompt_blends_inside_diffedits_region_of_the_picture(
+    tiny, tiny_denoiser, guided_mask_edge
+):
     """Blend region diffedit (the default): DiffEdit's map of the two prompts on the given
     picture comes first, shown as the blend mask while the edit runs; outside its soft edge
     the result is the picture, bit for bit. Without the picture the generation is replayed
