@@ -2,8 +2,8 @@
 Segmentation"), and a coarse mask snapped to them.
 
 DiffEdit's map is coarse (one value per latent cell) and spills onto empty ground beside the
-object it found. Voting per region keeps a region whole when the map covers most of it (a
-wall, a tree) and drops a large region it only grazes (the lawn around the tree)."""
+object it found. Voting per region keeps a region whole when the mask covers a good part of
+it (a wall, a tree) and drops a large region it only grazes (the lawn around the tree)."""
 
 from __future__ import annotations
 
