@@ -158,15 +158,23 @@ class BlendRegion:
     def wants_diffedit(self) -> bool:
         return finds_blend_region(self.options.get, self.mask is not None)
 
-    def with_map(self, region: np.ndarray, broad: float) -> BlendRegion:
+    def with_map(self, region: np.ndarray, broad: float, changed: bool) -> BlendRegion:
         """Blend inside DiffEdit's ``region`` (within a painted mask), unless the map is
         ``broad``: then the prompts disagree about (nearly) all of the picture, as for the
         time of day, and a blend would keep the old light, so the whole picture may change
-        (a painted mask still limits it)."""
+        (a painted mask still limits it). ``changed``: the prompt differs from the source's,
+        so an empty region is an error (with the same prompt the picture comes back)."""
         if broad > self.options.number("whole_picture"):
             o = Options(self.options.method, {**self.options.options, "local_blend": False})
             return BlendRegion(o, self.mask, False, whole=True)
         mask = region if self.mask is None else self.mask * region
+        if changed and not (mask >= 0.5).any():  # the edit would give the picture back
+            where = "" if self.mask is None else " inside the painted mask"
+            raise InputError(
+                f"DiffEdit found nowhere{where} that the new prompt changes (its region is "
+                "empty), so the edit would change nothing; paint a mask where it should "
+                "change, or set Blend region to attention."
+            )
         return BlendRegion(self.options, mask, False, found=True)
 
     def extras(self) -> dict:
@@ -250,7 +258,7 @@ def run_edit_generated(ctx: JobContext, req: EditRequest):
         # encoded as a given picture is (not the replay's own latents), so both paths agree
         latents = b.encode(imageops.resize(image, hw)).float()
         found = diffedit_blend(ctx, image, hw, latents, source_prompt, req.prompt, req.steps)
-        blend = blend.with_map(*(yield from found))
+        blend = blend.with_map(*(yield from found), changed=req.prompt != source_prompt)
     generator = seeded(req)
     f = b.vae_factor
     x = randn((1, b.latent_channels, hw[0] // f, hw[1] // f), generator, d.device)

@@ -267,7 +267,9 @@ def mask_from_map(
         # the map knows where things are to about one latent cell, so snapping may move the
         # mask's edge by up to a cell: a long strip of sky the mask touches is not all taken
         near = imageops.dilate(mask, f) > 0
-        mask = snap_to_regions(picture_regions(working), mask, REGION_SHARE) & near
+        snapped = snap_to_regions(picture_regions(working), mask, REGION_SHARE) & near
+        # no region covered enough (a small find inside a large region): keep what was found
+        mask = snapped if snapped.any() else mask > 0
     return mask.astype(np.float32)
 
 
@@ -502,7 +504,7 @@ def run_reedit(ctx: JobContext, req: EditRequest):
         found = diffedit_blend(
             ctx, image, working, inv.trajectory[-1], inv.prompt, prompt, inv.steps
         )
-        blend = blend.with_map(*(yield from found))
+        blend = blend.with_map(*(yield from found), changed=prompt != inv.prompt)
     o, mask, intersect, extras = blend.options, blend.mask, blend.intersect, blend.extras()
     mask_w = mask_l = None
     latents0 = inv.trajectory[-1]

@@ -86,3 +86,13 @@ def test_a_long_region_is_taken_only_within_a_latent_cell_of_the_map():
     out = mask_from_map(coarse, img, 8, 0.5, "fixed", "segments") > 0.5
     assert out[41:43, 4:36].all()  # the bar, where the map is ...
     assert not out[:, 56:].any()  # ... and not a cell beyond it
+
+
+def test_a_find_no_region_is_covered_enough_by_is_kept_as_found():
+    # a small find inside one large flat region: snapping would drop it, so it stays as is
+    img = np.full((96, 96, 3), (90, 150, 220), np.uint8)
+    coarse = np.zeros((12, 12), np.float32)
+    coarse[4:8, 4:8] = 1  # 11 % of the picture
+    out = mask_from_map(coarse, img, 8, 0.5, "fixed", "segments")
+    np.testing.assert_array_equal(out, mask_from_map(coarse, img, 8, 0.5, "fixed", "guided"))
+    assert out.any()

@@ -229,6 +229,39 @@ def test_edit_prompt_blends_inside_diffedits_region_of_the_picture(
     assert "mask" not in [s.label for s in steps] and "blend_mask" in att.extras
 
 
+@pytest.mark.parametrize("method", ["edit_generated", "reedit"])
+def test_an_empty_diffedit_region_is_an_error_not_an_unchanged_picture(
+    tiny, tiny_denoiser, monkeypatch, method
+):
+    """When DiffEdit finds nowhere the prompts disagree, the blend would keep every pixel:
+    the user is told so (and what to do) instead of getting their picture back as an edit."""
+    import engine.jobs.attention_edits as attention_edits
+    import engine.jobs.edits as edits
+
+    def nothing_found(ctx, image, *args):
+        yield from ()
+        return np.zeros(image.shape[:2], np.float32), 0.0
+
+    monkeypatch.setattr(attention_edits, "diffedit_blend", nothing_found)
+    monkeypatch.setattr(edits, "diffedit_blend", nothing_found)
+    common = dict(steps=4, guidance=3.0, seed=3, width=64, height=64)
+    picture = _run(tiny, tiny_denoiser, EditRequest("generate", prompt=PROMPT, **common)).image
+    if method == "edit_generated":
+        req = EditRequest(
+            method,
+            prompt="a blue house",
+            image=picture,
+            options={"source_prompt": PROMPT},
+            **common,
+        )
+    else:
+        inv_req = EditRequest("invert", prompt=PROMPT, image=picture, steps=4, guidance=3.0)
+        inv = _run(tiny, tiny_denoiser, inv_req).extras["inversion"]
+        req = EditRequest(method, prompt="a blue house", options={"inversion": inv})
+    with pytest.raises(InputError, match="found nowhere that the new prompt changes"):
+        _run(tiny, tiny_denoiser, req)
+
+
 def test_edit_prompt_of_the_whole_picture_runs_without_blend_and_says_so(tiny, tiny_denoiser):
     """A broad map (whole_picture 0 makes every map broad) turns local blend off: the same
     picture as with local blend off, the parameters and a notice say so; a picture of
