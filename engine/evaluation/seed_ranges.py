@@ -57,8 +57,11 @@ DEVELOPMENT = SeedRange(1_000_000, 4_000_000)
 # automatic mask blur grew to half a latent cell); 6,900,000–7,299,999 once, for Edit
 # prompt's blend region (evaluate_edit_prompt --seeds 6900000 --n 20); 7,300,000–7,699,999
 # once, for issue 20's fifth report (evaluate_edits --seeds 7300000 --n 60 --sections
-# diffedit, after DiffEdit's mask began to snap to the picture's regions); the next report
-# starts at 7,700,000. The range was 4,000,000–7,999,999 until then; 8,000,000+ had never
+# diffedit, after DiffEdit's mask began to snap to the picture's regions); 7,700,000–
+# 8,099,999 once, for Edit prompt's second report (evaluate_edit_prompt --seeds 7700000 --n
+# 20 --kinds wall kind); 8,100,000–8,499,999 once, for the fourth Prompt-to-Prompt report
+# (evaluate_p2p --seeds 8100000 --n 10 --kinds wall); the next report starts at 8,500,000.
+# The range was 4,000,000–7,999,999 until issue 20's fifth report; 8,000,000+ had never
 # been used
 FINAL = SeedRange(4_000_000, 12_000_000)
 ISSUE_20_FINAL = SeedRange(4_500_000, 4_900_000)  # looked at once (see above)
