@@ -253,8 +253,8 @@ def mask_from_map(
     al. 2010), so the edge follows the picture's edges; "segments": the guided mask, then
     every region of the picture (``segments.picture_regions``) at least ``REGION_SHARE``
     inside it taken whole up to one latent cell beyond the guided mask, and every other
-    region left out. ``mode`` "fixed" thresholds at
-    ``threshold`` (the paper: 0.5); "otsu" at the threshold that best splits this map."""
+    region left out. ``mode`` "fixed" thresholds at ``threshold`` (the paper: 0.5); "otsu"
+    at the threshold that best splits this map."""
     fine = imageops.resize(diff_map.astype(np.float32), working.shape[:2])
     if upsampling in ("guided", "segments"):
         colour = working.astype(np.float32) / 255
