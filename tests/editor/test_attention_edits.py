@@ -279,3 +279,34 @@ def test_edit_prompt_of_a_generated_png_opened_from_disk(make_window, qtbot, tmp
     assert params["Source prompt"] == "a red house" and params["Seed"] == "99"
     assert win.open_path(str(edited))
     assert np.array_equal(win.doc.image, ev.image)
+
+
+def test_edit_prompt_whose_diffedit_region_is_empty_says_so_and_changes_nothing(
+    make_window, qtbot, tmp_path, monkeypatch
+):
+    """A generated PNG opened from disk, its prompt edited, and DiffEdit finding nowhere the
+    prompts disagree: the window shows why nothing was made (and what to do), and the
+    picture, its history and the results stay as they were."""
+    import engine.jobs.attention_edits as attention_edits
+
+    def nothing_found(ctx, image, *args):
+        yield from ()
+        return np.zeros(image.shape[:2], np.float32), 0.0
+
+    monkeypatch.setattr(attention_edits, "diffedit_blend", nothing_found)
+    first = make_window(_image())
+    generate_and_apply(first, qtbot, seed=7)
+    png = tmp_path / "generated.png"
+    first.ask_save_path = lambda *a, **k: str(png)
+    assert first.export_png()
+
+    win = make_window()
+    assert win.open_path(str(png))
+    before, results = win.doc.image.copy(), len(win.doc.history)
+    choose(win, "edit_generated", qtbot)
+    set_prompt(win, qtbot, "a blue house")
+    with qtbot.waitSignal(win.bridge.failed, timeout=90_000):
+        qtbot.mouseClick(win.prompt_panel.run, LEFT)
+    assert "found nowhere that the new prompt changes" in win.banner.text()
+    assert "Blend region" in win.banner.text() and not win.bridge.busy
+    assert np.array_equal(win.doc.image, before) and len(win.doc.history) == results
