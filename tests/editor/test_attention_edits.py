@@ -245,6 +245,16 @@ def test_a_checkbox_option_survives_saving_and_reopening_the_project(
     assert stored.get("local_blend", True) is blend  # the default need not be stored
 
 
+def generated_png(make_window, qtbot, tmp_path, seed):
+    """A picture generated in one window and exported as a PNG (with its parameters)."""
+    first = make_window(_image())
+    generate_and_apply(first, qtbot, seed=seed)
+    png = tmp_path / "generated.png"
+    first.ask_save_path = lambda *a, **k: str(png)
+    assert first.export_png()
+    return png
+
+
 def test_edit_prompt_of_a_generated_png_opened_from_disk(make_window, qtbot, tmp_path, monkeypatch):
     """As a user meets it: a picture generated, exported, and opened again in a new window;
     Edit prompt finds DiffEdit's region on that picture, keeps the rest of it pixel for pixel,
@@ -252,11 +262,7 @@ def test_edit_prompt_of_a_generated_png_opened_from_disk(make_window, qtbot, tmp
     options = METHODS["edit_generated"].options
     local = dataclasses.replace(options["whole_picture"], default=1.0)  # (random model: broad)
     monkeypatch.setitem(options, "whole_picture", local)
-    first = make_window(_image())
-    generate_and_apply(first, qtbot, seed=99)
-    png = tmp_path / "generated.png"
-    first.ask_save_path = lambda *a, **k: str(png)
-    assert first.export_png()
+    png = generated_png(make_window, qtbot, tmp_path, seed=99)
     on_disk = np.asarray(Image.open(png).convert("RGB"))
 
     win = make_window()
@@ -294,11 +300,7 @@ def test_edit_prompt_whose_diffedit_region_is_empty_says_so_and_changes_nothing(
         return np.zeros(image.shape[:2], np.float32), 0.0
 
     monkeypatch.setattr(attention_edits, "diffedit_blend", nothing_found)
-    first = make_window(_image())
-    generate_and_apply(first, qtbot, seed=7)
-    png = tmp_path / "generated.png"
-    first.ask_save_path = lambda *a, **k: str(png)
-    assert first.export_png()
+    png = generated_png(make_window, qtbot, tmp_path, seed=7)
 
     win = make_window()
     assert win.open_path(str(png))
