@@ -124,8 +124,9 @@ def diffedit_blend(ctx, image, working_hw, latents, reference: str, prompt: str,
     and ``reference`` (the source prompt) disagree about ``image``, as the DiffEdit mask job
     finds it with its defaults (a ``steps`` chain, seed 0, so an edit is repeatable);
     ``latents``: the image's at ``working_hw``. Yields the map as it forms; returns the soft
-    mask at the image's size and the share of the picture where the map is above a quarter
-    of its peak (how broad the disagreement is)."""
+    mask at the image's size, the share of the picture where the map is above a quarter of
+    its peak (how broad the disagreement is), and whether the two prompts differ at all
+    (``BlendRegion.with_map`` takes the three)."""
     from .edits import _mask_phase  # (edits imports this module)
 
     req = EditRequest(
@@ -138,7 +139,7 @@ def diffedit_blend(ctx, image, working_hw, latents, reference: str, prompt: str,
     )
     prep = Prepared(image, imageops.resize(image, working_hw), latents, None, None, None)
     soft, raw = yield from _mask_phase(ctx, req, Options(req.method, req.options), prep)
-    return soft, float((raw > 0.25).mean())
+    return soft, float((raw > 0.25).mean()), prompt != reference
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,7 +259,7 @@ def run_edit_generated(ctx: JobContext, req: EditRequest):
         # encoded as a given picture is (not the replay's own latents), so both paths agree
         latents = b.encode(imageops.resize(image, hw)).float()
         found = diffedit_blend(ctx, image, hw, latents, source_prompt, req.prompt, req.steps)
-        blend = blend.with_map(*(yield from found), changed=req.prompt != source_prompt)
+        blend = blend.with_map(*(yield from found))
     generator = seeded(req)
     f = b.vae_factor
     x = randn((1, b.latent_channels, hw[0] // f, hw[1] // f), generator, d.device)

@@ -504,7 +504,7 @@ def run_reedit(ctx: JobContext, req: EditRequest):
         found = diffedit_blend(
             ctx, image, working, inv.trajectory[-1], inv.prompt, prompt, inv.steps
         )
-        blend = blend.with_map(*(yield from found), changed=prompt != inv.prompt)
+        blend = blend.with_map(*(yield from found))
     o, mask, intersect, extras = blend.options, blend.mask, blend.intersect, blend.extras()
     mask_w = mask_l = None
     latents0 = inv.trajectory[-1]

@@ -240,7 +240,7 @@ def test_an_empty_diffedit_region_is_an_error_not_an_unchanged_picture(
 
     def nothing_found(ctx, image, *args):
         yield from ()
-        return np.zeros(image.shape[:2], np.float32), 0.0
+        return np.zeros(image.shape[:2], np.float32), 0.0, True
 
     monkeypatch.setattr(attention_edits, "diffedit_blend", nothing_found)
     monkeypatch.setattr(edits, "diffedit_blend", nothing_found)

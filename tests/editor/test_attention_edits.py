@@ -297,7 +297,7 @@ def test_edit_prompt_whose_diffedit_region_is_empty_says_so_and_changes_nothing(
 
     def nothing_found(ctx, image, *args):
         yield from ()
-        return np.zeros(image.shape[:2], np.float32), 0.0
+        return np.zeros(image.shape[:2], np.float32), 0.0, True
 
     monkeypatch.setattr(attention_edits, "diffedit_blend", nothing_found)
     png = generated_png(make_window, qtbot, tmp_path, seed=7)
