@@ -22,7 +22,6 @@ There is no true edit of a generated picture, so the measures read the pictures 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -32,8 +31,7 @@ from ..imageops import psnr
 from ..training.probe import load_probe
 from ..world.scene import ATTRIBUTE_NAMES
 from .evaluate_edits import EditCase, Runner, mean_ci, rate_ci
-from .evaluate_p2p import _others, cases_from
-from .seed_ranges import SeedRangeError
+from .evaluate_p2p import _others, open_evaluation, write_json
 
 STEPS, GUIDANCE = 50, 7.5
 VARIANTS = {
@@ -126,21 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--probe", default=None)
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args(argv)
-    from engine.models import load_model
-
-    try:
-        start, cases = cases_from(a.seeds, a.model, a.probe, a.kinds, a.n)
-    except SeedRangeError as e:
-        print(f"evaluate_edit_prompt: {e}", file=sys.stderr)
+    opened = open_evaluation("evaluate_edit_prompt", a)
+    if opened is None:
         return 2
-    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    run = Runner(load_model(a.model, device="cpu"), log)
+    start, cases, run = opened
     table = edit_prompt_metrics(run, load_probe(a.probe), cases)
     results = {"seed_start": start, "n": a.n, "table": table}
     print(format_table(results))
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps({"model": a.model, **results}, indent=1) + "\n")
+    write_json(a.json, a.model, results)
     return 0
 
 

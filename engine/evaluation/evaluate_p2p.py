@@ -270,6 +270,27 @@ def cases_from(seeds: str, model: str, probe: str | None, kinds, n: int):
     return start, cases
 
 
+def open_evaluation(prog: str, a: argparse.Namespace):
+    """For a command line's ``--seeds --model --probe --kinds --n``: (start, cases, a
+    ``Runner`` on the model), or None once the range's refusal is printed as ``prog``'s."""
+    from engine.models import load_model
+
+    try:
+        start, cases = cases_from(a.seeds, a.model, a.probe, a.kinds, a.n)
+    except SeedRangeError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return None
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    return start, cases, Runner(load_model(a.model, device="cpu"), log)
+
+
+def write_json(path: Path | None, model: str, results: dict) -> None:
+    """The results, with the model's spec, as JSON at ``path`` (nothing when None)."""
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"model": model, **results}, indent=1) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m engine.evaluation.evaluate_p2p", description=__doc__.split("\n")[0]
@@ -283,21 +304,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--grid", type=Path, default=None, help="write a picture grid here")
     a = p.parse_args(argv)
-    from engine.models import load_model
-
-    try:
-        start, cases = cases_from(a.seeds, a.model, a.probe, a.kinds, a.n)
-    except SeedRangeError as e:
-        print(f"evaluate_p2p: {e}", file=sys.stderr)
+    opened = open_evaluation("evaluate_p2p", a)
+    if opened is None:
         return 2
-    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    run = Runner(load_model(a.model, device="cpu"), log)
+    start, cases, run = opened
     table, rows = p2p_metrics(run, load_probe(a.probe), cases, tuple(a.inversions))
     results = {"seed_start": start, "n": a.n, "table": table}
     print(format_table(results))
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps({"model": a.model, **results}, indent=1) + "\n")
+    write_json(a.json, a.model, results)
     if a.grid:
         save_grid(rows, a.grid)
     return 0
