@@ -5,8 +5,11 @@ the duration of a ``with`` block and puts the previous processors back however t
 ends (cancel, error). A layer the hook does not want at this step runs the fused SDPA path,
 so a hook costs only the layers it controls or records.
 
-A hook sees the probabilities of one layer as (batch, heads, queries, keys); for cross-
-attention the keys are the prompt's tokens, for self-attention the image's positions.
+A hook takes over the last ``rows`` rows of the batch at the layers it wants: it gets their
+queries, keys and values (rows x heads x positions x channels; for cross-attention the keys
+are the prompt's tokens, for self-attention the image's positions) and returns their output;
+the rows before them (a guided batch's unconditional passes) still run the fused path.
+``probabilities`` writes out the softmax for the hook where it needs it.
 """
 
 from __future__ import annotations
@@ -20,16 +23,27 @@ import torch.nn.functional as F
 
 
 class AttentionHook(Protocol):
-    def wants(self, name: str, cross: bool, queries: int) -> bool:
-        """Whether this layer's probabilities are needed now (else the fused path runs)."""
+    rows: int  # the last rows of the batch that the hook computes
 
-    def __call__(self, probs: torch.Tensor, name: str, cross: bool) -> torch.Tensor:
-        """The layer's probabilities (B x heads x Q x K) → the ones to use."""
+    def wants(self, name: str, cross: bool, queries: int) -> bool:
+        """Whether this layer's attention is the hook's now (else the fused path runs)."""
+
+    def attend(self, query, key, value, scale: float, mask, name: str, cross: bool):
+        """The hook's rows of this layer (rows x heads x positions x channels; ``mask``: the
+        additive attention mask of those rows, or None) → their attention output."""
+
+
+def probabilities(query, key, scale: float, mask=None) -> torch.Tensor:
+    """softmax(q kᵀ · scale + mask) in float32, as the fused path computes it."""
+    scores = (query @ key.transpose(-1, -2)) * scale
+    if mask is not None:
+        scores = scores + mask
+    return scores.float().softmax(-1)
 
 
 class HookedAttention:
-    """diffusers attention processor: the SDPA processor's computation, with the softmax
-    written out where the hook wants the probabilities (same projections, norms, scale)."""
+    """diffusers attention processor: the SDPA processor's computation (same projections,
+    norms, scale), with the hook's rows handed to the hook where it wants the layer."""
 
     def __init__(self, name: str, hook: AttentionHook):
         self.name = name
@@ -75,11 +89,18 @@ class HookedAttention:
         if attn.norm_k is not None:
             key = attn.norm_k(key)
         if self.hook.wants(self.name, cross, query.shape[2]):
-            scores = (query @ key.transpose(-1, -2)) * attn.scale
-            if attention_mask is not None:
-                scores = scores + attention_mask
-            probs = self.hook(scores.float().softmax(-1), self.name, cross).to(value.dtype)
-            out = probs @ value
+            r = self.hook.rows
+            mask = None if attention_mask is None else attention_mask[-r:]
+            own = self.hook.attend(
+                query[-r:], key[-r:], value[-r:], attn.scale, mask, self.name, cross
+            )
+            if batch > r:
+                free = attention_mask if attention_mask is None else attention_mask[:-r]
+                rest = F.scaled_dot_product_attention(
+                    query[:-r], key[:-r], value[:-r], attn_mask=free
+                )
+                own = torch.cat([rest, own.to(rest.dtype)])
+            out = own
         else:
             out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)

@@ -139,14 +139,14 @@ def inverted(xl):
 
 def test_the_controller_sees_every_sdxl_attention_layer(xl, d, inverted):
     """Every attention layer of the SDXL UNet (self and cross, in every transformer layer of
-    a block) hands its probabilities to the controller, with the 77 prompt positions as
+    a block) hands its conditional rows to the controller, with the 77 prompt positions as
     keys; the same prompt under full injection gives the source back bit for bit."""
     seen: dict[str, tuple[bool, int]] = {}
 
     class Spy(AttentionControl):
-        def __call__(self, probs, name, cross):
-            seen[name] = (cross, probs.shape[-1])
-            return super().__call__(probs, name, cross)
+        def attend(self, query, key, value, scale, mask, name, cross):
+            seen[name] = (cross, key.shape[-2])
+            return super().attend(query, key, value, scale, mask, name, cross)
 
     ids = token_weights(xl.tokenizer, PROMPT).ids
     spy = Spy(align_tokens(ids, ids, 75), steps=1, cross_until=1.0, self_until=1.0)

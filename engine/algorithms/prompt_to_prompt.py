@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..attention import hooked
+from ..attention import hooked, probabilities
 from ..denoiser import Denoiser
 from ..schedule import prev_timesteps
 from .common import Algorithm, Progress, randn
@@ -137,7 +137,9 @@ class AttentionControl:
     latent_hw: tuple[int, int] = (64, 64)
     prompt_end: int = 77  # positions up to the target's EOS (BOS and words), for the mean
     step: int = 0
-    maps: torch.Tensor | None = field(default=None, repr=False)
+    rows: int = 2  # the hook computes the conditional rows: source, target
+    _sums: dict = field(default_factory=dict, repr=False)  # (h, w) → 2 x K x h x w
+    _maps: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def blend_side(self) -> tuple[int, int]:
@@ -165,32 +167,50 @@ class AttentionControl:
             return self._cross_now() or queries <= self.record_max_queries
         return self._self_now() and queries <= SELF_MAX_QUERIES
 
-    def __call__(self, probs: torch.Tensor, name: str, cross: bool) -> torch.Tensor:
-        # rows: [uncond src, uncond tgt,] cond src, cond tgt — the last two are controlled
-        src, tgt = probs[-2], probs[-1]
-        if cross:
-            if probs.shape[2] <= self.record_max_queries:
-                self._record(src, tgt)
-            if not self._cross_now():
-                return probs
-            m = self.tokens.mapper.to(src)
-            new = torch.einsum("hqk,kj->hqj", src, m) + tgt * self.tokens.own.to(tgt)
-            if self.weights is not None:
-                new = new * self.weights.to(new)
-        else:
-            new = src
-        return torch.cat([probs[:-1], new[None]])
+    def attend(self, query, key, value, scale, mask, name: str, cross: bool) -> torch.Tensor:
+        """Rows (cond source, cond target) of one layer → their attention output. The
+        target's controlled probabilities are never written out: with A the token map and
+        w the weights, (P_src A + P_tgt·own)·w times V equals P_src (A w V) + P_tgt (own w V),
+        and the right-hand factors are prompt-sized (K x channels)."""
+        if not cross:  # injected self-attention: both rows read the source's map
+            p = probabilities(query[:1], key[:1], scale, None if mask is None else mask[:1])
+            return p.to(value.dtype) @ value
+        p = probabilities(query, key, scale, mask)
+        if query.shape[2] <= self.record_max_queries:
+            self._record(p)
+        p = p.to(value.dtype)
+        if not self._cross_now():
+            return p @ value
+        w = self.weights if self.weights is not None else torch.ones(value.shape[2])
+        w = w.to(value)[:, None]
+        v_src, v_tgt = value[0], value[1]
+        read = self.tokens.mapper.to(value) @ (w * v_tgt)  # heads x K x channels
+        out = p[0] @ torch.stack([v_src, read])  # 2 x heads x Q x channels
+        if self.tokens.own.any():
+            out[1] += p[1] @ (self.tokens.own.to(value)[:, None] * w * v_tgt)
+        return out
 
-    def _record(self, src: torch.Tensor, tgt: torch.Tensor) -> None:
-        """Add this layer's head-averaged maps, resized to the blend side, to the record."""
+    def _record(self, probs: torch.Tensor) -> None:
+        """Add this layer's head-averaged maps (both rows) to the record of its size."""
         h, w = self.latent_hw
-        q = src.shape[1]
+        q = probs.shape[2]
         f = math.sqrt(h * w / q)
         lh, lw = round(h / f), round(w / f)
-        both = torch.stack([src.mean(0), tgt.mean(0)]).float()  # 2 x Q x K
-        both = both.transpose(1, 2).reshape(2, -1, lh, lw)
-        both = F.interpolate(both, size=self.blend_side, mode="bilinear", align_corners=False)
-        self.maps = both if self.maps is None else self.maps + both
+        both = probs.mean(1).transpose(1, 2).reshape(2, -1, lh, lw)  # 2 x K x lh x lw
+        size = (lh, lw)
+        self._sums[size] = both if size not in self._sums else self._sums[size] + both
+        self._maps = None
+
+    @property
+    def maps(self) -> torch.Tensor | None:
+        """The record at the blend side: every size's sum resized there and added (resizing
+        is linear, so this is the sum over layers of each layer's resized maps)."""
+        if self._maps is None and self._sums:
+            self._maps = sum(
+                F.interpolate(m, size=self.blend_side, mode="bilinear", align_corners=False)
+                for m in self._sums.values()
+            )
+        return self._maps
 
     def blend_mask(self) -> torch.Tensor | None:
         """The local-blend mask at latent size (1 x 1 x h x w, 0/1), or None when blending
