@@ -46,6 +46,7 @@ __all__ = [
     "parse_weights",
     "plain_text",
     "token_weights",
+    "without_silenced",
     "word_positions",
 ]
 
@@ -146,6 +147,32 @@ def parse_weights(text: str) -> list[tuple[str, float]]:
 def plain_text(text: str) -> str:
     """The prompt with the weight syntax removed: what the tokenizer sees."""
     return "".join(t for t, _ in parse_weights(text))
+
+
+def without_silenced(text: str) -> str:
+    """The prompt without its words of weight 0, still in the weight syntax (the other
+    weights kept); the text itself when no word has weight 0.
+
+    In an attention-controlled edit ``(word:0)`` means "without the word". Scaling its
+    attention column to 0 (the paper's re-weighting) cannot do that: a text encoder that
+    reads left to right carries a word into the hidden states of the words after it
+    ("snowy mountains": the mountains' own tokens say snowy). Left out of the edited
+    prompt, the word is a deletion that Prompt-to-Prompt aligns like any other."""
+    segments = parse_weights(text)
+    if all(w != 0.0 for _, w in segments):
+        return text
+    out = []
+    for t, w in segments:
+        if w == 0.0:
+            out.append(" ")
+            continue
+        t = re.sub(r"([\\()\[\]])", r"\\\1", t)  # brackets and backslashes stay literal
+        if w != 1.0:  # spaces outside the group, so the text reads as typed
+            core = t.strip()
+            weight = f"{w:.12f}".rstrip("0").rstrip(".")
+            t = t[: len(t) - len(t.lstrip())] + f"({core}:{weight})" + t[len(t.rstrip()) :]
+        out.append(t)
+    return re.sub(r"\s+", " ", "".join(out)).strip()
 
 
 @dataclass(frozen=True)

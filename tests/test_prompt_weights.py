@@ -8,7 +8,13 @@ from hypothesis import strategies as st
 
 from engine import EditRequest, Finished
 from engine.denoiser import Denoiser
-from engine.prompts import parse_weights, plain_text, token_weights, word_positions
+from engine.prompts import (
+    parse_weights,
+    plain_text,
+    token_weights,
+    without_silenced,
+    word_positions,
+)
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +88,31 @@ def test_parser_never_fails_and_never_loses_text(text):
     assert [c for c in plain if c in "ab"] == [c for c in text if c in "ab"]
     if not any(c in text for c in "()[]\\"):
         assert plain == text
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("a (snowy:0) mountain range", "a mountain range"),
+        ("(snowy:0) peaks, (red:1.2) walls", "peaks, (red:1.2) walls"),
+        ("a [b] (c:0) \\(d\\)", "a (b:0.909090909091) \\(d\\)"),
+        ("(a (b:0) c:1.5)", "(a:1.5) (c:1.5)"),
+        ("(all of it:0)", ""),
+        ("a (b:0.5) c", "a (b:0.5) c"),  # nothing silenced: the text itself
+        ("a ((b)) c", "a ((b)) c"),
+    ],
+)
+def test_without_silenced(text, expected):
+    assert without_silenced(text) == expected
+
+
+@given(st.text(alphabet="ab :0.5\\()[]", max_size=30))
+@settings(max_examples=300, deadline=None)
+def test_without_silenced_keeps_every_other_weight(text):
+    kept = [(t, w) for t, w in parse_weights(text) if w != 0.0]
+    got = parse_weights(without_silenced(text))
+    assert "".join(t for t, _ in got).split() == "".join(t for t, _ in kept).split()
+    assert all(w != 0.0 for _, w in got)
 
 
 # ---- token weights ------------------------------------------------------------------------

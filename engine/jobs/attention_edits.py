@@ -21,7 +21,7 @@ from ..algorithms.prompt_to_prompt import (
 )
 from ..errors import InputError
 from ..methods import finds_blend_region
-from ..prompts import plain_text, token_weights, word_positions
+from ..prompts import plain_text, token_weights, without_silenced, word_positions
 from ..types import EditRequest
 from .base import (
     JobContext,
@@ -234,6 +234,7 @@ def run_edit_generated(ctx: JobContext, req: EditRequest):
     if not source_prompt:
         raise InputError("Give the prompt the image was generated with (source_prompt).")
     ctx.denoiser.fit_prompts(req.prompt, req.negative_prompt, source_prompt)
+    prompt = without_silenced(req.prompt)  # (word:0): the edit is without the word
     b, d = ctx.bundle, ctx.denoiser
     h, w = req.height or b.native_size, req.width or b.native_size
     hw = imageops.working_size(h, w, b.native_size, b.vae_factor)
@@ -258,13 +259,13 @@ def run_edit_generated(ctx: JobContext, req: EditRequest):
             image = finish_image(ctx, x0, None, (h, w))
         # encoded as a given picture is (not the replay's own latents), so both paths agree
         latents = b.encode(imageops.resize(image, hw)).float()
-        found = diffedit_blend(ctx, image, hw, latents, source_prompt, req.prompt, req.steps)
+        found = diffedit_blend(ctx, image, hw, latents, source_prompt, prompt, req.steps)
         blend = blend.with_map(*(yield from found))
     generator = seeded(req)
     f = b.vae_factor
     x = randn((1, b.latent_channels, hw[0] // f, hw[1] // f), generator, d.device)
     control = attention_control(
-        ctx, blend.options, source_prompt, req.prompt, blend.mask is not None, blend.intersect
+        ctx, blend.options, source_prompt, prompt, blend.mask is not None, blend.intersect
     )
     mask_l = None
     if blend.mask is not None:
@@ -275,7 +276,7 @@ def run_edit_generated(ctx: JobContext, req: EditRequest):
         x,
         d.schedule.timesteps(req.steps),
         d.encode_text(source_prompt),
-        d.encode_text(plain_text(req.prompt)),
+        d.encode_text(plain_text(prompt)),
         req.guidance,
         [null] * req.steps,
         control,
@@ -290,7 +291,7 @@ def run_edit_generated(ctx: JobContext, req: EditRequest):
     if image is not None and blend.mask is not None:
         keep = Prepared(image, None, None, blend.mask, None, None)
     out = finish_image(ctx, latents, keep, (h, w))
-    extras = {**attention_extras(ctx, control, req.prompt, (h, w)), **blend.extras()}
+    extras = {**attention_extras(ctx, control, prompt, (h, w)), **blend.extras()}
     params = {"size": f"{w}x{h}", "source_prompt": source_prompt}
     if blend.whole:
         params["blend_region"] = "whole picture"

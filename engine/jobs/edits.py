@@ -20,6 +20,7 @@ from ..algorithms.inversion import Inversion, invert, regenerate
 from ..algorithms.repaint import repaint, repaint_calls
 from ..denoiser import inpaint_inputs
 from ..errors import FileError, InputError
+from ..prompts import without_silenced
 from ..segments import picture_regions, snap_to_regions
 from ..types import EditRequest
 from .attention_edits import BlendRegion, attention_extras, diffedit_blend, reedit_with_control
@@ -498,6 +499,8 @@ def run_reedit(ctx: JobContext, req: EditRequest):
         raise InputError("The mask is empty: paint where the re-edit should change.")
     prompt = req.prompt or inv.prompt
     p2p = o.choice("control") == "p2p"
+    if p2p:
+        prompt = without_silenced(prompt)  # (word:0): the edit is without the word
     blend = BlendRegion(o, mask, o.choice("painted_mask") == "intersect")
     if p2p and blend.wants_diffedit():
         working = tuple(inv.working_size or hw)

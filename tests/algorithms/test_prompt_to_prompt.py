@@ -157,6 +157,16 @@ def test_a_weight_of_one_is_the_identity(tiny, tiny_denoiser):
     assert not np.array_equal(edit("a (blue:2.0) house beside two pine trees"), plain)
 
 
+def test_a_weight_of_zero_is_the_word_left_out(tiny, tiny_denoiser):
+    def edit(prompt):
+        return _run(tiny, tiny_denoiser, _edit_generated(prompt, 4, 1))
+
+    weighted = edit("a (blue:0) house beside two (pine:1.5) trees")
+    left_out = edit("a house beside two (pine:1.5) trees")
+    assert np.array_equal(weighted.image, left_out.image)
+    assert "blue" not in weighted.extras["attention_maps"]  # no map for a word not there
+
+
 def test_the_hook_is_gone_after_a_job_and_after_a_cancel(tiny, tiny_denoiser):
     def generate():
         req = EditRequest("generate", prompt=PROMPT, steps=3, seed=2, width=64, height=64)
