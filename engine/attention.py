@@ -91,16 +91,15 @@ class HookedAttention:
         if self.hook.wants(self.name, cross, query.shape[2]):
             r = self.hook.rows
             mask = None if attention_mask is None else attention_mask[-r:]
-            own = self.hook.attend(
+            out = self.hook.attend(
                 query[-r:], key[-r:], value[-r:], attn.scale, mask, self.name, cross
             )
-            if batch > r:
-                free = attention_mask if attention_mask is None else attention_mask[:-r]
+            if batch > r:  # the rows before the hook's, fused
+                free = None if attention_mask is None else attention_mask[:-r]
                 rest = F.scaled_dot_product_attention(
                     query[:-r], key[:-r], value[:-r], attn_mask=free
                 )
-                own = torch.cat([rest, own.to(rest.dtype)])
-            out = own
+                out = torch.cat([rest, out.to(rest.dtype)])
         else:
             out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
@@ -114,7 +113,7 @@ class HookedAttention:
 
 @contextmanager
 def hooked(unet, hook: AttentionHook) -> Iterator[None]:
-    """Every attention layer of ``unet`` hands its probabilities to ``hook`` inside the block;
+    """Every attention layer of ``unet`` hands its rows to ``hook`` inside the block;
     the processors that were there before are restored on the way out."""
     before = dict(unet.attn_processors)
     unet.set_attn_processor({name: HookedAttention(name, hook) for name in before})
