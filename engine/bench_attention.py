@@ -99,6 +99,13 @@ def run(a) -> int:
         )
     ratio = statistics.median(times["p2p"]) / statistics.median(times["plain"])
     print(f"time ratio p2p/plain: {ratio:.3f}  (target <= 1.30)")
+    from .methods import METHODS
+
+    n = METHODS["diffedit_mask"].options["n_samples"].default
+    print(
+        f"(p2p's default blend region first runs DiffEdit's mask, {n} noises x 2 prompts: a "
+        f"cost that does not shrink with the steps, so few steps raise the ratio)"
+    )
     peaks = {}
     for v in ("invert only", *VARIANTS):
         args = [spec, a.device or "", a.dtype or "", str(a.size or 0), str(a.steps), v]
