@@ -60,7 +60,9 @@ DEVELOPMENT = SeedRange(1_000_000, 4_000_000)
 # diffedit, after DiffEdit's mask began to snap to the picture's regions); 7,700,000–
 # 8,099,999 once, for Edit prompt's second report (evaluate_edit_prompt --seeds 7700000 --n
 # 20 --kinds wall kind); 8,100,000–8,499,999 once, for the fourth Prompt-to-Prompt report
-# (evaluate_p2p --seeds 8100000 --n 10 --kinds wall); the next report starts at 8,500,000.
+# (evaluate_p2p --seeds 8100000 --n 10 --kinds wall); 8,500,000–8,899,999 once, for the
+# fifth (evaluate_p2p --seeds 8500000 --n 10 --kinds wall weight, after (word:0) began to
+# leave the word out); the next report starts at 8,900,000.
 # The range was 4,000,000–7,999,999 until issue 20's fifth report; 8,000,000+ had never
 # been used
 FINAL = SeedRange(4_000_000, 12_000_000)
