@@ -71,6 +71,11 @@ class PromptPanel(QWidget):
         self.prompt = QPlainTextEdit()
         self.prompt.setPlaceholderText("Prompt: what the result should show")
         self.prompt.setFixedHeight(64)
+        self.prompt.setToolTip(
+            "(word:1.3) gives a word more weight and (word:0.8) less, as in other Stable "
+            "Diffusion tools. In Invert & re-edit and Edit prompt, (word:0) takes the word "
+            "out while the rest of the picture stays."
+        )
         self.negative = QLineEdit()
         self.negative.setPlaceholderText("Negative prompt")
         self.method = QComboBox()

@@ -312,3 +312,34 @@ def test_edit_prompt_whose_diffedit_region_is_empty_says_so_and_changes_nothing(
     assert "found nowhere that the new prompt changes" in win.banner.text()
     assert "Blend region" in win.banner.text() and not win.bridge.busy
     assert np.array_equal(win.doc.image, before) and len(win.doc.history) == results
+
+
+def test_a_word_weighted_zero_in_edit_prompt_takes_it_out(
+    make_window, qtbot, tmp_path, monkeypatch
+):
+    """A generated PNG opened from disk, its prompt edited to weight a word 0: the edit is the
+    one with the word deleted (the word is named as what changes), and the exported result
+    keeps the prompt as typed."""
+    options = METHODS["edit_generated"].options
+    local = dataclasses.replace(options["whole_picture"], default=1.0)  # (random model: broad)
+    monkeypatch.setitem(options, "whole_picture", local)
+    png = generated_png(make_window, qtbot, tmp_path, seed=5)
+    results = {}
+    for prompt in ("a house", "a (red:0) house"):  # each in a window of its own, as opened
+        # (a result's blend mask lands on an empty mask layer, and would steer the next edit)
+        win = make_window()
+        assert win.open_path(str(png))
+        choose(win, "edit_generated", qtbot)
+        set_prompt(win, qtbot, prompt)
+        if prompt == "a (red:0) house":
+            words = win.prompt_panel.findChild(QLineEdit, "param_blend_words")
+            assert words.placeholderText() == "red"
+        ev = click_and_wait(qtbot, win, win.prompt_panel.run)
+        assert type(ev).__name__ == "Finished", ev
+        results[prompt] = ev.image
+    assert np.array_equal(results["a (red:0) house"], results["a house"])
+    qtbot.mouseClick(win.history_panel.apply, LEFT)
+    edited = tmp_path / "edited.png"
+    win.ask_save_path = lambda *a, **k: str(edited)
+    assert win.export_png()
+    assert read_png_parameters(edited)["prompt"] == "a (red:0) house"
