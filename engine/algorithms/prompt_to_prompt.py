@@ -140,6 +140,7 @@ class AttentionControl:
     rows: int = 2  # the hook computes the conditional rows: source, target
     _sums: dict = field(default_factory=dict, repr=False)  # (h, w) → 2 x K x h x w
     _maps: torch.Tensor | None = field(default=None, repr=False)
+    _on: dict = field(default_factory=dict, repr=False)  # (device, dtype) → _factors
 
     @property
     def blend_side(self) -> tuple[int, int]:
@@ -181,14 +182,27 @@ class AttentionControl:
         p = p.to(value.dtype)
         if not self._cross_now():
             return p @ value
-        w = self.weights if self.weights is not None else torch.ones(value.shape[2])
-        w = w.to(value)[:, None]
+        mapper, own_w, w = self._factors(value)
         v_src, v_tgt = value[0], value[1]
-        read = self.tokens.mapper.to(value) @ (w * v_tgt)  # heads x K x channels
+        read = mapper @ (w * v_tgt)  # heads x K x channels
         out = p[0] @ torch.stack([v_src, read])  # 2 x heads x Q x channels
-        if self.tokens.own.any():
-            out[1] += p[1] @ (self.tokens.own.to(value)[:, None] * w * v_tgt)
+        if own_w is not None:
+            out[1] += p[1] @ (own_w * v_tgt)
         return out
+
+    def _factors(self, like: torch.Tensor):
+        """The token map, own·w (None when no token keeps its own map) and w as K x 1
+        columns, on ``like``'s device and dtype: copied there once per job, not once per
+        layer and step (on a GPU each copy from the host would be a wait)."""
+        key = (like.device, like.dtype)
+        if key not in self._on:
+            k = self.tokens.own.shape[0]
+            w = (self.weights if self.weights is not None else torch.ones(k))[:, None]
+            own = self.tokens.own[:, None] * w if self.tokens.own.any() else None
+            self._on[key] = tuple(
+                None if t is None else t.to(like) for t in (self.tokens.mapper, own, w)
+            )
+        return self._on[key]
 
     def _record(self, probs: torch.Tensor) -> None:
         """Add this layer's head-averaged maps (both rows) to the record of its size."""
