@@ -49,15 +49,18 @@ def generate_and_apply(win, qtbot, prompt="a red house", seed=1234):
     return win.doc.image.copy()
 
 
+def local_edits_only(monkeypatch, method: str) -> None:
+    """On the random model DiffEdit's map is broad, so every edit counts as one of the whole
+    picture and runs without local blend; for tests of a local edit, no map counts as broad."""
+    options = METHODS[method].options
+    local = dataclasses.replace(options["whole_picture"], default=1.0)
+    monkeypatch.setitem(options, "whole_picture", local)
+
+
 def test_edit_prompt_of_a_generated_image_keeps_its_seed_and_fills_the_mask(
     make_window, qtbot, monkeypatch
 ):
-    # on the random model DiffEdit's map is broad (an edit of the whole picture); here a
-    # local edit is wanted, so no map counts as broad
-    options = METHODS["edit_generated"].options
-    monkeypatch.setitem(
-        options, "whole_picture", dataclasses.replace(options["whole_picture"], default=1.0)
-    )
+    local_edits_only(monkeypatch, "edit_generated")
     win = make_window(_image())
     sent = sent_requests(win)
     p = win.prompt_panel
@@ -157,9 +160,7 @@ def test_photos_say_to_use_invert_and_reedit_with_p2p(make_window, qtbot, tmp_pa
     assert win.statusBar().currentMessage() == ev.extras["notice"] and not win.doc.mask.any()
     assert win.doc.history[-1].parameters["blend_region"] == "whole picture"
     # a local edit (here: never count an edit as global) blends inside DiffEdit's mask
-    reedit = METHODS["reedit"].options
-    local = dataclasses.replace(reedit["whole_picture"], default=1.0)
-    monkeypatch.setitem(reedit, "whole_picture", local)
+    local_edits_only(monkeypatch, "reedit")
     overlays = record_overlays(win)
     ev = click_and_wait(qtbot, win, p.run)
     req = sent[-1]
@@ -259,9 +260,7 @@ def test_edit_prompt_of_a_generated_png_opened_from_disk(make_window, qtbot, tmp
     """As a user meets it: a picture generated, exported, and opened again in a new window;
     Edit prompt finds DiffEdit's region on that picture, keeps the rest of it pixel for pixel,
     and its result, applied and exported, reopens with its parameters."""
-    options = METHODS["edit_generated"].options
-    local = dataclasses.replace(options["whole_picture"], default=1.0)  # (random model: broad)
-    monkeypatch.setitem(options, "whole_picture", local)
+    local_edits_only(monkeypatch, "edit_generated")
     png = generated_png(make_window, qtbot, tmp_path, seed=99)
     on_disk = np.asarray(Image.open(png).convert("RGB"))
 
@@ -320,9 +319,7 @@ def test_a_word_weighted_zero_in_edit_prompt_takes_it_out(
     """A generated PNG opened from disk, its prompt edited to weight a word 0: the edit is the
     one with the word deleted (the word is named as what changes), and the exported result
     keeps the prompt as typed."""
-    options = METHODS["edit_generated"].options
-    local = dataclasses.replace(options["whole_picture"], default=1.0)  # (random model: broad)
-    monkeypatch.setitem(options, "whole_picture", local)
+    local_edits_only(monkeypatch, "edit_generated")
     png = generated_png(make_window, qtbot, tmp_path, seed=5)
     results = {}
     for prompt in ("a house", "a (red:0) house"):  # each in a window of its own, as opened
