@@ -15,7 +15,10 @@ or none when that map says the edit is of the whole picture);
 Prompt-to-Prompt blending by the changed words' attention (the paper's local blend);
 Prompt-to-Prompt without local blend. Reported with 95 % intervals and n:
 
-- attribute changed: the probe reads the edited attribute's new value;
+- attribute changed: the probe reads the edited attribute's new value; for an object-kind
+  swap, issue 20's localised rule (``new_object_tests``: the new kind seen on a crop around
+  the object, its count up and the old kind's down, the region not a smudge), since the
+  probe's exact count of the new kind reads under half of the world's own true edits;
 - background PSNR: against the source, outside the true changed region (local edits);
 - PSNR against the true edit (the world's render of the edited scene);
 - other attributes kept: the share of the other attributes the probe reads as in the source
@@ -43,6 +46,7 @@ from .evaluate_edits import (
     Runner,
     find_cases,
     mean_ci,
+    new_object_tests,
     object_kind_case,
     rate_ci,
     roof_colour_case,
@@ -126,6 +130,16 @@ def _others(case: EditCase) -> list[int]:
     return [i for i, name in enumerate(ATTRIBUTE_NAMES) if name not in skip]
 
 
+def changed(probe, cases: list[EditCase], images: list[np.ndarray], pred) -> list[bool]:
+    """Whether each image reads as its case's edit (``pred``: the probe's reading of the
+    images). Object-kind swaps by the localised rule: the exact new-kind count read 40 % of
+    the true edits in the second report, that rule 98 % on 60 calibration scenes."""
+    if cases[0].old_attribute:
+        return new_object_tests(probe, cases, images)["localised"]
+    k = ATTRIBUTE_NAMES.index(cases[0].attribute)
+    return [bool(p[k] == c.target) for c, p in zip(cases, pred)]
+
+
 def p2p_metrics(run: Runner, probe, cases: dict[str, list[EditCase]], inversions=INVERSIONS):
     """Every case × inversion × variant; returns the table and the images for a grid."""
     rows = []  # (kind, inversion, variant, case, image, seconds)
@@ -145,9 +159,8 @@ def p2p_metrics(run: Runner, probe, cases: dict[str, list[EditCase]], inversions
     # the control that bounds "changed": how often the probe reads the world's true edit
     ceiling = {}
     for kind, kind_cases in cases.items():
-        truth = probe.predict(np.stack([c.after.image for c in kind_cases]))
-        k_attr = ATTRIBUTE_NAMES.index(kind_cases[0].attribute)
-        ceiling[kind] = rate_ci([p[k_attr] == c.target for c, p in zip(kind_cases, truth)])
+        truth = [c.after.image for c in kind_cases]
+        ceiling[kind] = rate_ci(changed(probe, kind_cases, truth, probe.predict(np.stack(truth))))
     pred = probe.predict(np.stack([r[4] for r in rows]))
     plain_secs = {(k, i, c.seed): s for k, i, v, c, _, s in rows if v == "none"}
     table: dict = {"probe_reads_true_edit": ceiling}
@@ -161,9 +174,11 @@ def p2p_metrics(run: Runner, probe, cases: dict[str, list[EditCase]], inversions
                 ]
                 if not sel:
                     continue
-                k_attr = ATTRIBUTE_NAMES.index(sel[0][0].attribute)
+                sel_cases, images = [r[0] for r in sel], [r[1] for r in sel]
                 entry = {
-                    "attribute_changed": rate_ci([p[k_attr] == c.target for c, _, _, p in sel]),
+                    "attribute_changed": rate_ci(
+                        changed(probe, sel_cases, images, [r[3] for r in sel])
+                    ),
                     "psnr_vs_true_edit_db": mean_ci(
                         [psnr(img, c.after.image) for c, img, _, _ in sel]
                     ),

@@ -36,13 +36,15 @@ def test_the_table_tells_the_source_from_the_true_edit():
     cases = {
         "wall": ev.find_cases(ev.wall_colour_case, 3, 700_000),
         "roof": ev.find_cases(ev.roof_colour_case, 3, 710_000),
+        "kind": ev.find_cases(ev.object_kind_case, 3, 720_000),
     }
     run = Replay([c for cs in cases.values() for c in cs])
     table, rows = p2p.p2p_metrics(run, load_probe(), cases, inversions=("direct",))
     for kind in cases:
         plain, edit = table[f"{kind}/direct/none"], table[f"{kind}/direct/p2p"]
         assert plain["attribute_changed"]["k"] == 0  # the source is not the edit
-        # the probe reads the true edit as often as its control says (roofs: not always)
+        # the probe reads the true edit as often as its control says (roofs: not always;
+        # object kinds by the localised new-object rule)
         assert edit["attribute_changed"]["k"] == table["probe_reads_true_edit"][kind]["k"] > 0
         assert edit["background_psnr_db"]["worst"] > 40  # outside the region: untouched
         assert edit["psnr_vs_true_edit_db"]["worst"] == float("inf")
@@ -53,6 +55,6 @@ def test_the_table_tells_the_source_from_the_true_edit():
             "whole_picture" not in plain
             and "whole_picture" not in table[f"{kind}/direct/p2p, no blend"]
         )
-    assert len(rows) == 2 * 3 * len(p2p.VARIANTS)
+    assert len(rows) == 3 * 3 * len(p2p.VARIANTS)
     text = p2p.format_table({"seed_start": 0, "n": 3, "table": table})
     assert "| wall | direct | p2p |" in text and "control: the probe reads" in text
