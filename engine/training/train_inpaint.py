@@ -8,6 +8,13 @@ the world's scenes under random masks of the shapes people paint: strokes, boxes
 masks from the world's label maps (grown by a few pixels, as painted around an object), and
 the whole image (so it still generates from nothing). The text encoder and VAE stay frozen.
 
+With ``--swap-share`` a share of each batch is object swaps instead: a scene's land object
+re-rendered as another land kind, the mask the union of both kinds' footprints (what a user
+paints to make room for the new object), the target the re-rendered scene under its caption.
+With object masks alone the hole has the old object's outline, which tells the model what
+was there; a pine asked for in a round tree's hole came out as a faint sliver or another
+house the caption named.
+
     python -m engine.training data --out runs/world --n 8000
     python -m engine.training.train_inpaint --data runs/world --run runs/inpaint --n-images 6000 \
         --minutes 92 --threads 2
@@ -39,6 +46,7 @@ from ..loaders import INPAINT_IN_CHANNELS, load_diffusers_folder
 from ..models import DEMO_MODEL_DIR
 from ..schedule import Schedule
 from ..world.raster import FIRST_OBJECT_LABEL
+from ..world.scene import LAND_KINDS, redescribe, render, render_seed
 from .dataset import WorldCache
 from .train import (
     Logger,
@@ -70,16 +78,45 @@ def inpaint_unet(unet):
     return new
 
 
+def object_swaps(seeds, rng: np.random.Generator, least: int = 32):
+    """(images, regions, captions) of object swaps in the scenes ``seeds``: one land object
+    of at least ``least`` pixels per scene (scenes without one are skipped) re-rendered as
+    another land kind; the region is both footprints and every pixel the swap changed."""
+    images, regions, captions = [], [], []
+    for seed in seeds:
+        before = render_seed(int(seed))
+        names = [
+            o.name
+            for o in before.scene.objects
+            if o.kind in LAND_KINDS and before.masks[o.name].sum() >= least
+        ]
+        if not names:
+            continue
+        name = names[int(rng.integers(len(names)))]
+        old = before.scene.object(name).kind
+        new = rng.choice([k for k in LAND_KINDS if k != old])
+        after = render(redescribe(before.scene, name, str(new))[0])
+        changed = (before.image != after.image).any(-1)
+        regions.append(before.masks[name] | after.masks[name] | changed)
+        images.append(after.image)
+        captions.append(after.caption)
+    return np.stack(images), np.stack(regions), captions
+
+
+def grown(region: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``region`` grown by 1–6 px, as a mask painted loosely around it (float HxW)."""
+    grow = int(rng.integers(1, 7))
+    t = torch.from_numpy(region.astype(np.float32))[None, None]
+    return F.max_pool2d(t, 2 * grow + 1, stride=1, padding=grow)[0, 0].numpy()
+
+
 def random_mask(rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
     """One float HxW mask (1 = generate) of a shape people paint, for a scene's label map."""
     size = labels.shape[0]
     shape = rng.choice(list(MASK_SHAPES), p=list(MASK_SHAPES.values()))
     objects = np.unique(labels[labels >= FIRST_OBJECT_LABEL])
     if shape == "object" and len(objects):
-        m = labels == rng.choice(objects)
-        grow = int(rng.integers(1, 7))  # painted loosely around it
-        t = torch.from_numpy(m.astype(np.float32))[None, None]
-        return F.max_pool2d(t, 2 * grow + 1, stride=1, padding=grow)[0, 0].numpy()
+        return grown(labels == rng.choice(objects), rng)
     if shape == "full":
         return np.ones((size, size), np.float32)
     img = Image.new("L", (size, size), 0)
@@ -131,11 +168,14 @@ def train_inpaint(
     base: Path = DEMO_MODEL_DIR,
     n_images: int | None = None,
     init: Path | None = None,
+    swap_share: float = 0.0,
+    n_swaps: int = 4000,
 ) -> Path:
     """ε-prediction with Min-SNR-γ weights (as ``train.train_unet``) on the 9-channel UNet,
     from ``base``'s weights, or from the inpainting UNet of the folder ``init`` (a second
     stage: a fresh optimiser and cosine on an earlier run's export); only the UNet learns.
-    CPU or CUDA (``pick_device``'s choice)."""
+    ``swap_share`` of each batch (on average) comes from ``n_swaps`` object swaps
+    (``object_swaps``) of the cache's first scenes. CPU or CUDA (``pick_device``'s choice)."""
     from ..models import pick_device
 
     dev, _ = pick_device("auto", "fp32")
@@ -159,9 +199,24 @@ def train_inpaint(
         n = min(n_images or len(cache), len(cache))  # encoding is a CPU run's first cost
         _save(latents_path, {"latents": encode_dataset(vae, cache.images[:n], dev)})
     lat = torch.load(latents_path)["latents"]
+    captions = list(cache.captions[: len(lat)])
+    n_plain = len(lat)
+    swaps_path = run / "swaps.pt"
+    if swap_share > 0 and not swaps_path.exists():
+        seeds = cache.start_seed + np.arange(min(n_swaps, len(cache)))
+        images, regions, caps = object_swaps(seeds, np.random.default_rng(4000))
+        lat_swaps = encode_dataset(vae, images, dev)
+        _save(
+            swaps_path,
+            {"images": images, "regions": regions, "captions": caps, "latents": lat_swaps},
+        )
+    swaps = torch.load(swaps_path, weights_only=False) if swap_share > 0 else None
+    if swaps is not None:
+        lat = torch.cat([lat, swaps["latents"]])
+        captions += swaps["captions"]
     mean, std = lat[:, :4].float().to(dev), lat[:, 4:].float().to(dev)
     ids = tok(
-        list(cache.captions[: len(lat)]) + [""],
+        captions + [""],
         padding="max_length",
         max_length=tok.model_max_length,
         truncation=True,
@@ -189,6 +244,14 @@ def train_inpaint(
     deadline = time.time() + 60 * minutes if minutes else math.inf
     fit_from, fit_to = step + 10, step + 50  # steps timed to fit the cosine to ``minutes``
 
+    def example_image(i: int) -> np.ndarray:
+        return cache.images[i] if i < n_plain else swaps["images"][i - n_plain]
+
+    def example_mask(i: int) -> np.ndarray:
+        if i < n_plain:
+            return random_mask(rng, np.asarray(cache.labels[i]))
+        return grown(swaps["regions"][i - n_plain], rng)
+
     def state():
         return {
             "unet": unet.state_dict(),
@@ -205,10 +268,13 @@ def train_inpaint(
             rate = (fit_to - fit_from) / (time.time() - t_fit)
             steps = min(steps, step + int(rate * (deadline - time.time())))
             log(step, 0, planned_steps=steps, steps_per_s=rate)
-        idx = rng.integers(0, len(lat), batch)
-        images = torch.from_numpy(np.stack([cache.images[i] for i in idx])).to(dev)
+        idx = rng.integers(0, n_plain, batch)
+        if swaps is not None:  # some rows become swaps, indexed after the plain scenes
+            swap = rng.random(batch) < swap_share
+            idx[swap] = n_plain + rng.integers(0, len(swaps["captions"]), int(swap.sum()))
+        images = torch.from_numpy(np.stack([example_image(i) for i in idx])).to(dev)
         images = images.permute(0, 3, 1, 2).float() / 127.5 - 1
-        masks = np.stack([random_mask(rng, np.asarray(cache.labels[i])) for i in idx])
+        masks = np.stack([example_mask(i) for i in idx])
         extra = conditioning(vae, scale, images, torch.from_numpy(masks)[:, None].to(dev))
         ti = torch.from_numpy(idx).to(dev)
         kw = dict(generator=gen, device=dev)
@@ -279,6 +345,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-images", type=int, default=None, help="train on the first N scenes")
     p.add_argument("--export", type=Path, default=None, help="write the run to this folder")
     p.add_argument("--init", type=Path, default=None, help="start from this inpainting folder")
+    p.add_argument(
+        "--swap-share",
+        type=float,
+        default=0.0,
+        help="share of each batch drawn from object swaps (another kind in an object's place)",
+    )
+    p.add_argument("--n-swaps", type=int, default=4000, help="scenes to draw the swaps from")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -288,7 +361,16 @@ def main(argv: list[str] | None = None) -> int:
     if a.data is None:
         p.error("--data is required for training")
     train_inpaint(
-        a.data, a.run, a.steps, a.batch, a.lr, minutes=a.minutes, n_images=a.n_images, init=a.init
+        a.data,
+        a.run,
+        a.steps,
+        a.batch,
+        a.lr,
+        minutes=a.minutes,
+        n_images=a.n_images,
+        init=a.init,
+        swap_share=a.swap_share,
+        n_swaps=a.n_swaps,
     )
     return 0
 

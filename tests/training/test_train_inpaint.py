@@ -81,3 +81,40 @@ def test_a_second_stage_starts_from_the_given_inpainting_model(tmp_path):
     out = export_inpaint(run, tmp_path / "exported", base=base)
     w = load_diffusers_folder(out)["unet"].conv_in.weight.float()
     torch.testing.assert_close(w[:, 4:], torch.full_like(w[:, 4:], 0.5), rtol=0, atol=1e-2)
+
+
+def test_object_swaps_change_one_object_inside_the_region_they_mask():
+    """A swap re-renders one land object as another kind: the picture differs from its scene
+    only inside the region (so the masked image shows nothing of the old object), the region
+    holds a land object's whole footprint, and the caption names the change."""
+    from engine.training.train_inpaint import object_swaps
+    from engine.world.scene import LAND_KINDS, render_seed
+
+    seeds = range(12)
+    images, regions, captions = object_swaps(seeds, np.random.default_rng(0))
+    assert 0 < len(images) == len(regions) == len(captions) <= len(seeds)
+    scenes = [render_seed(s) for s in seeds]
+    for image, region, caption in zip(images, regions, captions):
+        # its scene: the one whose picture it equals outside the region
+        (before,) = [b for b in scenes if np.array_equal(b.image[~region], image[~region])]
+        assert (image != before.image).any() and caption != before.caption
+        land = [o.name for o in before.scene.objects if o.kind in LAND_KINDS]
+        assert any(before.masks[n].any() and (before.masks[n] <= region).all() for n in land)
+
+
+def test_training_with_object_swaps_mixes_them_into_the_batches(tmp_path):
+    """``swap_share``: the swaps are rendered, encoded and kept in the run (a resumed run
+    reuses them), and training runs on batches that draw from them."""
+    from engine.model_writer import save_diffusers_folder
+    from engine.models import tiny_components
+    from engine.training.dataset import build_cache
+    from engine.training.train_inpaint import train_inpaint
+
+    data, _ = build_cache(tmp_path / "world", 6, workers=1)
+    base = save_diffusers_folder(tiny_components(), tmp_path / "base")
+    run = tmp_path / "run"
+    train_inpaint(data, run, steps=2, batch=4, lr=1e-6, base=base, swap_share=0.5, n_swaps=6)
+    swaps = torch.load(run / "swaps.pt", weights_only=False)
+    n = len(swaps["captions"])
+    assert 0 < n <= 6 and swaps["latents"].shape[0] == n == len(swaps["images"])
+    assert torch.load(run / "inpaint.ckpt", weights_only=False)["step"] == 2
