@@ -62,7 +62,9 @@ DEVELOPMENT = SeedRange(1_000_000, 4_000_000)
 # 20 --kinds wall kind); 8,100,000–8,499,999 once, for the fourth Prompt-to-Prompt report
 # (evaluate_p2p --seeds 8100000 --n 10 --kinds wall); 8,500,000–8,899,999 once, for the
 # fifth (evaluate_p2p --seeds 8500000 --n 10 --kinds wall weight, after (word:0) began to
-# leave the word out); the next report starts at 8,900,000.
+# leave the word out); 8,900,000–9,299,999 once, for the sixth (evaluate_p2p --seeds
+# 8900000 --n 20 --kinds kind: scenes 9,100,000+, after object-kind swaps began to be read
+# by the localised new-object rule); the next report starts at 9,300,000.
 # The range was 4,000,000–7,999,999 until issue 20's fifth report; 8,000,000+ had never
 # been used
 FINAL = SeedRange(4_000_000, 12_000_000)
