@@ -79,9 +79,11 @@ class JobController:
         self.win = win
         self.current: RunningJob | None = None
         self._preview_alpha: np.ndarray | None = None
-        # the last attention-controlled result's word → cross-attention map (heat maps)
+        # the last attention-controlled result's word → cross-attention map (heat maps),
+        # and for words the edit left out, their map before the edit
         self.attention_maps: dict[str, np.ndarray] = {}
-        win.doc.reset.connect(self.attention_maps.clear)  # they belonged to the old image
+        self.source_maps: dict[str, np.ndarray] = {}
+        win.doc.reset.connect(self._forget_maps)  # they belonged to the old image
         b = win.bridge
         b.started.connect(self._on_started)
         b.step.connect(self._on_step)
@@ -278,6 +280,8 @@ class JobController:
         win, doc = self.win, self.win.doc
         maps = ev.extras.get("attention_maps") or {}
         self.attention_maps = {str(k): np.asarray(v, np.float32) for k, v in maps.items()}
+        maps = ev.extras.get("source_attention_maps") or {}
+        self.source_maps = {str(k): np.asarray(v, np.float32) for k, v in maps.items()}
         blend = ev.extras.get("blend_mask")
         if blend is None or blend.shape != doc.mask.shape or doc.mask.any():
             return
@@ -304,14 +308,24 @@ class JobController:
             return
         by_key = {word_key(k): m for k, m in self.attention_maps.items()}
         found = [w for w in key.split() if w in by_key]
-        if not found:
+        before = {word_key(k): m for k, m in self.source_maps.items()}
+        left_out = [w for w in key.split() if w in before and w not in by_key]
+        if found:
+            win.canvas.show_heat(np.maximum.reduce([by_key[w] for w in found]))
+            win.status(f"Attention of “{' '.join(found)}” in the last result", 0)
+        elif left_out:  # e.g. a word weighted 0: where it was
+            win.canvas.show_heat(np.maximum.reduce([before[w] for w in left_out]))
+            win.status(
+                f"Where “{' '.join(left_out)}” was before the last edit (the edit left it out)",
+                0,
+            )
+        else:
             win.canvas.show_heat(None)
             known = ", ".join(sorted(by_key))
             win.status(f"No attention map for “{text}” (the last result's words: {known}).")
-            return
-        heat = np.maximum.reduce([by_key[w] for w in found])
-        win.canvas.show_heat(heat)
-        win.status(f"Attention of “{' '.join(found)}” in the last result", 0)
+
+    def _forget_maps(self) -> None:
+        self.attention_maps, self.source_maps = {}, {}
 
     def _on_failed(self, ev) -> None:
         self._end("failed")

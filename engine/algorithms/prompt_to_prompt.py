@@ -253,12 +253,13 @@ class AttentionControl:
         maps = self.maps[branch]
         return maps[list(positions)].sum(0) / maps[: self.prompt_end].mean(0).clamp_min(1e-12)
 
-    def heat_maps(self) -> torch.Tensor | None:
-        """Per target token, its cross-attention over the image (K x side x side, each
-        normalised to [0, 1]), summed over layers and steps; for showing a word's map."""
+    def heat_maps(self, branch: int = 1) -> torch.Tensor | None:
+        """Per token of the target (``branch`` 1) or the source (0), its cross-attention
+        over the image (K x side x side, each normalised to [0, 1]), summed over layers and
+        steps; for showing a word's map."""
         if self.maps is None:
             return None
-        m = self.maps[1]
+        m = self.maps[branch]
         return m / m.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
 
 

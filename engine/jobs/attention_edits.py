@@ -83,16 +83,18 @@ def attention_control(
     )
 
 
-def word_maps(ctx: JobContext, control: AttentionControl, target: str) -> dict[str, np.ndarray]:
-    """Each word of the target prompt → its cross-attention over the image (float32 in
-    [0, 1], at the blend side), summed over its tokens, layers and steps; for the editor's
-    heat map of a selected word."""
-    maps = control.heat_maps()
+def word_maps(
+    ctx: JobContext, control: AttentionControl, text: str, branch: int = 1, skip=()
+) -> dict[str, np.ndarray]:
+    """Each word of ``text`` (the target prompt, ``branch`` 1, or the source's, 0) but those
+    in ``skip`` → its cross-attention over the image (float32 in [0, 1], at the blend side),
+    summed over its tokens, layers and steps; for the editor's heat map of a selected word."""
+    maps = control.heat_maps(branch)
     out: dict[str, np.ndarray] = {}
     if maps is None:
         return out
-    for word in dict.fromkeys(plain_text(target).split()):
-        pos = word_positions(ctx.bundle.tokenizer, target, word)
+    for word in dict.fromkeys(plain_text(text).split()):
+        pos = word_positions(ctx.bundle.tokenizer, text, word) if word not in skip else None
         if pos:
             m = maps[list(pos)].sum(0)
             out[word] = (m / m.max().clamp_min(1e-12)).cpu().numpy().astype(np.float32)
@@ -100,12 +102,21 @@ def word_maps(ctx: JobContext, control: AttentionControl, target: str) -> dict[s
 
 
 def attention_extras(
-    ctx: JobContext, control: AttentionControl, target: str, size: tuple[int, int]
+    ctx: JobContext,
+    control: AttentionControl,
+    target: str,
+    size: tuple[int, int],
+    source: str | None = None,
 ) -> dict:
-    """What a controlled edit hands the editor: each word's heat map (``attention_maps``)
-    and the final local-blend mask at image ``size`` (``blend_mask``, uint8 0/255; absent
-    when blending was off or a painted mask replaced it)."""
+    """What a controlled edit hands the editor: each word's heat map (``attention_maps``);
+    for the words of ``source`` the edit left out (a word weighted 0, a swapped-out word)
+    their maps in the source branch (``source_attention_maps``: where the word was); and
+    the final local-blend mask at image ``size`` (``blend_mask``, uint8 0/255; absent when
+    blending was off or a painted mask replaced it)."""
     extras: dict = {"attention_maps": word_maps(ctx, control, target)}
+    if source is not None:
+        kept = set(plain_text(target).split())
+        extras["source_attention_maps"] = word_maps(ctx, control, source, 0, kept)
     m = control.blend_mask()
     if m is not None:
         m = imageops.resize(m[0, 0].cpu().numpy().astype(np.float32), size)
@@ -291,7 +302,7 @@ def run_edit_generated(ctx: JobContext, req: EditRequest):
     if image is not None and blend.mask is not None:
         keep = Prepared(image, None, None, blend.mask, None, None)
     out = finish_image(ctx, latents, keep, (h, w))
-    extras = {**attention_extras(ctx, control, prompt, (h, w)), **blend.extras()}
+    extras = {**attention_extras(ctx, control, prompt, (h, w), source_prompt), **blend.extras()}
     params = {"size": f"{w}x{h}", "source_prompt": source_prompt}
     if blend.whole:
         params["blend_region"] = "whole picture"

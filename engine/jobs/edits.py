@@ -522,7 +522,7 @@ def run_reedit(ctx: JobContext, req: EditRequest):
         latents, control = yield from reedit_with_control(
             ctx, o, inv, prompt, mask_l, start, intersect, blend.found
         )
-        extras = {**attention_extras(ctx, control, prompt, hw), **extras}
+        extras = {**attention_extras(ctx, control, prompt, hw, inv.prompt), **extras}
     else:
         cond = ctx.denoiser.encode_text(prompt)
         latents = yield from regenerate(ctx.denoiser, inv, cond, mask=mask_l, start=start)

@@ -167,6 +167,25 @@ def test_a_weight_of_zero_is_the_word_left_out(tiny, tiny_denoiser):
     assert "blue" not in weighted.extras["attention_maps"]  # no map for a word not there
 
 
+def test_words_the_edit_leaves_out_keep_their_map_before_the_edit(tiny, tiny_denoiser):
+    """For the heat map of a word weighted 0 (or swapped out): the source branch's map of
+    each source word the edit lacks, the same whatever the edit is."""
+
+    def edit(prompt):
+        return _run(tiny, tiny_denoiser, _edit_generated(prompt, 4, 1)).extras
+
+    silenced = edit("a (red:0) house beside two pine trees")
+    swapped = edit("a green house beside two fir trees")
+    assert set(silenced["source_attention_maps"]) == {"red"}
+    assert set(swapped["source_attention_maps"]) == {"red", "pine"}
+    red = silenced["source_attention_maps"]["red"]
+    assert red.dtype == np.float32 and red.max() == 1.0 and red.min() >= 0
+    assert red.std() > 0  # a map, not a constant
+    # the source branch does not depend on the edit: the same map from either edit
+    np.testing.assert_allclose(swapped["source_attention_maps"]["red"], red, atol=1e-5)
+    assert "red" not in silenced["attention_maps"] and "green" in swapped["attention_maps"]
+
+
 def test_the_hook_is_gone_after_a_job_and_after_a_cancel(tiny, tiny_denoiser):
     def generate():
         req = EditRequest("generate", prompt=PROMPT, steps=3, seed=2, width=64, height=64)

@@ -335,8 +335,17 @@ def test_a_word_weighted_zero_in_edit_prompt_takes_it_out(
         assert type(ev).__name__ == "Finished", ev
         results[prompt] = ev.image
     assert np.array_equal(results["a (red:0) house"], results["a house"])
+    # the word left out has no map in the result; selecting it shows where it was before
+    _select(win, qtbot, 2, len("(red:0)"))
+    assert win.canvas.heat.isVisible()
+    assert "before the last edit" in win.statusBar().currentMessage()
     qtbot.mouseClick(win.history_panel.apply, LEFT)
     edited = tmp_path / "edited.png"
     win.ask_save_path = lambda *a, **k: str(edited)
     assert win.export_png()
     assert read_png_parameters(edited)["prompt"] == "a (red:0) house"
+    # another picture opened: the last edit's maps belonged to the old one
+    assert win.open_path(str(png))
+    _select(win, qtbot, 2, len("(red:0)"))
+    assert win.canvas.heat.array is None
+    assert "No attention maps" in win.statusBar().currentMessage()
