@@ -64,7 +64,10 @@ DEVELOPMENT = SeedRange(1_000_000, 4_000_000)
 # fifth (evaluate_p2p --seeds 8500000 --n 10 --kinds wall weight, after (word:0) began to
 # leave the word out); 8,900,000–9,299,999 once, for the sixth (evaluate_p2p --seeds
 # 8900000 --n 20 --kinds kind: scenes 9,100,000+, after object-kind swaps began to be read
-# by the localised new-object rule); the next report starts at 9,300,000.
+# by the localised new-object rule); 9,300,000–9,699,999 for issue 20's sixth report
+# (evaluate_edits --seeds 9300000 --n 60 --sections repaint --inpaint-model, run for the
+# shipped inpainting model and for a second stage trained with object swaps, which tied it
+# and was not shipped: looked at twice); the next report starts at 9,700,000.
 # The range was 4,000,000–7,999,999 until issue 20's fifth report; 8,000,000+ had never
 # been used
 FINAL = SeedRange(4_000_000, 12_000_000)

@@ -13,7 +13,8 @@ re-rendered as another land kind, the mask the union of both kinds' footprints (
 paints to make room for the new object), the target the re-rendered scene under its caption.
 With object masks alone the hole has the old object's outline, which tells the model what
 was there; a pine asked for in a round tree's hole came out as a faint sliver or another
-house the caption named.
+house the caption named. Tried as a second stage for ``builtin:demo-inpaint``: ahead on
+calibration scenes, level on the final ones, so not shipped (its model card).
 
     python -m engine.training data --out runs/world --n 8000
     python -m engine.training.train_inpaint --data runs/world --run runs/inpaint --n-images 6000 \
