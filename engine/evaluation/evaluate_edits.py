@@ -57,6 +57,7 @@ from ..world.scene import (
     WALL_COLOURS,
     Celestial,
     RenderResult,
+    object_region,
     redescribe,
     render,
     render_seed,
@@ -113,13 +114,6 @@ class EditCase:
 # --------------------------------------------------------------------------- scene choice
 
 
-def _object_region(before: RenderResult, after: RenderResult, name: str) -> np.ndarray:
-    """The object's pixels in either render, and every pixel the change touched (its
-    shadow, anti-aliased edges)."""
-    changed = (before.image != after.image).any(-1)
-    return before.masks[name] | after.masks[name] | changed
-
-
 def _biggest_object(r: RenderResult, kinds) -> str | None:
     objs = [o.name for o in r.scene.objects if o.kind in kinds]
     objs = [n for n in objs if r.masks[n].sum() >= MIN_OBJECT_PIXELS]
@@ -138,7 +132,7 @@ def object_kind_case(seed: int) -> EditCase | None:
         return None
     after = render(redescribe(r.scene, name, new)[0])
     old = r.scene.object(name).kind
-    region = _object_region(r, after, name)
+    region = object_region(r, after, name)
     return EditCase(seed, r, after, region, f"n_{new}", f"{name}: {old} -> {new}", f"n_{old}")
 
 
@@ -156,7 +150,7 @@ def house_colour_case(seed: int, part: str = "wall") -> EditCase | None:
     new = colours[(colours.index(old) + 1 + seed % 3) % len(colours)]
     change = {"new_kind_or_colour": new} if part == "wall" else {"roof": new}
     after = render(redescribe(r.scene, house.name, **change)[0])
-    region = _object_region(r, after, house.name)
+    region = object_region(r, after, house.name)
     what = f"{house.name}: {part} {old} -> {new}"
     return EditCase(seed, r, after, region, f"house_{part}", what)
 

@@ -47,7 +47,7 @@ from ..loaders import INPAINT_IN_CHANNELS, load_diffusers_folder
 from ..models import DEMO_MODEL_DIR
 from ..schedule import Schedule
 from ..world.raster import FIRST_OBJECT_LABEL
-from ..world.scene import LAND_KINDS, redescribe, render, render_seed
+from ..world.scene import LAND_KINDS, object_region, redescribe, render, render_seed
 from .dataset import WorldCache
 from .train import (
     Logger,
@@ -97,8 +97,7 @@ def object_swaps(seeds, rng: np.random.Generator, least: int = 32):
         old = before.scene.object(name).kind
         new = rng.choice([k for k in LAND_KINDS if k != old])
         after = render(redescribe(before.scene, name, str(new))[0])
-        changed = (before.image != after.image).any(-1)
-        regions.append(before.masks[name] | after.masks[name] | changed)
+        regions.append(object_region(before, after, name))
         images.append(after.image)
         captions.append(after.caption)
     return np.stack(images), np.stack(regions), captions

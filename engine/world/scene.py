@@ -421,3 +421,10 @@ def redescribe(
     from .captions import caption as make_caption
 
     return new_scene, make_caption(new_scene)
+
+
+def object_region(before: RenderResult, after: RenderResult, name: str) -> np.ndarray:
+    """Where a ``redescribe`` of object ``name`` changed the picture: the object's pixels in
+    either render, and every pixel the change touched (its shadow, anti-aliased edges)."""
+    changed = (before.image != after.image).any(-1)
+    return before.masks[name] | after.masks[name] | changed
