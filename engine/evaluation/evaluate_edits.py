@@ -62,6 +62,7 @@ from ..world.scene import (
     render,
     render_seed,
 )
+from .house_colours import nearest_house
 from .seed_ranges import (
     CALIBRATION,
     DEVELOPMENT,
@@ -140,11 +141,8 @@ def house_colour_case(seed: int, part: str = "wall") -> EditCase | None:
     """Recolour the walls (``part`` "wall") or the roof ("roof") of the nearest house (the
     one the probe's colours refer to)."""
     r = render_seed(seed)
-    houses = [o for o in r.scene.objects if o.kind == "house"]
-    if not houses:
-        return None
-    house = max(houses, key=lambda o: o.y)
-    if r.masks[house.name].sum() < MIN_OBJECT_PIXELS:
+    house = nearest_house(r.scene)
+    if house is None or r.masks[house.name].sum() < MIN_OBJECT_PIXELS:
         return None
     colours, old = (WALL_COLOURS, house.wall) if part == "wall" else (ROOF_COLOURS, house.roof)
     new = colours[(colours.index(old) + 1 + seed % 3) % len(colours)]

@@ -18,7 +18,11 @@ Prompt-to-Prompt without local blend. Reported with 95 % intervals and n:
 - attribute changed: the probe reads the edited attribute's new value; for an object-kind
   swap, issue 20's localised rule (``new_object_tests``: the new kind seen on a crop around
   the object, its count up and the old kind's down, the region not a smudge), since the
-  probe's exact count of the new kind reads under half of the world's own true edits;
+  probe's exact count of the new kind reads under half of the world's own true edits; for
+  a wall or roof colour, the house's own pixels (``house_colours``: most of the part nearest
+  to the scene rendered in the new colour), since the probe reads 90 % of true wall edits
+  and 60 % of roof edits; beside it, how often the true edit reads as done as rendered and
+  after the model's VAE (encode, decode), the ceiling of any re-edit;
 - background PSNR: against the source, outside the true changed region (local edits);
 - PSNR against the true edit (the world's render of the edited scene);
 - other attributes kept: the share of the other attributes the probe reads as in the source
@@ -53,6 +57,7 @@ from .evaluate_edits import (
     time_of_day_case,
     wall_colour_case,
 )
+from .house_colours import PARTS, recoloured
 from .seed_ranges import NAMED, SeedRange, SeedRangeError, check_evaluation
 
 STEPS, GUIDANCE = 50, 7.5
@@ -133,9 +138,13 @@ def _others(case: EditCase) -> list[int]:
 def changed(probe, cases: list[EditCase], images: list[np.ndarray], pred) -> list[bool]:
     """Whether each image reads as its case's edit (``pred``: the probe's reading of the
     images). Object-kind swaps by the localised rule: the exact new-kind count read 40 % of
-    the true edits in the second report, that rule 98 % on 60 calibration scenes."""
+    the true edits in the second report, that rule 98 % on 60 calibration scenes. Wall and
+    roof colours by the house's own pixels (``house_colours``): the probe read 90 % of true
+    wall edits and 60 % of roof edits, under a target of 90 %."""
     if cases[0].old_attribute:
         return new_object_tests(probe, cases, images)["localised"]
+    if cases[0].attribute in PARTS:
+        return [recoloured(c, x) for c, x in zip(cases, images)]
     k = ATTRIBUTE_NAMES.index(cases[0].attribute)
     return [bool(p[k] == c.target) for c, p in zip(cases, pred)]
 
@@ -156,14 +165,19 @@ def p2p_metrics(run: Runner, probe, cases: dict[str, list[EditCase]], inversions
                     region = res.parameters.get("blend_region")
                     whole[(kind, inversion, variant, c.seed)] = region == "whole picture"
                 run.log(f"  p2p {kind} seed {c.seed} {inversion}: done")
-    # the control that bounds "changed": how often the probe reads the world's true edit
-    ceiling = {}
+    # the controls that bound "changed": how often the world's true edit reads as done, as
+    # rendered and after the model's VAE (encode, decode), which every re-edit goes through
+    ceiling, ceiling_vae = {}, {}
+    b = run.bundle
     for kind, kind_cases in cases.items():
         truth = [c.after.image for c in kind_cases]
         ceiling[kind] = rate_ci(changed(probe, kind_cases, truth, probe.predict(np.stack(truth))))
+        truth = [b.decode(b.encode(x)) for x in truth]
+        pred = probe.predict(np.stack(truth))
+        ceiling_vae[kind] = rate_ci(changed(probe, kind_cases, truth, pred))
     pred = probe.predict(np.stack([r[4] for r in rows]))
     plain_secs = {(k, i, c.seed): s for k, i, v, c, _, s in rows if v == "none"}
-    table: dict = {"probe_reads_true_edit": ceiling}
+    table: dict = {"reads_true_edit": ceiling, "reads_true_edit_vae": ceiling_vae}
     for kind in cases:
         for inversion in inversions:
             for variant in VARIANTS:
@@ -242,11 +256,14 @@ def format_table(results: dict) -> str:
     for key, e in results["table"].items():
         if "/" in key:
             lines.append("| " + " | ".join([*key.split("/"), *_cells(e)]) + " |")
-    ceiling = results["table"]["probe_reads_true_edit"]
+    t = results["table"]
     lines.append("")
     lines.append(
-        "control: the probe reads the true edit's attribute in "
-        + ", ".join(f"{k} {_ci(v, True)}" for k, v in ceiling.items())
+        "control: the true edit reads as done in "
+        + ", ".join(
+            f"{k} {_ci(v, True)} (after the VAE {_ci(t['reads_true_edit_vae'][k], True)})"
+            for k, v in t["reads_true_edit"].items()
+        )
     )
     return "\n".join(lines)
 
