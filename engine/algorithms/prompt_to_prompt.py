@@ -137,7 +137,7 @@ class AttentionControl:
     latent_hw: tuple[int, int] = (64, 64)
     prompt_end: int = 77  # positions up to the target's EOS (BOS and words), for the mean
     step: int = 0
-    rows: int = 2  # the hook computes the conditional rows: source, target
+    rows: int = 2  # the hook computes the conditional rows: source, target (or target alone)
     _sums: dict = field(default_factory=dict, repr=False)  # (h, w) → 2 x K x h x w
     _maps: torch.Tensor | None = field(default=None, repr=False)
     _on: dict = field(default_factory=dict, repr=False)  # (device, dtype) → _factors
@@ -156,6 +156,12 @@ class AttentionControl:
     def _self_now(self) -> bool:
         return self.step < self.self_until * self.steps
 
+    def reads_source(self) -> bool:
+        """Whether this step needs the source branch's attention: while it is injected, and
+        on every step while the local blend (both branches' maps, summed over the steps)
+        decides where the edit goes."""
+        return self._cross_now() or self._self_now() or self.blend is not None
+
     @property
     def record_max_queries(self) -> int:
         """The finest cross-attention maps recorded for local blend and heat maps: 32×32
@@ -169,7 +175,8 @@ class AttentionControl:
         return self._self_now() and queries <= SELF_MAX_QUERIES
 
     def attend(self, query, key, value, scale, mask, name: str, cross: bool) -> torch.Tensor:
-        """Rows (cond source, cond target) of one layer → their attention output. The
+        """Rows (cond source, cond target) of one layer → their attention output (with
+        ``rows`` 1, the target alone: nothing is injected any more, its maps are recorded). The
         target's controlled probabilities are never written out: with A the token map and
         w the weights, (P_src A + P_tgt·own)·w times V equals P_src (A w V) + P_tgt (own w V),
         and the right-hand factors are prompt-sized (K x channels)."""
@@ -210,7 +217,9 @@ class AttentionControl:
         q = probs.shape[2]
         f = math.sqrt(h * w / q)
         lh, lw = round(h / f), round(w / f)
-        both = probs.mean(1).transpose(1, 2).reshape(2, -1, lh, lw)  # 2 x K x lh x lw
+        both = probs.mean(1).transpose(1, 2).reshape(len(probs), -1, lh, lw)  # 2 x K x lh x lw
+        if len(both) == 1:  # the target alone: the source's record stays as it was
+            both = torch.cat([torch.zeros_like(both), both])
         size = (lh, lw)
         self._sums[size] = both if size not in self._sums else self._sums[size] + both
         self._maps = None
@@ -289,7 +298,9 @@ def prompt_to_prompt(
     image replayed from its seed; ``eta`` > 0 replays a stochastic generation, both branches
     drawing the same noise as ``ddim_sample`` draws it). With ``anchor`` (an inverted
     trajectory, ``anchor[i]`` at ``timesteps[i]``) the source branch *is* the trajectory:
-    only its conditional pass runs, for its attention (3 rows per call instead of 4), since
+    only its conditional pass runs, for its attention (3 rows per call instead of 4; 2,
+    a plain re-edit's, once no attention is read from it: after τ_c and τ_s, unless the
+    attention blend is forming, so its maps cover only the steps it ran), since
     an inversion made to be regenerated (null-text, negative-prompt) follows it, and a plain
     DDIM one drifts off it under guidance, which is the drift that spoils DDIM + P2P in
     PIE-Bench. With ``correct`` (direct inversion, Ju et al. 2024, Alg. 1) the source branch
@@ -311,14 +322,24 @@ def prompt_to_prompt(
                 x_src = anchor[i]
             # 1. both branches in one call; the hook edits the target's attention (last row)
             if anchor is not None and not correct:
-                rows, embs = [x_src, x_tgt], [source, target]
+                # once no attention is read from it, the source row is left out: the step's
+                # source is the trajectory, and its x̂₀ is shown as the picture it ends at
+                both = control.reads_source()
+                control.rows = 2 if both else 1
+                rows, embs = ([x_src, x_tgt], [source, target]) if both else ([x_tgt], [target])
                 if null is not None:
                     rows, embs = [x_tgt, *rows], [null, *embs]
                 out = denoiser.outputs(torch.cat(rows), t, torch.cat(embs).to(source.dtype))
                 o_t = out[-1:] if null is None else denoiser.guide(out[:1], out[-1:], guidance)
-                eps, x0 = sched.eps_x0(torch.cat([out[-2:-1], o_t]), torch.cat(rows[-2:]), t)
+                eps, x0 = sched.eps_x0(o_t, x_tgt, t)
+                if both:
+                    e_src, x0_src = sched.eps_x0(out[-2:-1], x_src, t)
+                else:
+                    e_src, x0_src = eps, anchor[-1]  # the source's step is not taken below
+                eps, x0 = torch.cat([e_src, eps]), torch.cat([x0_src, x0])
                 z = None
             else:
+                control.rows = 2
                 emb = torch.cat([source, target.to(source.dtype)])
                 p = denoiser.predict(torch.cat([x_src, x_tgt]), t, emb, guidance, null)
                 eps, x0 = p.eps, p.x0

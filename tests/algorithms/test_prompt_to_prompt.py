@@ -120,6 +120,46 @@ def test_the_hooked_path_matches_the_fused_one(tiny, tiny_denoiser, inverted):
     assert torch.allclose(out, plain, atol=1e-4)
 
 
+def test_the_source_row_is_left_out_once_its_attention_is_not_read(
+    tiny, tiny_denoiser, inverted, monkeypatch
+):
+    """An anchored re-edit inside a painted mask (the DiffEdit blend's path) with τ_c 0.5 and
+    τ_s 0.34 of 6 steps runs source and target for 3 steps, then the target alone; the
+    picture is the one the source row left in would give (it is not read), and the target's
+    heat maps still cover every step."""
+    _, invs = inverted
+    inv, d = invs["negative_prompt"], tiny_denoiser
+    edit = "a blue house beside two pine trees"
+    painted = torch.zeros(1, 1, *inv.trajectory[0].shape[-2:])
+    painted[..., : painted.shape[-1] // 2] = 1
+    rows, outputs = [], d.outputs
+
+    def counted(x, *a, **kw):
+        rows.append(len(x))
+        return outputs(x, *a, **kw)
+
+    monkeypatch.setattr(d, "outputs", counted)
+
+    def run(read_always):
+        control = control_for(PROMPT, edit, tiny.tokenizer, cross_until=0.5, self_until=0.34)
+        if read_always:
+            control.reads_source = lambda: True
+        gen = prompt_to_prompt(
+            d, inv.trajectory[0], inv.timesteps, d.encode_text(PROMPT), d.encode_text(edit),
+            inv.guidance, inv.null_embeddings, control, anchor=inv.trajectory, mask=painted,
+        )  # fmt: skip
+        return run_to_end(gen), control
+
+    kept, with_source = run(True)
+    assert rows == [3] * 6
+    rows.clear()
+    out, control = run(False)
+    assert rows == [3, 3, 3, 2, 2, 2]
+    assert torch.allclose(out, kept, atol=1e-5)
+    assert torch.allclose(control.maps[1], with_source.maps[1], atol=1e-5)
+    assert not torch.allclose(control.maps[0], with_source.maps[0])  # 3 steps of 6
+
+
 def _run(tiny, d, req, cancel_after=None):
     ctx = JobContext(tiny, d)
     seen = {"n": 0}
