@@ -67,7 +67,9 @@ DEVELOPMENT = SeedRange(1_000_000, 4_000_000)
 # by the localised new-object rule); 9,300,000–9,699,999 for issue 20's sixth report
 # (evaluate_edits --seeds 9300000 --n 60 --sections repaint --inpaint-model, run for the
 # shipped inpainting model and for a second stage trained with object swaps, which tied it
-# and was not shipped: looked at twice); the next report starts at 9,700,000.
+# and was not shipped: looked at twice); 9,700,000–10,099,999 once, for the seventh
+# Prompt-to-Prompt report (evaluate_p2p --seeds 9700000 --n 20 --kinds wall / roof, after
+# colours began to be read by the house's own pixels); the next report starts at 10,100,000.
 # The range was 4,000,000–7,999,999 until issue 20's fifth report; 8,000,000+ had never
 # been used
 FINAL = SeedRange(4_000_000, 12_000_000)
