@@ -171,6 +171,24 @@ def test_the_hooked_path_matches_the_fused_one(xl, d, inverted):
     assert not torch.allclose(p2p_over(d, inverted, edit, injected), plain, atol=1e-3)
 
 
+def test_an_anchored_re_edit_leaves_the_unread_source_row_out(xl, d):
+    """After τ_c and τ_s an anchored re-edit runs the target's rows alone (SDXL's added
+    conditioning rows included), and the picture is the one the source row left in gives."""
+    latents = xl.encode(image(64, 64)).float()
+    inv = run_to_end(invert(d, latents, PROMPT, 4, 4.0, method="ddim"))
+    edit = "a blue house beside two pine trees"
+    kw = {"cross_until": 0.5, "self_until": 0.25}
+    always = control_for(PROMPT, edit, xl.tokenizer, **kw)
+    always.reads_source = lambda: True
+    kept = p2p_over(d, inv, edit, always)
+    torch.testing.assert_close(
+        p2p_over(d, inv, edit, control_for(PROMPT, edit, xl.tokenizer, **kw)),
+        kept,
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
 def test_hook_restored_after_a_job(xl, d):
     before = dict(xl.unet.attn_processors)
     with hooked(xl.unet, control_for(PROMPT, PROMPT, xl.tokenizer)):
