@@ -11,9 +11,14 @@ the wall (or roof) a user sees has the new colour, whatever the rest of the pict
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..world.scene import ROOF_COLOURS, WALL_COLOURS, Scene, WorldObject, redescribe, render
+
+if TYPE_CHECKING:
+    from .evaluate_edits import EditCase
 
 PARTS = {"house_wall": ("wall", WALL_COLOURS), "house_roof": ("roof", ROOF_COLOURS)}
 
@@ -47,7 +52,7 @@ def colour_votes(image: np.ndarray, renders: np.ndarray) -> tuple[np.ndarray, in
     return np.bincount(nearest, minlength=len(renders)) / max(len(x), 1), int(part.sum())
 
 
-def recoloured(case, image: np.ndarray, share: float = 0.5) -> bool:
+def recoloured(case: EditCase, image: np.ndarray, share: float = 0.5) -> bool:
     """Whether more than ``share`` of the house part in ``image`` has the colour the
     ``case`` (an ``EditCase`` of a wall or roof recolouring) asks for."""
     colours, renders = palette_renders(case.before.scene, case.attribute)
