@@ -72,14 +72,14 @@ def add_parser(sub) -> None:
         nargs="*",
         default=None,
         help="--fast: working sizes for the scaling rows (default: native x1, x2, x4 on a "
-        "CPU, x1, x1.5, x2 on a GPU; none: skip)",
+        "CPU, x1, x1.5, x2 on a GPU; the flag alone, with no sizes: skip)",
     )
     p.add_argument(
         "--steps-list",
         type=int,
         nargs="*",
         default=None,
-        help="--fast: step counts for the scaling rows (default: 10 25 50; none: skip)",
+        help="--fast: step counts for the scaling rows (default: 10 25 50; the flag alone: skip)",
     )
     p.add_argument(
         "--scale-repeats", type=int, default=3, help="--fast: repeats of each scaling row"
