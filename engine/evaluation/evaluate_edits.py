@@ -53,8 +53,6 @@ from ..training.probe import HELDOUT_SEED, load_probe
 from ..world.scene import (
     ATTRIBUTE_NAMES,
     LAND_KINDS,
-    ROOF_COLOURS,
-    WALL_COLOURS,
     Celestial,
     RenderResult,
     object_region,
@@ -62,7 +60,7 @@ from ..world.scene import (
     render,
     render_seed,
 )
-from .house_colours import nearest_house
+from .house_colours import PARTS, nearest_house, recolour
 from .seed_ranges import (
     CALIBRATION,
     DEVELOPMENT,
@@ -144,13 +142,13 @@ def house_colour_case(seed: int, part: str = "wall") -> EditCase | None:
     house = nearest_house(r.scene)
     if house is None or r.masks[house.name].sum() < MIN_OBJECT_PIXELS:
         return None
-    colours, old = (WALL_COLOURS, house.wall) if part == "wall" else (ROOF_COLOURS, house.roof)
+    attribute = f"house_{part}"
+    colours, old = PARTS[attribute][1], house.wall if part == "wall" else house.roof
     new = colours[(colours.index(old) + 1 + seed % 3) % len(colours)]
-    change = {"new_kind_or_colour": new} if part == "wall" else {"roof": new}
-    after = render(redescribe(r.scene, house.name, **change)[0])
+    after = render(recolour(r.scene, house.name, attribute, new))
     region = object_region(r, after, house.name)
     what = f"{house.name}: {part} {old} -> {new}"
-    return EditCase(seed, r, after, region, f"house_{part}", what)
+    return EditCase(seed, r, after, region, attribute, what)
 
 
 def wall_colour_case(seed: int) -> EditCase | None:

@@ -30,22 +30,32 @@ def nearest_house(scene: Scene) -> WorldObject | None:
     return max(houses, key=lambda o: o.y) if houses else None
 
 
+def recolour(scene: Scene, house: str, attribute: str, colour: str) -> Scene:
+    """``scene`` with house ``house``'s ``attribute`` ("house_wall" or "house_roof") set to
+    ``colour``."""
+    part = PARTS[attribute][0]
+    change = {"new_kind_or_colour": colour} if part == "wall" else {"roof": colour}
+    return redescribe(scene, house, **change)[0]
+
+
 def palette_renders(scene: Scene, attribute: str) -> tuple[tuple[str, ...], np.ndarray]:
     """The palette of ``attribute`` ("house_wall" or "house_roof") and the scene rendered
     with its nearest house in each of those colours (n x H x W x 3 uint8)."""
-    part, colours = PARTS[attribute]
-    house = nearest_house(scene)
-    renders = []
-    for colour in colours:
-        change = {"new_kind_or_colour": colour} if part == "wall" else {"roof": colour}
-        renders.append(render(redescribe(scene, house.name, **change)[0]).image)
+    colours = PARTS[attribute][1]
+    house = nearest_house(scene).name
+    renders = [render(recolour(scene, house, attribute, c)).image for c in colours]
     return colours, np.stack(renders)
 
 
+def part_pixels(renders: np.ndarray) -> np.ndarray:
+    """The pixels whose colour the part decides: those that differ between the renders."""
+    return (renders != renders[:1]).any(-1).any(0)
+
+
 def colour_votes(image: np.ndarray, renders: np.ndarray) -> tuple[np.ndarray, int]:
-    """Per palette colour, the share of the part's pixels (those whose colour differs
-    between the renders) nearest to that colour's render, and how many pixels voted."""
-    part = (renders != renders[:1]).any(-1).any(0)
+    """Per palette colour, the share of the part's pixels (``part_pixels``) nearest to that
+    colour's render, and how many pixels voted."""
+    part = part_pixels(renders)
     x = image[part].astype(np.float32)
     r = renders[:, part].astype(np.float32)
     nearest = ((r - x[None]) ** 2).sum(-1).argmin(0)

@@ -5,7 +5,12 @@ import numpy as np
 import pytest
 
 from engine.evaluation import evaluate_edits as ev
-from engine.evaluation.house_colours import colour_votes, palette_renders, recoloured
+from engine.evaluation.house_colours import (
+    colour_votes,
+    palette_renders,
+    part_pixels,
+    recoloured,
+)
 
 
 @pytest.mark.parametrize("make", [ev.wall_colour_case, ev.roof_colour_case])
@@ -18,7 +23,7 @@ def test_true_edit_reads_as_done_and_the_source_does_not(make):
 def test_a_partly_recoloured_wall_is_read_by_its_larger_share():
     case = ev.find_cases(ev.wall_colour_case, 1, 700_000)[0]
     _, renders = palette_renders(case.before.scene, case.attribute)
-    part = np.argwhere((renders != renders[:1]).any(-1).any(0))
+    part = np.argwhere(part_pixels(renders))
     for share, done in ((0.3, False), (0.7, True)):
         image = case.before.image.copy()
         ys, xs = part[: int(share * len(part))].T  # the wall's top rows take the new colour
