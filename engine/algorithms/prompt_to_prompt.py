@@ -217,11 +217,11 @@ class AttentionControl:
         q = probs.shape[2]
         f = math.sqrt(h * w / q)
         lh, lw = round(h / f), round(w / f)
-        both = probs.mean(1).transpose(1, 2).reshape(len(probs), -1, lh, lw)  # 2 x K x lh x lw
-        if len(both) == 1:  # the target alone: the source's record stays as it was
-            both = torch.cat([torch.zeros_like(both), both])
+        maps = probs.mean(1).transpose(1, 2).reshape(len(probs), -1, lh, lw)  # rows x K x ..
         size = (lh, lw)
-        self._sums[size] = both if size not in self._sums else self._sums[size] + both
+        if size not in self._sums:
+            self._sums[size] = maps.new_zeros(2, *maps.shape[1:])
+        self._sums[size][2 - len(maps) :] += maps  # the target alone: the source's stays
         self._maps = None
 
     @property
