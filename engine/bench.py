@@ -60,6 +60,17 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--size", type=int, default=None, help="--p2p: image side (default native)")
     p.add_argument(
+        "--inversion",
+        default="ddim",
+        help="--p2p: the inversion both re-edits start from (ddim, null_text, direct, ...)",
+    )
+    p.add_argument(
+        "--live",
+        action="store_true",
+        help="instead: one live-mode update (4 LCM steps; the ordinary live setting) against "
+        "the same SDEdit at 25 steps, p50 / p95 (engine.bench_live)",
+    )
+    p.add_argument(
         "--fast",
         action="store_true",
         help="instead: ours with the fast path (compiled) vs ours eager vs the pipeline vs "
@@ -87,8 +98,8 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--memory",
         action="store_true",
-        help="instead: peak memory of a generate and of a null-text inversion at the native "
-        "size (CUDA: the allocator's peak per job)",
+        help="instead: peak memory of each method at the native size, the heaviest first "
+        "(generate, null-text inversion); CUDA: the allocator's peak per job",
     )
 
 
@@ -219,6 +230,10 @@ def run(a: argparse.Namespace) -> int:
         return run_attention(a)
     if a.memory:
         return run_memory(a)
+    if a.live:
+        from .bench_live import run_live
+
+        return run_live(a)
     if a.fast:
         from .bench_fast import run_fast
 
@@ -345,10 +360,12 @@ def _load(spec: str, device, dtype):
 
 
 def run_memory(a: argparse.Namespace) -> int:
-    """Peak memory of the two heaviest jobs at the model's native size: a text-to-image
-    generate and a null-text inversion (its backward passes through the UNet). On CUDA the
-    allocator's peak per job; on a CPU only the process's peak resident size so far, which
-    never goes down (so the second figure includes the first)."""
+    """Peak memory of each method at the model's native size, the two heaviest first: a
+    text-to-image generate and a null-text inversion (its backward passes through the UNet);
+    then SDEdit, RePaint, DiffEdit (mask, edit), DDIM and direct inversion, and re-edits of
+    the null-text inversion without and with attention control. On CUDA the allocator's
+    peak per job; on a CPU only the process's peak resident size so far, which never goes
+    down (so each figure includes the ones before it)."""
     import resource
 
     from .algorithms.common import drive
@@ -361,26 +378,60 @@ def run_memory(a: argparse.Namespace) -> int:
     size = bundle.native_size
     cuda = bundle.device.type == "cuda"
     image = np.random.default_rng(a.seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    mask = np.zeros((size, size), np.uint8)
+    mask[size // 4 : size // 2, size // 4 : size // 2] = 255
     prompt = "a red house beside two pine trees under a sunset sky"
+    edit = "a blue house beside two pine trees under a sunset sky"
+    common = dict(prompt=prompt, steps=a.steps, seed=a.seed)
+    reference = {"reference_prompt": prompt}
+    kept: dict = {}  # the null-text inversion, for the re-edits
+
+    def reedit(control: str):
+        return lambda: EditRequest(
+            "reedit", prompt=edit, options={"inversion": kept["inv"], "control": control}
+        )
+
     jobs = {
-        "generate": EditRequest("generate", prompt=prompt, steps=a.steps, seed=a.seed),
-        "null-text inversion": EditRequest(
-            "invert", prompt=prompt, image=image, steps=a.steps, guidance=a.guidance
+        "generate": lambda: EditRequest("generate", **common),
+        "null-text inversion": lambda: EditRequest(
+            "invert", image=image, guidance=a.guidance, **common
         ),
+        "sdedit": lambda: EditRequest("sdedit", image=image, strength=a.strength, **common),
+        "repaint": lambda: EditRequest("repaint", image=image, mask=mask, **common),
+        "diffedit mask": lambda: EditRequest(
+            "diffedit_mask", image=image, prompt=edit, options=reference
+        ),
+        "diffedit": lambda: EditRequest(
+            "diffedit", image=image, prompt=edit, steps=a.steps, seed=a.seed, options=reference
+        ),
+        "ddim inversion": lambda: EditRequest(
+            "invert", image=image, options={"inversion": "ddim"}, **common
+        ),
+        "direct inversion": lambda: EditRequest(
+            "invert", image=image, options={"inversion": "direct"}, **common
+        ),
+        "re-edit, no control": reedit("none"),
+        "re-edit, attention control (p2p)": reedit("p2p"),
     }
     print(f"model {spec} on {bundle.device} ({bundle.dtype}), {size}x{size}, {a.steps} steps")
     if cuda:
         print(f"weights: {torch.cuda.memory_allocated(bundle.device) / 2**30:.2f} GiB")
-    for name, req in jobs.items():
+    for name, make in jobs.items():
+        req = make()
         if cuda:
+            torch.cuda.synchronize(bundle.device)
             torch.cuda.reset_peak_memory_stats(bundle.device)
         t0 = time.perf_counter()
-        drive(JOB_RUNNERS[req.method](JobContext(bundle, Denoiser(bundle)), req))
+        result = drive(JOB_RUNNERS[req.method](JobContext(bundle, Denoiser(bundle)), req))
+        if cuda:
+            torch.cuda.synchronize(bundle.device)
         seconds = time.perf_counter() - t0
+        if name == "null-text inversion":
+            kept["inv"] = result.extras["inversion"]
         if cuda:
             peak = f"{torch.cuda.max_memory_allocated(bundle.device) / 2**30:.2f} GiB (CUDA peak)"
         else:
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
             peak = f"{rss:.2f} GiB (process peak RSS so far)"
-        print(f"{name}: {seconds:.1f} s, peak memory {peak}")
+        print(f"{name}: {seconds:.1f} s, peak memory {peak}", flush=True)
     return 0

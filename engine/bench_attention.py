@@ -1,10 +1,11 @@
 """``python -m engine bench --p2p``: what attention control costs, against a plain re-edit.
 
-One image is inverted (DDIM, which costs the same for both), then re-edited with a changed
-prompt without control and with Prompt-to-Prompt, alternating, on the same inversion. Each
-variant also runs once in a fresh process of its own so that its peak memory can be read
-(CUDA: the allocator's peak; CPU: the process's peak resident size), beside a process that
-only inverts (the baseline both share). Reports the median time ratio and the peaks.
+One image is inverted (``--inversion``, DDIM by default; it costs the same for both), then
+re-edited with a changed prompt without control and with Prompt-to-Prompt, alternating, on
+the same inversion. Each variant also runs once in a fresh process of its own so that its
+peak memory can be read (CUDA: the allocator's peak; CPU: the process's peak resident size),
+beside a process that only inverts (the baseline both share). Reports the median time ratio
+and the peaks.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ EDIT = "a blue house beside two pine trees under a sunset sky"
 VARIANTS = {"plain": {"control": "none"}, "p2p": {"control": "p2p"}}
 
 
-def _setup(spec: str, device, dtype, size: int | None, steps: int):
+def _setup(spec: str, device, dtype, size: int | None, steps: int, inversion: str = "ddim"):
     from .algorithms.common import drive
     from .bench import _pick_model, random_model
     from .denoiser import Denoiser
@@ -45,7 +46,7 @@ def _setup(spec: str, device, dtype, size: int | None, steps: int):
         with torch.no_grad():
             return drive(JOB_RUNNERS[method](ctx, EditRequest(method, **fields)))
 
-    inv = run("invert", prompt=PROMPT, image=image, steps=steps, options={"inversion": "ddim"})
+    inv = run("invert", prompt=PROMPT, image=image, steps=steps, options={"inversion": inversion})
     return spec, bundle, run, inv.extras["inversion"]
 
 
@@ -56,8 +57,10 @@ def _sync(bundle) -> None:
 
 def child(argv: list[str]) -> int:
     """One variant in this process; prints its peak memory in MiB as JSON."""
-    spec, device, dtype, size, steps, variant = argv
-    _, bundle, run, inv = _setup(spec, device or None, dtype or None, int(size) or None, int(steps))
+    spec, device, dtype, size, steps, inversion, variant = argv
+    _, bundle, run, inv = _setup(
+        spec, device or None, dtype or None, int(size) or None, int(steps), inversion
+    )
     if bundle.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     if variant != "invert only":
@@ -72,7 +75,7 @@ def child(argv: list[str]) -> int:
 
 
 def run(a) -> int:
-    spec, bundle, job, inv = _setup(a.model, a.device, a.dtype, a.size, a.steps)
+    spec, bundle, job, inv = _setup(a.model, a.device, a.dtype, a.size, a.steps, a.inversion)
     times: dict[str, list[float]] = {k: [] for k in VARIANTS}
 
     def once(variant: str) -> float:
@@ -91,6 +94,7 @@ def run(a) -> int:
     h, w = inv.trajectory[0].shape[-2:]
     print(
         f"model {spec} on {bundle.device} ({bundle.dtype}), latents {h}x{w}, {a.steps} steps, "
+        f"{a.inversion} inversion, "
         f"{a.repeats} alternating repeats, torch threads {torch.get_num_threads()}"
     )
     for v, ts in times.items():
@@ -108,7 +112,7 @@ def run(a) -> int:
     )
     peaks = {}
     for v in ("invert only", *VARIANTS):
-        args = [spec, a.device or "", a.dtype or "", str(a.size or 0), str(a.steps), v]
+        args = [spec, a.device or "", a.dtype or "", str(a.size or 0), str(a.steps), a.inversion, v]
         out = subprocess.run(
             [sys.executable, "-m", "engine.bench_attention", *args],
             capture_output=True,

@@ -77,8 +77,9 @@ def env_switch(name: str, default: bool) -> bool:
 def fast_default(device: torch.device) -> bool:
     """Whether the fast path is on when nobody said: ``DIFFUSION_EDITOR_FAST`` if set, else on
     for CUDA only. On the CPU a batch job took 0.87–0.95× (one machine) or 0.57–0.65× (another)
-    the pipeline's time with the demo model, but live mode gained nothing on either, and while
-    the graphs compiled the GUI stalled 34–122 ms (README, Measured): opt in there. MPS:
+    the pipeline's time with the demo model, but while the graphs compiled in live mode the
+    GUI stalled 34–122 ms, and live updates at the editor were no faster (README, Measured):
+    opt in there. MPS:
     inductor's MPS backend is too young to switch on unmeasured."""
     return env_switch(ENV_FAST, device.type == "cuda")
 

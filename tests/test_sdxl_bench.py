@@ -52,9 +52,12 @@ def test_random_sdxl_path_builds_and_runs(capsys, monkeypatch, tmp_path, family)
     assert _figures(out).keys() == {"ours", "pipeline"}
 
 
-def test_memory_mode_reports_a_generate_and_a_null_text_inversion(capsys):
+def test_memory_mode_reports_each_method(capsys):
     out = _bench(capsys, "--memory", "--model", "builtin:tiny-xl")
     assert "64x64, 4 steps" in out
-    for job in ("generate", "null-text inversion"):
+    jobs = ["generate", "null-text inversion", "sdedit", "repaint", "diffedit mask", "diffedit"]
+    jobs += ["ddim inversion", "direct inversion", "re-edit, no control"]
+    jobs += [r"re-edit, attention control \(p2p\)"]
+    for job in jobs:
         m = re.search(rf"^{job}: [0-9.]+ s, peak memory ([0-9.]+) GiB", out, re.M)
-        assert m and float(m[1]) > 0, out
+        assert m and float(m[1]) > 0, (job, out)
