@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -97,12 +98,15 @@ def run_checks(todo: list[Check], out: Path, budget_s: float, log=print) -> list
             f.write(f"\n===== {c.name}\n$ {' '.join(cmd[1:])}\n")
             f.flush()
             t0 = time.monotonic()
+            # a session of its own: at the limit its children (bench --p2p's) stop with it
+            proc = subprocess.Popen(
+                cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
             try:
-                rc = subprocess.run(
-                    cmd, stdout=f, stderr=subprocess.STDOUT, timeout=min(c.limit_s, left), env=env
-                ).returncode
+                rc = proc.wait(timeout=min(c.limit_s, left))
                 how = "ok" if rc == 0 else f"failed (exit {rc})"
             except subprocess.TimeoutExpired:
+                _stop(proc)
                 how = "stopped at its time limit"
             line = f"{how} in {time.monotonic() - t0:.0f} s: {c.name}"
             f.write(f"===== {line}\n")
@@ -111,6 +115,14 @@ def run_checks(todo: list[Check], out: Path, budget_s: float, log=print) -> list
             log(line)
         f.write("\n".join(["", "===== summary", *summary, ""]))
     return summary
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (AttributeError, ProcessLookupError, PermissionError):  # not POSIX, or gone
+        proc.kill()
+    proc.wait()
 
 
 def main(argv: list[str] | None = None) -> int:

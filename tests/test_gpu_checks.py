@@ -51,9 +51,11 @@ def test_every_gpu_figure_owed_has_a_check_and_the_dry_run_uses_tiny_models():
 
 def test_runner_logs_each_check_skips_what_does_not_fit_and_reports_failures(tmp_path):
     failing = gpu_checks.Check("a check that fails", ("--model", "random:sd3"), 60)
+    slow = gpu_checks.Check("a check past its limit", ("--memory", "--model", "builtin:tiny"), 1)
     later = gpu_checks.Check("a check that no longer fits", ("--model", "builtin:tiny"), 600)
-    summary = gpu_checks.run_checks([failing], tmp_path, budget_s=120, log=lambda s: None)
-    assert len(summary) == 1 and summary[0].startswith("failed (exit")
+    summary = gpu_checks.run_checks([failing, slow], tmp_path, budget_s=120, log=lambda s: None)
+    assert summary[0].startswith("failed (exit") and "a check that fails" in summary[0]
+    assert summary[1].startswith("stopped at its time limit in 1 s"), summary
     summary = gpu_checks.run_checks([later], tmp_path, budget_s=0, log=lambda s: None)
     assert summary == ["skipped (budget): a check that no longer fits"]
     log = (tmp_path / "gpu_checks.log").read_text()
