@@ -17,7 +17,9 @@ refused). Every report names its seeds and n, and gives 95 % intervals:
 - **diffedit**: IoU of DiffEdit's mask (reference = the scene's caption, query = the caption
   with one object re-described) against the true edited region (the object's pixels before
   and after the change);
-- **repaint**: an object's region masked, the prompt naming a kind the scene lacks; whether
+- **repaint**: an object's region masked, the prompt naming a kind the scene lacks (the
+  edited scene's whole caption, and with ``--inpaint-prompt object`` also the new object
+  alone, e.g. "a pine tree", as users prompt an inpainting model; see ``PROMPT_STYLES``); whether
   the probe sees the new kind *there* (:func:`new_object_tests`), and the seam ratio
   (:func:`seam_ratio`), for RePaint and for naive inpainting (the known region pasted at every
   step, no resampling: ``jump_n_sample`` 1); beside them the controls that bound the test: the
@@ -50,6 +52,7 @@ import numpy as np
 from ..imageops import psnr
 from ..methods import METHODS
 from ..training.probe import HELDOUT_SEED, load_probe
+from ..world.captions import NOUNS
 from ..world.scene import (
     ATTRIBUTE_NAMES,
     LAND_KINDS,
@@ -108,6 +111,20 @@ class EditCase:
     @property
     def target(self) -> int:
         return int(self.after.attribute_vector[ATTRIBUTE_NAMES.index(self.attribute)])
+
+
+# what an inpainting job is told to draw in the mask: the edited scene's whole caption, or
+# only the new object ("a pine tree"); a caption names every object in the scene, and an
+# inpainting model drew those in the mask too (calibration, README)
+PROMPT_STYLES = ("caption", "object")
+
+
+def inpaint_prompt(case: EditCase, style: str) -> str:
+    """The prompt of a kind swap's inpainting job in ``style`` (``PROMPT_STYLES``)."""
+    if style == "caption":
+        return case.after.caption
+    kind = case.attribute.removeprefix("n_")
+    return f"a {NOUNS[kind][0][0]}"
 
 
 # --------------------------------------------------------------------------- scene choice
@@ -507,11 +524,18 @@ def new_object_controls(probe, cases: list[EditCase]) -> dict:
 
 
 def repaint_metrics(
-    run: Runner, cases: list[EditCase], probe, steps=25, inpaint_run: Runner | None = None
+    run: Runner,
+    cases: list[EditCase],
+    probe,
+    steps=25,
+    inpaint_run: Runner | None = None,
+    prompt_styles=("caption",),
 ) -> dict:
     """RePaint (GUI defaults) and naive inpainting on the same masks and seeds — and, with
     ``inpaint_run`` (an inpainting model's runner), that model alone (no resampling) and
-    with RePaint's resampling — with each method's mean time per scene, and the controls
+    with RePaint's resampling — each with the prompts of ``prompt_styles`` (a style other
+    than the caption labels its rows ", object prompt"), with each method's mean time per
+    scene, and the controls
     that show what the new-object test can and cannot tell: the true edit (its ceiling),
     the old object blurred in place (a smudge must not pass) and the untouched original
     (nothing new must be seen)."""
@@ -519,19 +543,24 @@ def repaint_metrics(
     from engine.jobs.edits import repaint_feather
 
     out: dict = {"seeds": [cases[0].seed, cases[-1].seed], "n": len(cases), "steps": steps}
-    kinds = {"repaint": (run, {}), "naive": (run, {"jump_n_sample": 1})}
+    methods = {"repaint": (run, {}), "naive": (run, {"jump_n_sample": 1})}
     if inpaint_run is not None:
-        kinds["inpaint_model"] = (inpaint_run, {"jump_n_sample": 1})
+        methods["inpaint_model"] = (inpaint_run, {"jump_n_sample": 1})
         # named: unnamed, an inpainting model runs without resampling (engine.jobs.edits)
         resample = METHODS["repaint"].options["jump_n_sample"].default
-        kinds["inpaint_model_repaint"] = (inpaint_run, {"jump_n_sample": resample})
-    for label, (runner, options) in kinds.items():
+        methods["inpaint_model_repaint"] = (inpaint_run, {"jump_n_sample": resample})
+    kinds = {
+        (name if style == "caption" else f"{name}, {style} prompt"): (runner, options, style)
+        for style in prompt_styles
+        for name, (runner, options) in methods.items()
+    }
+    for label, (runner, options, style) in kinds.items():
         exact, seams, images, times = [], [], [], []
         for c in cases:
             mask = c.mask
             res, wall = runner(
                 "repaint",
-                prompt=c.after.caption,
+                prompt=inpaint_prompt(c, style),
                 image=c.before.image,
                 mask=mask.astype(np.uint8) * 255,
                 steps=steps,
@@ -546,6 +575,7 @@ def repaint_metrics(
         out[label] = {
             "model": runner.bundle.name,
             "options": options,
+            "prompt": style,
             "wall_s": float(np.mean(times)),
             # a property of the method (the composite copies the original back), checked here
             # as a guarantee, not a measured result
@@ -641,6 +671,7 @@ def edit_metrics(
     repaint_steps: int = 25,
     start: int = EDIT_SEED,
     inpaint_bundle=None,
+    prompt_styles=("caption",),
 ) -> dict:
     """Every section above on ``n`` scenes each, from seed ``start`` on (see
     ``SECTION_OFFSETS``); ``sections`` picks a subset by name. ``steps`` is the inversion and
@@ -659,7 +690,9 @@ def edit_metrics(
             run, list(range(at["inversion"], at["inversion"] + n)), steps
         ),
         "diffedit": lambda: diffedit_metrics(run, diffedit_cases, steps),
-        "repaint": lambda: repaint_metrics(run, kinds, probe, repaint_steps, inpaint_run),
+        "repaint": lambda: repaint_metrics(
+            run, kinds, probe, repaint_steps, inpaint_run, prompt_styles
+        ),
         "reedit": lambda: reedit_metrics(run, colours[: max(n // 2, 1)] + times, probe, steps),
     }
     out: dict = {"seed_start": start, "n": n}
@@ -720,13 +753,12 @@ def format_edits(r: dict) -> str:
             f"inpainting a new object (seeds {v['seeds'][0]:,}–{v['seeds'][1]:,}, n {v['n']}; "
             f"new object = localised probe test):"
         )
-        for k in ("repaint", "naive", "inpaint_model", "inpaint_model_repaint"):
-            if k not in v:
+        for k, e in v.items():
+            if not (isinstance(e, dict) and "new_object" in e) or k == "controls":
                 continue
-            e = v[k]
             held = "held" if e["outside_bit_exact_guarantee_held"] else "BROKEN"
             lines.append(
-                f"  {k:<22} new object {_ci(e['new_object'], pct=True)}, anywhere-in-image "
+                f"  {k:<36} new object {_ci(e['new_object'], pct=True)}, anywhere-in-image "
                 f"{e['new_object_anywhere']['rate']:.0%}; seam ratio {_ci(e['seam_ratio'])}; "
                 f"{e['wall_s']:.2f} s/scene; outside-mask guarantee {held}"
             )
@@ -785,6 +817,14 @@ def main(argv: list[str] | None = None) -> int:
         help="an inpainting model (e.g. builtin:demo-inpaint): the repaint section adds it "
         "alone and with RePaint's resampling",
     )
+    p.add_argument(
+        "--inpaint-prompt",
+        nargs="+",
+        choices=PROMPT_STYLES,
+        default=["caption"],
+        help="repaint: what the inpainting prompt says — the edited scene's caption, the new "
+        "object alone ('a pine tree'), or both (each method once per style)",
+    )
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args(argv)
     from engine.models import load_model
@@ -811,6 +851,7 @@ def main(argv: list[str] | None = None) -> int:
         sections=a.sections,
         start=start,
         inpaint_bundle=load_model(a.inpaint_model, device="cpu") if a.inpaint_model else None,
+        prompt_styles=tuple(a.inpaint_prompt),
     )
     print(format_edits(results))
     if a.json:

@@ -116,6 +116,7 @@ def test_edit_metrics_run_on_tiny():
         steps=3,
         repaint_steps=6,
         inpaint_bundle=load_model("builtin:tiny-inpaint", device="cpu"),
+        prompt_styles=ev.PROMPT_STYLES,
     )
     inv = r["inversion"]["all"]
     assert set(ev.INVERSION_METHODS) <= set(inv) and np.isfinite(inv["vae_ceiling_db"]["mean"])
@@ -125,9 +126,10 @@ def test_edit_metrics_run_on_tiny():
     for k in ev.DIFFEDIT_SETTINGS:  # the paper's setting and ours, both reported
         assert 0 <= r["diffedit"][k]["iou"]["mean"] <= 1 and r["diffedit"][k]["wall_s"] > 0
     for k in ("repaint", "naive", "inpaint_model", "inpaint_model_repaint"):
-        # a guarantee of the method, checked even with random weights
-        assert r["repaint"][k]["outside_bit_exact_guarantee_held"] is True
-        assert r["repaint"][k]["wall_s"] > 0
+        for label, style in ((k, "caption"), (f"{k}, object prompt", "object")):
+            # a guarantee of the method, checked even with random weights
+            assert r["repaint"][label]["outside_bit_exact_guarantee_held"] is True
+            assert r["repaint"][label]["wall_s"] > 0 and r["repaint"][label]["prompt"] == style
     assert r["repaint"]["inpaint_model"]["model"] == "builtin:tiny-inpaint"
     # with RePaint on top names its resamples: unnamed, an inpainting model runs without
     assert r["repaint"]["inpaint_model_repaint"]["options"] == {"jump_n_sample": 3}
@@ -137,3 +139,13 @@ def test_edit_metrics_run_on_tiny():
     assert "time_of_day/prompt" in r["reedit"]
     text = ev.format_edits(r)
     assert "DiffEdit mask IoU (seeds 1,400," in text and "control blurred_old_object_8px" in text
+    assert "inpaint_model, object prompt" in text
+
+
+def test_the_object_prompt_names_the_new_kind_alone():
+    case = ev.find_cases(ev.object_kind_case, 1, 500_000)[0]
+    assert ev.inpaint_prompt(case, "caption") == case.after.caption
+    new = case.attribute.removeprefix("n_")
+    words = {"pine_tree": "a pine tree", "round_tree": "a round tree", "house": "a house"}
+    assert ev.inpaint_prompt(case, "object") == words.get(new, "a rock")
+    assert ev.inpaint_prompt(case, "object").split()[-1] in case.after.caption
