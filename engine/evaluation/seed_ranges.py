@@ -69,7 +69,10 @@ DEVELOPMENT = SeedRange(1_000_000, 4_000_000)
 # shipped inpainting model and for a second stage trained with object swaps, which tied it
 # and was not shipped: looked at twice); 9,700,000–10,099,999 once, for the seventh
 # Prompt-to-Prompt report (evaluate_p2p --seeds 9700000 --n 20 --kinds wall / roof, after
-# colours began to be read by the house's own pixels); the next report starts at 10,100,000.
+# colours began to be read by the house's own pixels); 10,100,000–10,499,999 once, for issue
+# 20's seventh report (evaluate_edits --seeds 10100000 --n 60 --sections repaint
+# --inpaint-model builtin:demo-inpaint --inpaint-prompt caption object, after the new object
+# alone began to be measured as a prompt); the next report starts at 10,500,000.
 # The range was 4,000,000–7,999,999 until issue 20's fifth report; 8,000,000+ had never
 # been used
 FINAL = SeedRange(4_000_000, 12_000_000)
