@@ -28,6 +28,7 @@ from ..methods import (
     BATCH_COUNT,
     BATCH_SIZE,
     METHODS,
+    PROMPT_HINT,
     NeedsInput,
     Param,
     batch_size_offered,
@@ -69,7 +70,7 @@ class PromptPanel(QWidget):
         self._native: int | None = None  # the loaded model's native size (px)
         lay = QVBoxLayout(self)
         self.prompt = QPlainTextEdit()
-        self.prompt.setPlaceholderText("Prompt: what the result should show")
+        self.prompt.setPlaceholderText(PROMPT_HINT)
         self.prompt.setFixedHeight(64)
         self.prompt.setToolTip(
             "(word:1.3) gives a word more weight and (word:0.8) less, as in other Stable "
@@ -294,6 +295,7 @@ class PromptPanel(QWidget):
         self.prep.setVisible(bool(m.prep_label))
         self.prep.setText(m.prep_label or "")
         self.method.setToolTip(m.tooltip)
+        self.prompt.setPlaceholderText(m.prompt_hint)
         self.seed_host.setVisible(m.seeded)
         for w in (self.batch_size, self.batch_size_label):
             w.setVisible(batch_size_offered(key))

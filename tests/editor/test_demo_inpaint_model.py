@@ -30,7 +30,7 @@ def window(qtbot, data_dir):
 
 
 def test_inpaint_with_the_demo_inpainting_model_from_the_menu(qtbot, window, tmp_path):
-    from engine.evaluation.evaluate_edits import find_cases, object_kind_case
+    from engine.evaluation.evaluate_edits import find_cases, inpaint_prompt, object_kind_case
     from engine.evaluation.seed_ranges import CALIBRATION
 
     win = window
@@ -59,7 +59,10 @@ def test_inpaint_with_the_demo_inpainting_model_from_the_menu(qtbot, window, tmp
     assert mask[case.mask].mean() > 0.9
 
     choose(win, "repaint", qtbot)
-    set_prompt(win, qtbot, case.after.caption)
+    win.prompt_panel.prompt.clear()
+    # the empty prompt box asks for what the area should show, and the user types that
+    assert "masked area should show" in win.prompt_panel.prompt.placeholderText()
+    set_prompt(win, qtbot, inpaint_prompt(case, "object"))
     win.doc.update_settings(steps=8)
     done = click_and_wait(qtbot, win, win.prompt_panel.run, timeout=120_000)
     assert type(done).__name__ == "Finished", done
@@ -81,3 +84,5 @@ def test_inpaint_with_the_demo_inpainting_model_from_the_menu(qtbot, window, tmp
         win.load_model("builtin:tiny")  # an ordinary model again: RePaint's default is back
     resamples = win.prompt_panel.findChild(QWidget, "param_jump_n_sample")
     assert resamples.value() == 3
+    choose(win, "generate", qtbot)  # another method: the box asks for the whole result
+    assert win.prompt_panel.prompt.placeholderText() == "Prompt: what the result should show"
