@@ -82,7 +82,12 @@ class Method:
     from_image: tuple[str, ...] = ()
     seed_tip: str = ""  # what the seed changes, where that is not the whole result
     prep_tip: str = ""  # the preparation button's tooltip
-    prompt_hint: str = PROMPT_HINT  # the empty prompt box's placeholder
+    # the empty prompt box's placeholder where the model ships a part (ModelInfo.parts):
+    # (part, hint) pairs, the first that applies wins; else PROMPT_HINT
+    prompt_hints: tuple[tuple[str, str], ...] = ()
+
+    def prompt_hint(self, model_parts: tuple[str, ...]) -> str:
+        return next((h for part, h in self.prompt_hints if part in model_parts), PROMPT_HINT)
 
     @property
     def seeded(self) -> bool:
@@ -122,12 +127,15 @@ METHODS: dict[str, Method] = {
             "Inpaint (RePaint)",
             ("repaint",),
             "Regenerate the masked area; the rest is re-noised from the original every step "
-            "so both harmonise (Lugmayr et al. 2022). Describe what the area should show: a "
-            "caption of the whole picture lets the model draw any of the things it names "
-            "there.",
-            # measured: an inpainting model drew the new object more often from the object
-            # alone than from the whole caption (README, issue 20's seventh report)
-            prompt_hint="Prompt: what the masked area should show, e.g. a pine tree",
+            "so both harmonise (Lugmayr et al. 2022). With an inpainting model, describe what "
+            "the area should show: a caption of the whole picture lets it draw any of the "
+            "things the caption names there.",
+            # measured: the inpainting model drew the new object more often from the object
+            # alone than from the whole caption; RePaint on an ordinary model did not gain
+            # (README, issue 20's seventh report)
+            prompt_hints=(
+                ("inpainting", "Prompt: what the masked area should show, e.g. a pine tree"),
+            ),
         ),
         Method(
             "diffedit",

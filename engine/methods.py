@@ -412,9 +412,9 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec(
             "repaint",
             "Regenerate the masked area; the rest is re-noised from the original every step "
-            "so both harmonise (Lugmayr et al. 2022). Describe what the area should show "
-            "('a pine tree'): a caption of the whole picture lets the model draw any of the "
-            "things it names there.",
+            "so both harmonise (Lugmayr et al. 2022). With an inpainting model, describe what "
+            "the area should show ('a pine tree'): a caption of the whole picture lets it draw "
+            "any of the things the caption names there.",
             {
                 "denoise": OptionSpec(
                     float,

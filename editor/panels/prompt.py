@@ -295,7 +295,7 @@ class PromptPanel(QWidget):
         self.prep.setVisible(bool(m.prep_label))
         self.prep.setText(m.prep_label or "")
         self.method.setToolTip(m.tooltip)
-        self.prompt.setPlaceholderText(m.prompt_hint)
+        self.prompt.setPlaceholderText(m.prompt_hint(self.model_parts))
         self.seed_host.setVisible(m.seeded)
         for w in (self.batch_size, self.batch_size_label):
             w.setVisible(batch_size_offered(key))

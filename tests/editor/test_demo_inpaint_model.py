@@ -43,6 +43,8 @@ def test_inpaint_with_the_demo_inpainting_model_from_the_menu(qtbot, window, tmp
     choose(win, "repaint", qtbot)
     resamples = win.prompt_panel.findChild(QWidget, "param_jump_n_sample")
     assert resamples.value() == 3  # RePaint's default on an ordinary model
+    hint = win.prompt_panel.prompt.placeholderText
+    assert hint() == "Prompt: what the result should show"  # no inpainting model yet
     with qtbot.waitSignal(win.bridge.model_loaded, timeout=120_000):
         entry.trigger()
     assert win.bridge.model_info.name == "builtin:demo-inpaint"
@@ -61,7 +63,7 @@ def test_inpaint_with_the_demo_inpainting_model_from_the_menu(qtbot, window, tmp
     choose(win, "repaint", qtbot)
     win.prompt_panel.prompt.clear()
     # the empty prompt box asks for what the area should show, and the user types that
-    assert "masked area should show" in win.prompt_panel.prompt.placeholderText()
+    assert hint() == "Prompt: what the masked area should show, e.g. a pine tree"
     set_prompt(win, qtbot, inpaint_prompt(case, "object"))
     win.doc.update_settings(steps=8)
     done = click_and_wait(qtbot, win, win.prompt_panel.run, timeout=120_000)
@@ -84,5 +86,5 @@ def test_inpaint_with_the_demo_inpainting_model_from_the_menu(qtbot, window, tmp
         win.load_model("builtin:tiny")  # an ordinary model again: RePaint's default is back
     resamples = win.prompt_panel.findChild(QWidget, "param_jump_n_sample")
     assert resamples.value() == 3
-    choose(win, "generate", qtbot)  # another method: the box asks for the whole result
-    assert win.prompt_panel.prompt.placeholderText() == "Prompt: what the result should show"
+    assert win.prompt_panel.current_method() == "repaint"
+    assert hint() == "Prompt: what the result should show"  # Inpaint, an ordinary model
