@@ -351,6 +351,12 @@ def run(a: argparse.Namespace) -> int:
     return 0
 
 
+def cuda_sync(bundle) -> None:
+    """Wait for the bundle's GPU work (timings and peaks read after it); nothing on a CPU."""
+    if bundle.device.type == "cuda":
+        torch.cuda.synchronize(bundle.device)
+
+
 def _load(spec: str, device, dtype):
     from .models import load_model
 
@@ -418,13 +424,12 @@ def run_memory(a: argparse.Namespace) -> int:
         print(f"weights: {torch.cuda.memory_allocated(bundle.device) / 2**30:.2f} GiB")
     for name, make in jobs.items():
         req = make()
+        cuda_sync(bundle)
         if cuda:
-            torch.cuda.synchronize(bundle.device)
             torch.cuda.reset_peak_memory_stats(bundle.device)
         t0 = time.perf_counter()
         result = drive(JOB_RUNNERS[req.method](JobContext(bundle, Denoiser(bundle)), req))
-        if cuda:
-            torch.cuda.synchronize(bundle.device)
+        cuda_sync(bundle)
         seconds = time.perf_counter() - t0
         if name == "null-text inversion":
             kept["inv"] = result.extras["inversion"]

@@ -20,6 +20,8 @@ import time
 import numpy as np
 import torch
 
+from .bench import cuda_sync
+
 PROMPT = "a red house beside two pine trees under a sunset sky"
 EDIT = "a blue house beside two pine trees under a sunset sky"
 VARIANTS = {"plain": {"control": "none"}, "p2p": {"control": "p2p"}}
@@ -50,11 +52,6 @@ def _setup(spec: str, device, dtype, size: int | None, steps: int, inversion: st
     return spec, bundle, run, inv.extras["inversion"]
 
 
-def _sync(bundle) -> None:
-    if bundle.device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def child(argv: list[str]) -> int:
     """One variant in this process; prints its peak memory in MiB as JSON."""
     spec, device, dtype, size, steps, inversion, variant = argv
@@ -65,7 +62,7 @@ def child(argv: list[str]) -> int:
         torch.cuda.reset_peak_memory_stats()
     if variant != "invert only":
         run("reedit", prompt=EDIT, options={"inversion": inv, **VARIANTS[variant]})
-    _sync(bundle)
+    cuda_sync(bundle)
     if bundle.device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -79,10 +76,10 @@ def run(a) -> int:
     times: dict[str, list[float]] = {k: [] for k in VARIANTS}
 
     def once(variant: str) -> float:
-        _sync(bundle)
+        cuda_sync(bundle)
         t0 = time.perf_counter()
         job("reedit", prompt=EDIT, options={"inversion": inv, **VARIANTS[variant]})
-        _sync(bundle)
+        cuda_sync(bundle)
         return time.perf_counter() - t0
 
     for v in VARIANTS:  # warm-up

@@ -23,8 +23,6 @@ import time
 import numpy as np
 import torch
 
-PROMPT = "a red house beside two pine trees under a sunset sky"
-
 
 def settings(bundle, live_steps: int) -> dict[str, dict]:
     """The rows: (sampler, steps, guidance) of each live setting timed. The few-step row
@@ -49,8 +47,8 @@ def settings(bundle, live_steps: int) -> dict[str, dict]:
 
 def run_live(a: argparse.Namespace) -> int:
     from .algorithms.common import drive
-    from .bench import _load, _pick_model
-    from .bench_fast import _image
+    from .bench import _load, _pick_model, cuda_sync
+    from .bench_fast import PROMPT, _image
     from .denoiser import Denoiser
     from .fast import FastPath
     from .jobs import JOB_RUNNERS, JobContext
@@ -65,10 +63,6 @@ def run_live(a: argparse.Namespace) -> int:
     ctx = JobContext(bundle, Denoiser(bundle))  # one per session: prompts stay encoded
     previewer = Previewer(bundle)
     rows = settings(bundle, 8)  # editor.live.LIVE_STEPS (the engine does not import Qt)
-
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize(bundle.device)
 
     def update(row: dict, fast: FastPath | None) -> tuple[float, int]:
         req = EditRequest(
@@ -89,11 +83,11 @@ def run_live(a: argparse.Namespace) -> int:
                 previewer(p.x0)  # on the host, as the engine hands a preview over
 
         busy = fast.job() if fast is not None else contextlib.nullcontext()
-        sync()
+        cuda_sync(bundle)
         t0 = time.perf_counter()
         with torch.no_grad(), busy:
             drive(JOB_RUNNERS["sdedit"](ctx, req), preview)
-        sync()
+        cuda_sync(bundle)
         return time.perf_counter() - t0, calls[0]
 
     compiled: FastPath | None = None
