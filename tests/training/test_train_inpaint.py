@@ -88,18 +88,20 @@ def test_object_swaps_change_one_object_inside_the_region_they_mask():
     only inside the region (so the masked image shows nothing of the old object), the region
     holds a land object's whole footprint, and the caption names the change."""
     from engine.training.train_inpaint import object_swaps
+    from engine.world.captions import NOUNS
     from engine.world.scene import LAND_KINDS, render_seed
 
     seeds = range(12)
-    images, regions, captions = object_swaps(seeds, np.random.default_rng(0))
-    assert 0 < len(images) == len(regions) == len(captions) <= len(seeds)
+    images, regions, captions, kinds = object_swaps(seeds, np.random.default_rng(0))
+    assert 0 < len(images) == len(regions) == len(captions) == len(kinds) <= len(seeds)
     scenes = [render_seed(s) for s in seeds]
-    for image, region, caption in zip(images, regions, captions):
+    for image, region, caption, kind in zip(images, regions, captions, kinds):
         # its scene: the one whose picture it equals outside the region
         (before,) = [b for b in scenes if np.array_equal(b.image[~region], image[~region])]
         assert (image != before.image).any() and caption != before.caption
         land = [o.name for o in before.scene.objects if o.kind in LAND_KINDS]
         assert any(before.masks[n].any() and (before.masks[n] <= region).all() for n in land)
+        assert kind in LAND_KINDS and any(s[0] in caption for s in NOUNS[kind])  # named
 
 
 def test_training_with_object_swaps_mixes_them_into_the_batches(tmp_path):
@@ -117,4 +119,51 @@ def test_training_with_object_swaps_mixes_them_into_the_batches(tmp_path):
     swaps = torch.load(run / "swaps.pt", weights_only=False)
     n = len(swaps["captions"])
     assert 0 < n <= 6 and swaps["latents"].shape[0] == n == len(swaps["images"])
+    assert torch.load(run / "inpaint.ckpt", weights_only=False)["step"] == 2
+
+
+def test_object_prompts_recaption_only_rows_that_mask_one_object():
+    """``with_object_prompts``: a row masking one object may become that object alone ("a
+    fir tree"); rows masking no object and rows dropped for guidance never change."""
+    from engine.training.train_inpaint import object_phrase, with_object_prompts
+    from engine.world.captions import NOUNS
+
+    phrases = sorted({f"a {pair[0]}" for syns in NOUNS.values() for pair in syns})
+    phrase_ids = {p: torch.full((5,), 100 + i) for i, p in enumerate(phrases)}
+    empty = torch.zeros(5, dtype=torch.long)
+    cap = torch.stack([torch.full((5,), 1), torch.full((5,), 2), empty, torch.full((5,), 3)])
+    kinds = ["pine_tree", None, "house", "rock"]
+    rng = np.random.default_rng(0)
+    always = with_object_prompts(cap, kinds, 1.0, phrase_ids, empty, rng)
+    assert torch.equal(always[1], cap[1]) and torch.equal(always[2], empty)
+    by_id = {int(v[0]): p for p, v in phrase_ids.items()}
+    assert by_id[int(always[0, 0])] in ("a pine tree", "a fir tree")
+    assert by_id[int(always[3, 0])] in ("a rock", "a boulder")
+    assert torch.equal(with_object_prompts(cap, kinds, 0.0, phrase_ids, empty, rng), cap)
+    both = {object_phrase("house", rng) for _ in range(50)}
+    assert both == {"a house", "a cottage"}
+
+
+def test_training_with_object_prompts_runs_on_object_masks_and_swaps(tmp_path):
+    from engine.model_writer import save_diffusers_folder
+    from engine.models import tiny_components
+    from engine.training.dataset import build_cache
+    from engine.training.train_inpaint import train_inpaint
+
+    data, _ = build_cache(tmp_path / "world", 6, workers=1)
+    base = save_diffusers_folder(tiny_components(), tmp_path / "base")
+    run = tmp_path / "run"
+    train_inpaint(
+        data,
+        run,
+        steps=2,
+        batch=4,
+        lr=1e-6,
+        base=base,
+        swap_share=0.5,
+        n_swaps=6,
+        object_prompts=1.0,
+    )
+    swaps = torch.load(run / "swaps.pt", weights_only=False)
+    assert len(swaps["kinds"]) == len(swaps["captions"])
     assert torch.load(run / "inpaint.ckpt", weights_only=False)["step"] == 2
