@@ -11,15 +11,17 @@ the whole image (so it still generates from nothing). The text encoder and VAE s
 With ``--swap-share`` a share of each batch is object swaps instead: a scene's land object
 re-rendered as another land kind, the mask the union of both kinds' footprints (what a user
 paints to make room for the new object), the target the re-rendered scene under its caption.
-With ``--object-prompts`` a share of the rows whose mask holds one object (object masks and
-swaps) are captioned with that object alone ("a pine tree"), as users prompt an inpainting
-model and as the evaluation found works best for the shipped weights (the local text of
-SmartBrush, Xie et al. 2023, "SmartBrush: Text and Shape Guided Object Inpainting with
-Diffusion Model", sec. 3.1).
 With object masks alone the hole has the old object's outline, which tells the model what
 was there; a pine asked for in a round tree's hole came out as a faint sliver or another
 house the caption named. Tried as a second stage for ``builtin:demo-inpaint``: ahead on
 calibration scenes, level on the final ones, so not shipped (its model card).
+
+With ``--object-prompts`` a share of the rows whose mask holds one object (object masks and
+swaps) are captioned with that object alone ("a pine tree"), as users prompt an inpainting
+model and as the evaluation found works best for the shipped weights (the local text of
+SmartBrush, Xie et al. 2023, "SmartBrush: Text and Shape Guided Object Inpainting with
+Diffusion Model", sec. 3.1). Tried as a second stage too: 5 scenes gained and 2 lost of 120
+calibration and development scenes, not shipped (the model card).
 
     python -m engine.training data --out runs/world --n 8000
     python -m engine.training.train_inpaint --data runs/world --run runs/inpaint --n-images 6000 \
