@@ -30,6 +30,18 @@ import torch
 from . import sdxl
 from .methods import COMMON
 
+# what every benchmark edits: one prompt, and the colour edit of it re-edits ask for
+PROMPT = "a red house beside two pine trees under a sunset sky"
+EDIT = "a blue house beside two pine trees under a sunset sky"
+
+
+def bench_image(size: int, seed: int) -> np.ndarray:
+    """A smooth random picture (4×4 colours upsampled): real-photo-like low frequencies."""
+    from PIL import Image
+
+    coarse = np.random.default_rng(seed).integers(0, 255, (4, 4, 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(coarse).resize((size, size), Image.BICUBIC))
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="time our SDEdit loop vs diffusers' img2img pipeline")
@@ -248,13 +260,10 @@ def run(a: argparse.Namespace) -> int:
     spec = _pick_model(a.model)
     bundle = _load(spec, a.device, a.dtype)
     size = bundle.native_size  # ours would resize any other size to this; keep it equal
-    rng = np.random.default_rng(a.seed)
-    coarse = rng.integers(0, 255, (4, 4, 3), dtype=np.uint8)
-    image = np.asarray(Image.fromarray(coarse).resize((size, size), Image.BICUBIC))
-    prompt = "a red house beside two pine trees under a sunset sky"
+    image = bench_image(size, a.seed)
     req = EditRequest(
         "sdedit",
-        prompt=prompt,
+        prompt=PROMPT,
         image=image,
         steps=a.steps,
         strength=a.strength,
@@ -267,10 +276,6 @@ def run(a: argparse.Namespace) -> int:
 
     cuda = bundle.device.type == "cuda"
     peaks: dict[str, float] = {}  # GiB, the largest of each side's runs (CUDA only)
-
-    def sync():
-        if cuda:
-            torch.cuda.synchronize()
 
     def measured(name: str, fn):
         def timed() -> float:
@@ -287,26 +292,26 @@ def run(a: argparse.Namespace) -> int:
     def ours() -> float:
         denoiser = Denoiser(bundle)  # fresh: no cached prompt embeddings
         ctx = JobContext(bundle, denoiser)
-        sync()
+        cuda_sync(bundle)
         t0 = time.perf_counter()
 
         def preview(p) -> None:
             tp = time.perf_counter()
             previewer(p.x0)
-            sync()
+            cuda_sync(bundle)
             preview_times.append(time.perf_counter() - tp)
 
         with torch.no_grad():
             drive(JOB_RUNNERS["sdedit"](ctx, req), preview)
-        sync()
+        cuda_sync(bundle)
         return time.perf_counter() - t0
 
     def theirs() -> float:
         g = torch.Generator("cpu").manual_seed(a.seed)
-        sync()
+        cuda_sync(bundle)
         t0 = time.perf_counter()
         pipe(
-            prompt=prompt,
+            prompt=PROMPT,
             image=Image.fromarray(image),
             strength=a.strength,
             num_inference_steps=a.steps,
@@ -314,7 +319,7 @@ def run(a: argparse.Namespace) -> int:
             generator=g,
             output_type="np",
         )
-        sync()
+        cuda_sync(bundle)
         return time.perf_counter() - t0
 
     ours, theirs = measured("ours", ours), measured("pipeline", theirs)
@@ -386,15 +391,13 @@ def run_memory(a: argparse.Namespace) -> int:
     image = np.random.default_rng(a.seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
     mask = np.zeros((size, size), np.uint8)
     mask[size // 4 : size // 2, size // 4 : size // 2] = 255
-    prompt = "a red house beside two pine trees under a sunset sky"
-    edit = "a blue house beside two pine trees under a sunset sky"
-    common = dict(prompt=prompt, steps=a.steps, seed=a.seed)
-    reference = {"reference_prompt": prompt}
+    common = dict(prompt=PROMPT, steps=a.steps, seed=a.seed)
+    reference = {"reference_prompt": PROMPT}
     kept: dict = {}  # the null-text inversion, for the re-edits
 
     def reedit(control: str):
         return lambda: EditRequest(
-            "reedit", prompt=edit, options={"inversion": kept["inv"], "control": control}
+            "reedit", prompt=EDIT, options={"inversion": kept["inv"], "control": control}
         )
 
     jobs = {
@@ -405,10 +408,10 @@ def run_memory(a: argparse.Namespace) -> int:
         "sdedit": lambda: EditRequest("sdedit", image=image, strength=a.strength, **common),
         "repaint": lambda: EditRequest("repaint", image=image, mask=mask, **common),
         "diffedit mask": lambda: EditRequest(
-            "diffedit_mask", image=image, prompt=edit, options=reference
+            "diffedit_mask", image=image, prompt=EDIT, options=reference
         ),
         "diffedit": lambda: EditRequest(
-            "diffedit", image=image, prompt=edit, steps=a.steps, seed=a.seed, options=reference
+            "diffedit", image=image, prompt=EDIT, steps=a.steps, seed=a.seed, options=reference
         ),
         "ddim inversion": lambda: EditRequest(
             "invert", image=image, options={"inversion": "ddim"}, **common

@@ -20,10 +20,8 @@ import time
 import numpy as np
 import torch
 
-from .bench import cuda_sync
+from .bench import EDIT, PROMPT, cuda_sync
 
-PROMPT = "a red house beside two pine trees under a sunset sky"
-EDIT = "a blue house beside two pine trees under a sunset sky"
 VARIANTS = {"plain": {"control": "none"}, "p2p": {"control": "p2p"}}
 
 

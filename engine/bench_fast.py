@@ -30,10 +30,8 @@ import numpy as np
 import torch
 
 from . import sdxl
-from .bench import _load, _pick_model, make_pipeline
+from .bench import PROMPT, _load, _pick_model, bench_image, cuda_sync, make_pipeline
 from .fast import PreviewPipe
-
-PROMPT = "a red house beside two pine trees under a sunset sky"
 
 
 class _Side:
@@ -57,13 +55,6 @@ class _Side:
     @property
     def median(self) -> float:
         return statistics.median(self.times)
-
-
-def _image(size: int, seed: int) -> np.ndarray:
-    from PIL import Image
-
-    coarse = np.random.default_rng(seed).integers(0, 255, (4, 4, 3), dtype=np.uint8)
-    return np.asarray(Image.fromarray(coarse).resize((size, size), Image.BICUBIC))
 
 
 @contextlib.contextmanager
@@ -90,8 +81,7 @@ class _Runner:
         self.pipeline_threads = torch.get_num_threads()  # before the fast path sets ours
 
     def sync(self) -> None:
-        if self.cuda:
-            torch.cuda.synchronize(self.bundle.device)
+        cuda_sync(self.bundle)
 
     def _peak_start(self) -> None:
         if self.cuda:
@@ -233,7 +223,7 @@ def run_fast(a: argparse.Namespace) -> int:
     if bundle.family in sdxl.FAMILIES:
         raise EngineError("bench --fast times SD-family models; SDXL compiles on first use.")
     size = bundle.native_size
-    image = _image(size, a.seed)
+    image = bench_image(size, a.seed)
     pipe = make_pipeline(bundle)
     print(
         f"model {spec} on {bundle.device} ({bundle.dtype}), {size}x{size}, {a.steps} steps, "
@@ -382,7 +372,7 @@ def _scaling(bundle, fast, run: _Runner, pipe, a: argparse.Namespace) -> None:
         with _native_size(bundle, size):
             fast.warm_up(size, batches=(2,) if a.guidance != 1.0 else (1,))
             fast.wait()
-            image = _image(size, a.seed)
+            image = bench_image(size, a.seed)
             sides = [
                 _Side("ours-fast", partial(run.ours, image, steps, fast=True)),
                 _Side("ours-eager", partial(run.ours, image, steps, fast=False)),

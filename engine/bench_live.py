@@ -47,8 +47,7 @@ def settings(bundle, live_steps: int) -> dict[str, dict]:
 
 def run_live(a: argparse.Namespace) -> int:
     from .algorithms.common import drive
-    from .bench import _load, _pick_model, cuda_sync
-    from .bench_fast import PROMPT, _image
+    from .bench import PROMPT, _load, _pick_model, bench_image, cuda_sync
     from .denoiser import Denoiser
     from .fast import FastPath
     from .jobs import JOB_RUNNERS, JobContext
@@ -58,7 +57,7 @@ def run_live(a: argparse.Namespace) -> int:
     spec = _pick_model(a.model)
     bundle = _load(spec, a.device, a.dtype)
     size = bundle.native_size
-    image = _image(size, a.seed)
+    image = bench_image(size, a.seed)
     cuda = bundle.device.type == "cuda"
     ctx = JobContext(bundle, Denoiser(bundle))  # one per session: prompts stay encoded
     previewer = Previewer(bundle)
