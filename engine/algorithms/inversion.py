@@ -263,7 +263,7 @@ def invert(
     negative_prompt: str = "",
     fixed_point: int = 0,
     settings=None,
-    acceptable=None,
+    gap=None,
 ) -> Algorithm[Inversion]:
     """Invert latents ``x0`` for ``prompt`` with one of ``METHODS``; returns an ``Inversion``.
 
@@ -276,10 +276,10 @@ def invert(
     - "null_text_reference": with the paper's setting (``null_text.REFERENCE``).
     - "direct": plain DDIM inversion; re-editing runs Ju et al. 2023's source branch
       beside the edit (see ``direct_regenerate``): exact reconstruction, no optimisation.
-    ``settings`` overrides the null-text setting; ``acceptable`` (reconstruction latents →
-    bool) is the fast setting's per-image check (see ``null_text_optimise``). Model calls:
-    ``steps·(1 + fixed_point)`` for the inversion, plus per step 1 + iterations (+ backward
-    passes) for null-text.
+    ``settings`` overrides the null-text setting; ``gap`` (reconstruction latents → dB below
+    the VAE round trip) is the fast setting's per-image check (see ``null_text_optimise``).
+    Model calls: ``steps·(1 + fixed_point)`` for the inversion, plus per step 1 + iterations
+    (+ backward passes) for null-text.
     """
     from . import null_text
 
@@ -299,7 +299,7 @@ def invert(
         if settings is None:
             settings = null_text.REFERENCE if method == "null_text_reference" else null_text.FAST
         nulls, losses, rec = yield from null_text.null_text_optimise(
-            denoiser, traj, timesteps, cond, uncond, guidance, settings, acceptable
+            denoiser, traj, timesteps, cond, uncond, guidance, settings, gap
         )
         inv.null_embeddings, inv.losses, inv.reconstruction = nulls, losses, rec
     return inv

@@ -352,7 +352,7 @@ def run_invert(ctx: JobContext, req: EditRequest):
         o.choice("inversion"),
         req.negative_prompt,
         o.number("fixed_point"),
-        acceptable=_close_to_vae_round_trip(ctx, prep),
+        gap=_below_vae_round_trip(ctx, prep),
     )
     check_finite(inv.trajectory[0], "inverted noise", ctx)
     hw = prep.original.shape[:2]
@@ -372,22 +372,23 @@ def run_invert(ctx: JobContext, req: EditRequest):
     return JobResult(image, {**_size_params(hw), **inv.summary()}, {"inversion": inv})
 
 
-def _close_to_vae_round_trip(ctx: JobContext, prep: Prepared):
-    """Fast null-text's per-image test on what the user will see: the decoded reconstruction
-    at most ``null_text.RECHECK_DB`` below the VAE round trip of the working image."""
-    from ..algorithms.null_text import RECHECK_DB
+def _below_vae_round_trip(ctx: JobContext, prep: Prepared):
+    """Fast null-text's per-image measure of what the user will see: how many dB of PSNR
+    the decoded reconstruction falls below the VAE round trip of the working image (the
+    best any inversion can do; negative when it does better)."""
 
     def mse(a: np.ndarray) -> float:
         return float(np.mean((a.astype(np.float64) - prep.working.astype(np.float64)) ** 2))
 
-    def acceptable(reconstruction) -> bool:
-        floor = mse(ctx.bundle.decode(prep.latents))
-        gap_db = 10 * np.log10(
-            max(mse(ctx.bundle.decode(reconstruction)), 1e-12) / max(floor, 1e-12)
-        )
-        return gap_db <= RECHECK_DB
+    floor = None
 
-    return acceptable
+    def gap_db(reconstruction) -> float:
+        nonlocal floor
+        if floor is None:
+            floor = mse(ctx.bundle.decode(prep.latents))
+        return 10 * np.log10(max(mse(ctx.bundle.decode(reconstruction)), 1e-12) / max(floor, 1e-12))
+
+    return gap_db
 
 
 def load_inversion(path, name: str | None = None) -> Inversion:

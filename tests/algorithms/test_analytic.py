@@ -193,6 +193,49 @@ def test_fast_null_text_rechecks_a_reconstruction_that_fell_behind():
     assert err_checked <= 1.01 * err_ref
 
 
+@pytest.mark.parametrize(
+    "gaps, second_pass, kept",
+    [
+        ((0.1,), False, "first"),  # what the user sees is fine: no second pass (latent line or not)
+        ((1.0, 2.0), True, "first"),  # the paper's pass did worse: the first chain is kept
+        ((1.0, 0.5), True, "second"),  # it did better: it is kept
+    ],
+)
+def test_fast_null_text_recheck_goes_by_the_callers_gap_and_keeps_the_better_chain(
+    gaps, second_pass, kept
+):
+    # the starved budget's latent error is far over the latent line (previous test); with a
+    # ``gap`` (dB below the VAE round trip, here scripted) only the gap decides
+    d, x0 = make()
+    checked = NullTextSettings(inner_steps=1, stop_before_step=True, recheck=2.0)
+    told = iter(gaps)
+    asked = []
+
+    def gap(reconstruction):
+        asked.append(reconstruction)
+        return next(told)
+
+    gen, labels = invert(d, x0, "a house", 6, 7.5, "null_text", settings=checked, gap=gap), []
+    try:
+        while True:
+            labels.append(next(gen).label)
+    except StopIteration as stop:
+        inv = stop.value
+    assert any("second pass" in x for x in labels) == second_pass
+    assert len(asked) == len(gaps)  # each chain measured once
+    expected = asked[0] if kept == "first" else asked[1]
+    assert torch.equal(inv.reconstruction, expected)
+    # the embeddings and losses come with the chain that was kept
+    alone = NullTextSettings(inner_steps=1, stop_before_step=True)  # the first chain, unchecked
+    first = run_to_end(invert(d, x0, "a house", 6, 7.5, "null_text", settings=alone))
+    same = all(torch.equal(a, b) for a, b in zip(inv.null_embeddings, first.null_embeddings))
+    if kept == "first":
+        assert same and inv.losses == first.losses
+    else:
+        ref = run_to_end(invert(d, x0, "a house", 6, 7.5, "null_text", settings=REFERENCE))
+        assert inv.losses == ref.losses and torch.equal(inv.reconstruction, ref.reconstruction)
+
+
 # ---- RePaint -----------------------------------------------------------------------------
 
 
