@@ -201,6 +201,9 @@ def plan_outputs(method: str, a: argparse.Namespace) -> dict[str, Path]:
         inputs.append(options["inversion"])  # a re-edit's inversion file is an input too
     out = Path(a.output or f"{method}.png")
     plan = {"image": check_output(out, inputs)}
+    if out.suffix.lower() != ".png":  # the picture is written as a PNG whatever its name
+        hint = " (the inversion itself: --save FILE)" if method == "invert" else ""
+        raise FileError(f"The output {out} is written as a PNG picture; give it a .png name{hint}.")
     n = options.get("batch_size", 1)
     for k in range(2, n + 1 if isinstance(n, int) else 0):  # a batch: sdedit-2.png, …
         taken = [*inputs, *plan.values()]

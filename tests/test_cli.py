@@ -223,6 +223,9 @@ def test_outputs_are_checked_before_any_work(tmp_path, capsys, monkeypatch):
         (["generate", "-o", str(tmp_path)], "is a folder"),
         (["sdedit", "-i", "in.png", "--mask", "in.png", "-o", "./in.png"], "is an input file"),
         (["invert", "-i", "in.png", "-O", "save=nowhere/x.pt"], "does not exist"),
+        # the picture is a PNG whatever its name: a user who meant the inversion file is told
+        (["invert", "-i", "in.png", "-o", "inv.pt"], "give it a .png name (the inversion itself"),
+        (["generate", "-o", "out.jpg"], "is written as a PNG picture; give it a .png name."),
     ):
         code, err = cli_main(capsys, *argv)
         assert code == 2 and words in _error_line(err), argv
@@ -255,7 +258,8 @@ BAD_ARGV = [
     (["sdedit", "-i", "in.png", "--strokes", "cut.png"], "truncated or damaged"),
     (["sdedit", "-i", "bomb.png"], "8192x8192"),
     (["sdedit"], "needs an input image"),
-    (["reedit", "-O", "inversion=junk.png"], "junk.png is not an inversion file"),
+    (["reedit", "-O", "inversion=junk.png"], "junk.png is a picture, not an inversion file"),
+    (["reedit", "-O", "inversion=picture.pt"], "picture.pt is a picture, not an inversion file"),
     (["reedit", "-O", "inversion=foreign.pt"], "foreign.pt is not"),
     (["generate", "--device", "foo"], "Unknown device 'foo'"),
     (["generate", "--device", "cuda:99"], "CUDA"),
@@ -282,6 +286,7 @@ def bad_inputs(tmp_path, monkeypatch):
     data = (tmp_path / "in.png").read_bytes()
     (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
     (tmp_path / "junk.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    (tmp_path / "picture.pt").write_bytes(data)  # a PNG where an inversion file was meant
     torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
     Image.new("L", (1, 1)).save("bomb.png")  # then its header claims 30000x30000 pixels
     png = bytearray((tmp_path / "bomb.png").read_bytes())

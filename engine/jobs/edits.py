@@ -401,6 +401,11 @@ def load_inversion(path, name: str | None = None) -> Inversion:
     except FileNotFoundError:
         raise FileError(f"The inversion file {name} does not exist.") from None
     except Exception as e:  # torch.load raises many types on foreign or damaged files
+        if _is_picture(path):
+            raise FileError(
+                f"{name} is a picture, not an inversion file; inverting writes one when "
+                "asked (the CLI's invert --save FILE)."
+            ) from None
         raise FileError(
             f"{name} is not an inversion file this version can read ({type(e).__name__})."
         ) from None
@@ -408,6 +413,20 @@ def load_inversion(path, name: str | None = None) -> Inversion:
     if problem:
         raise FileError(f"{name} is not a usable inversion file: {problem}.")
     return inv
+
+
+def _is_picture(path) -> bool:
+    """Whether ``path`` (a path or an open binary file) starts like a PNG or JPEG."""
+    try:
+        if hasattr(path, "read"):
+            path.seek(0)
+            head = path.read(8)
+        else:
+            with open(path, "rb") as f:
+                head = f.read(8)
+    except OSError:
+        return False
+    return head.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"))
 
 
 def _size_pair(value) -> bool:
