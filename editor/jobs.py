@@ -157,8 +157,9 @@ class JobController:
     @staticmethod
     def _phases(request: EditRequest) -> int:
         """How many model-call phases the job runs one after the other (one progress bar
-        spans them): DiffEdit without a mask finds one first; null-text inversion inverts,
-        optimises, and makes a second pass when its check asks for one; an attention-
+        spans them): DiffEdit without a mask finds one first; null-text inversion inverts
+        and optimises (the fast setting's second pass, for a reconstruction its check finds
+        visibly short, is rare and runs at the bar's end); an attention-
         controlled edit whose blend region is DiffEdit's finds it first (Edit prompt without
         the picture replays the generation before that)."""
         if request.method == "diffedit" and request.mask is None:
@@ -175,7 +176,7 @@ class JobController:
             return (2 if request.image is not None else 3) if finds else 1
         if request.method == "invert":
             inversion = str(request.options.get("inversion", "null_text"))
-            return 3 if inversion == "null_text" else 2 if inversion.startswith("null") else 1
+            return 2 if inversion.startswith("null") else 1
         return 1
 
     def cancel(self) -> None:

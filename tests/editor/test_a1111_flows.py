@@ -523,7 +523,8 @@ def test_one_progress_bar_over_the_phases_of_an_inversion(window, qtbot):
     assert values == sorted(values) and values[-1] == 1.0
     assert values[len(values) // 2] < 0.9  # the first phase did not fill the bar
     # at the end of the first phase the time left counts the phases still to come (it said
-    # "0.0 s left" there): twice the time so far, the first phase being a third of the bar
+    # "0.0 s left" there): the time so far, the first phase being half of the bar (the
+    # optimisation's second pass is rare, so it is not expected)
     last_invert = [eta for label, *_, eta in seen if label.startswith("invert")][-1]
     elapsed, left = (float(w) for w in re.findall(r"([\d.]+) s", last_invert))
-    assert "finishing" not in last_invert and left >= 1.5 * elapsed - 0.1, last_invert
+    assert "finishing" not in last_invert and left >= elapsed - 0.1, last_invert
