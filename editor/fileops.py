@@ -61,9 +61,6 @@ def qimage_to_rgb(img: QImage, name: str = "pasted image") -> np.ndarray:
     return load_image_bytes(bytes(buf.data()), name)
 
 
-_OUR_NAMES = {label: key for key, label in metadata.LABELS.items()}
-
-
 def png_settings(params: dict[str, str] | None) -> tuple[dict, dict, list[str]]:
     """An image's A1111 parameters → (settings for the panel, checked against the panel's
     ranges; the parameters in our names, describing the image; sentences for bad fields)."""
@@ -77,14 +74,7 @@ def png_settings(params: dict[str, str] | None) -> tuple[dict, dict, list[str]]:
         except SettingsError as e:
             problems.append(str(e))
     # LoRA tags are the model's state, not words of the prompt (Edit prompt replays it)
-    prompt, loras = metadata.split_lora_tags(params.get("prompt", ""))
-    described: dict = {"prompt": prompt, **({"loras": loras} if loras else {})}
-    if params.get("Negative prompt"):
-        described["negative_prompt"] = params["Negative prompt"]
-    for label, v in params.items():
-        if label not in ("prompt", "Negative prompt", "Lora hashes"):
-            described[_OUR_NAMES.get(label, label)] = v
-    return settings, described, problems
+    return settings, metadata.describe_parameters(params), problems
 
 
 class FileActions:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from engine import EditRequest
+from engine.metadata import NotReplayable, replay_of
 from engine.methods import BATCH_SIZE as ENGINE_BATCH_SIZE
 from engine.methods import COMMON, OptionSpec, label_of
 from engine.methods import METHODS as ENGINE_METHODS
@@ -297,7 +298,7 @@ def build_request(
             raise NeedsInput(
                 "Edit the prompt first: it is still the one the image was generated with."
             )
-        opts = {**opts, "source_prompt": source.pop("prompt"), "eta": replay_eta(doc)}
+        opts = {**opts, "source_prompt": source.pop("prompt"), "eta": source.pop("eta")}
         # the picture itself: the blend region is found on it, and kept outside that region
         fields = {**common, **source}
         return EditRequest("edit_generated", image=image, mask=mask, options=opts, **fields)
@@ -334,10 +335,10 @@ NOT_GENERATED = (
 
 
 def generation_of(doc: Document) -> dict[str, Any]:
-    """The request fields that replay the generation of the image layer: ``prompt`` (the
-    prompt it was generated with), ``negative_prompt``, ``steps``, ``guidance``, ``seed``,
-    ``width``, ``height``. ``NeedsInput`` says what to do when the image was not generated
-    (or its parameters are unknown)."""
+    """The request fields that replay the generation of the image layer
+    (``engine.metadata.replay_of``: ``prompt``, ``negative_prompt``, ``steps``, ``guidance``,
+    ``seed``, ``width``, ``height``, ``eta``). ``NeedsInput`` says what to do when the image
+    was not generated (or its parameters are unknown)."""
     p = doc.image_parameters()
     if p is None or p.get("method", "generate") not in ("generate", "edit_generated"):
         generated = any(e.parameters.get("method") == "generate" for e in doc.history)
@@ -347,52 +348,20 @@ def generation_of(doc: Document) -> dict[str, Any]:
                 "prompt and Run Edit prompt. For a photo, use Invert & re-edit."
             )
         raise NeedsInput(NOT_GENERATED)
-    if p.get("method") == "edit_generated":  # an edit of an edit: the same original
-        prompt = p.get("source_prompt", p.get("Source prompt"))
-    else:
-        prompt = p.get("prompt")
-    if not isinstance(prompt, str) or not prompt:
-        raise NeedsInput(NOT_GENERATED)
     try:
-        out = {
-            "prompt": prompt,
-            "negative_prompt": str(p.get("negative_prompt", "")),
-            "steps": _number(p["steps"], int),
-            "guidance": _number(p["guidance"], float),
-            "seed": _number(p["seed"], int),
-        }
-        w, h = (int(x) for x in str(p["size"]).lower().split("x"))
-    except (KeyError, ValueError, TypeError) as e:
-        raise NeedsInput(f"{NOT_GENERATED} (Its parameters lack {e}.)") from None
+        out = replay_of(p)
+    except NotReplayable as e:
+        lack = str(e).removeprefix("its parameters lack ")
+        raise NeedsInput(
+            NOT_GENERATED if lack == str(e) else f"{NOT_GENERATED} (Its parameters lack {lack}.)"
+        ) from None
+    h, w = out["height"], out["width"]
     if (h, w) != doc.size:
         raise NeedsInput(
             f"The image was generated at {w}x{h} but is now {doc.size[1]}x{doc.size[0]}: "
             "Edit prompt replays the generation at its size. Use Invert & re-edit instead."
         )
-    return {**out, "width": w, "height": h}
-
-
-def replay_eta(doc: Document) -> float:
-    """The DDIM noise the image layer was generated with (its sampler: ddpm is η = 1), so
-    that Edit prompt replays the same chain."""
-    p = doc.image_parameters() or {}
-    if str(p.get("sampler", "")).lower() == "ddpm":
-        return 1.0
-    try:
-        eta = _number(p.get("eta", 0.0), float)
-    except (TypeError, ValueError):
-        return 0.0
-    return eta if 0.0 <= eta <= 1.0 else 0.0
-
-
-def _number(v: Any, kind: type) -> Any:
-    """A number from parameters (a PNG's are text)."""
-    if isinstance(v, bool):
-        raise ValueError(v)
-    x = kind(float(v)) if kind is int and isinstance(v, str) else kind(v)
-    if kind is float and not math.isfinite(x):
-        raise ValueError(v)
-    return x
+    return out
 
 
 def source_prompt(doc: Document, method: str) -> str | None:

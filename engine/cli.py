@@ -64,7 +64,9 @@ def _help(spec: OptionSpec, default=True) -> str:
 def _common(p: argparse.ArgumentParser, name: str, *flags: str) -> None:
     spec = COMMON[name]
     flags = flags or (f"--{name}",)
-    p.add_argument(*flags, dest=name, type=spec.kind, default=spec.default, help=_help(spec))
+    # None when not given (the request then takes the declared default): Edit prompt reads
+    # what was not given from the picture's parameters
+    p.add_argument(*flags, dest=name, type=spec.kind, default=None, help=_help(spec))
 
 
 def add_common(p: argparse.ArgumentParser, method: str | None = None) -> None:
@@ -82,7 +84,7 @@ def add_common(p: argparse.ArgumentParser, method: str | None = None) -> None:
         help="override for SD 2.x single files, whose weights do not say",
     )
     p.add_argument("--prompt", "-p", default="")
-    p.add_argument("--negative-prompt", "-n", default="")
+    p.add_argument("--negative-prompt", "-n", default=None)
     p.add_argument("--image", "-i", help="input image (PNG, JPEG, …)")
     p.add_argument("--strokes", help="RGBA stroke layer composited over the image")
     p.add_argument("--mask", help="greyscale mask, white = edit")
@@ -171,23 +173,55 @@ def build_request(method: str, a: argparse.Namespace):
     size = None if image is None else image.shape[:2]
     if method == "reedit" and isinstance(options.get("inversion"), str):
         options["inversion"] = load_inversion(options["inversion"])
+    given = {
+        k: getattr(a, k)
+        for k in ("negative_prompt", "width", "height", "steps", "guidance", "strength", "seed")
+        if getattr(a, k) is not None
+    }
+    if method == "edit_generated" and a.image:
+        given, options = replayed(a.image, given, options)
     request = EditRequest(
         method=method,
         prompt=a.prompt,
-        negative_prompt=a.negative_prompt,
         image=image,
         strokes=load_strokes(a.strokes, size) if a.strokes else None,
         mask=load_mask(a.mask, size) if a.mask else None,
-        width=a.width,
-        height=a.height,
-        steps=a.steps,
-        guidance=a.guidance,
-        strength=a.strength,
-        seed=a.seed,
         options=options,
+        **given,
     )
     validate(request)
     return request
+
+
+def replayed(picture: str, given: dict, options: dict) -> tuple[dict, dict]:
+    """Edit prompt of a picture this program generated: what the command does not give
+    (the source prompt, seed, steps, guidance, negative prompt, size, η) comes from the
+    picture's parameters, as the editor reads them, and a note says what was taken."""
+    from .metadata import NotReplayable, describe_parameters, read_png_parameters, replay_of
+
+    try:
+        parsed = read_png_parameters(picture)
+    except (OSError, ValueError, SyntaxError):
+        parsed = None
+    if not parsed:
+        return given, options  # no parameters: the command must say it all
+    try:
+        replay = replay_of(describe_parameters(parsed))
+    except NotReplayable as e:
+        if options.get("source_prompt"):
+            return given, options  # the user says how it was made
+        raise InputError(
+            f"{picture} cannot be replayed: {e}. Edit prompt needs a picture generated "
+            "here (or give its --source-prompt, --seed, --steps and --guidance); for a photo, "
+            "use invert and reedit."
+        ) from None
+    read = {"source_prompt": replay.pop("prompt"), "eta": replay.pop("eta")}
+    read = {k: v for k, v in read.items() if k not in options}
+    taken = {k: v for k, v in replay.items() if k not in given}
+    said = [f"{k.replace('_', ' ')} {v!r}" for k, v in {**read, **taken}.items() if v != ""]
+    if said:
+        print(f"note: from {picture}'s parameters: {', '.join(said)}", file=sys.stderr)
+    return {**taken, **given}, {**options, **read}
 
 
 def plan_outputs(method: str, a: argparse.Namespace) -> dict[str, Path]:

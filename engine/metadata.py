@@ -7,6 +7,7 @@ Steps: 25, Sampler: DDIM, CFG scale: 7.5, Seed: 42, Size: 128x128, Model: builti
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -179,6 +180,83 @@ def request_fields(parsed: Mapping[str, str]) -> tuple[dict[str, Any], list[str]
     if opts:
         out["options"] = opts
     return out, problems
+
+
+def _field_keys() -> dict[str, str]:
+    """Label → key for every field ``format_parameters`` writes: ``LABELS`` and the label
+    made from each declared option's key ("Source prompt" → source_prompt, "Eta" → eta)."""
+    from .methods import COMMON, METHODS
+
+    keys = {label: key for key, label in LABELS.items()}
+    for declared in (COMMON, *(m.options for m in METHODS.values())):
+        for key in declared:
+            keys.setdefault(key.replace("_", " ").capitalize(), key)
+    return keys
+
+
+def describe_parameters(parsed: Mapping[str, str]) -> dict[str, Any]:
+    """A picture's parsed parameters under the keys the engine writes them from: ``prompt``
+    (LoRA tags taken out), ``loras`` (when there are any), ``negative_prompt`` and every
+    other field (text, as written; a label this version does not declare stays as it is)."""
+    prompt, loras = split_lora_tags(parsed.get("prompt", ""))
+    out: dict[str, Any] = {"prompt": prompt, **({"loras": loras} if loras else {})}
+    if parsed.get("Negative prompt"):
+        out["negative_prompt"] = parsed["Negative prompt"]
+    keys = _field_keys()
+    for label, value in parsed.items():
+        if label not in ("prompt", "Negative prompt", "Lora hashes"):
+            out[keys.get(label, label)] = value
+    return out
+
+
+class NotReplayable(ValueError):
+    """A picture whose parameters do not replay a generation; the message says why."""
+
+
+def replay_of(p: Mapping[str, Any]) -> dict[str, Any]:
+    """The request fields that replay the text-to-image generation a picture's parameters
+    record (``p`` under the engine's keys, from a result or ``describe_parameters``):
+    ``prompt``, ``negative_prompt``, ``steps``, ``guidance``, ``seed``, ``width``,
+    ``height`` and ``eta`` (the ddpm sampler is η = 1). A result of Edit prompt replays the
+    generation it edited. Raises ``NotReplayable`` saying what is missing."""
+    keys = _field_keys()  # descriptions kept by earlier versions have some labels ("Eta")
+    p = {keys.get(k, k): v for k, v in p.items()}
+    method = p.get("method", "generate")
+    if method not in ("generate", "edit_generated"):
+        raise NotReplayable(f"it was made by {method}, not generated")
+    prompt = p.get("source_prompt") if method == "edit_generated" else p.get("prompt")
+    if not isinstance(prompt, str) or not prompt:
+        raise NotReplayable("its parameters have no prompt")
+    try:
+        out = {
+            "prompt": prompt,
+            "negative_prompt": str(p.get("negative_prompt", "")),
+            "steps": _number(p["steps"], int),
+            "guidance": _number(p["guidance"], float),
+            "seed": _number(p["seed"], int),
+        }
+        w, h = (int(x) for x in str(p["size"]).lower().split("x"))
+    except (KeyError, ValueError, TypeError) as e:
+        raise NotReplayable(f"its parameters lack {e}") from None
+    eta = 0.0
+    if str(p.get("sampler", "")).lower() == "ddpm":
+        eta = 1.0
+    else:
+        try:
+            eta = _number(p.get("eta", 0.0), float)
+        except (TypeError, ValueError):
+            pass
+    return {**out, "width": w, "height": h, "eta": eta if 0.0 <= eta <= 1.0 else 0.0}
+
+
+def _number(v: Any, kind: type) -> Any:
+    """A number from parameters (a PNG's are text)."""
+    if isinstance(v, bool):
+        raise ValueError(v)
+    x = kind(float(v)) if kind is int and isinstance(v, str) else kind(v)
+    if kind is float and not math.isfinite(x):
+        raise ValueError(v)
+    return x
 
 
 def save_png(image: np.ndarray, path: str | os.PathLike, params: Mapping[str, Any]) -> Path:

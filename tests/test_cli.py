@@ -424,6 +424,37 @@ def test_inverting_a_generated_picture_keeps_the_better_reconstruction(
     assert gap_db <= RECHECK_DB, gap_db
 
 
+def test_edit_prompt_of_a_generated_png_replays_it_from_its_parameters(
+    tmp_path, capsys, monkeypatch
+):
+    # a user who generated a picture edits its prompt without retyping how it was made:
+    # the seed, steps, guidance and eta come from the PNG, the same as giving them all
+    monkeypatch.chdir(tmp_path)
+    tiny = ["--model", "builtin:tiny", "--device", "cpu"]
+    made = ["--seed", "7", "--steps", "3", "--guidance", "2", "--eta", "0.5"]
+    code, err = cli_main(capsys, "generate", *tiny, *made, "-p", "a red house", "-o", "gen.png")
+    assert code == 0, err
+    edit = ["edit_generated", *tiny, "-i", "gen.png", "-p", "a blue house"]
+    code, err = cli_main(capsys, *edit, "-o", "read.png")
+    assert code == 0, err
+    assert "note: from gen.png's parameters: source prompt 'a red house'" in err
+    params = read_png_parameters("read.png")
+    assert params["Source prompt"] == "a red house" and params["Seed"] == "7"
+    assert (params["Steps"], params["CFG scale"], params["Eta"]) == ("3", "2.0", "0.5")
+    code, err = cli_main(
+        capsys, *edit, *made, "--source-prompt", "a red house", "-o", "said.png"
+    )  # fmt: skip
+    assert code == 0 and "parameters: width 64, height 64\n" in err, err  # all else given
+    read, said = (np.asarray(Image.open(f)) for f in ("read.png", "said.png"))
+    assert np.array_equal(read, said)
+    # a picture that was not generated (here an SDEdit of it) is refused with what to do
+    code, err = cli_main(capsys, "sdedit", *tiny, "-i", "gen.png", "-p", "a boat", "-o", "sd.png")
+    assert code == 0, err
+    code, err = cli_main(capsys, "edit_generated", *tiny, "-i", "sd.png", "-p", "a blue house")
+    assert code == 2
+    assert "sd.png cannot be replayed: it was made by sdedit, not generated" in _error_line(err)
+
+
 def _umask():
     old = os.umask(0)
     os.umask(old)

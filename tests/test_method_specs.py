@@ -81,7 +81,8 @@ def test_a_changed_default_is_followed_by_the_cli_and_the_engine(monkeypatch):
     assert Options("repaint", {}).number("jump_length") == 7
     # the CLI: the parser's default and the sub-command's --help
     a = _cli_args(["repaint", "-i", "x.png"])
-    assert a.steps == 13 and a.option_jump_length is None  # unset: the engine's default
+    assert a.steps is None and a.option_jump_length is None  # unset: the engine's default
+    assert cli.build_request("generate", _cli_args(["generate"])).steps == 13
     help_text = " ".join(
         cli.make_parser()._subparsers._group_actions[0].choices["repaint"].format_help().split()
     )
