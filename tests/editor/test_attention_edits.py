@@ -256,6 +256,19 @@ def generated_png(make_window, qtbot, tmp_path, seed):
     return png
 
 
+def edit_prompt_of_png(make_window, qtbot, png, prompt):
+    """A new window opens ``png`` and runs Edit prompt with ``prompt``: (window, its
+    Finished event, the request it sent)."""
+    win = make_window()
+    assert win.open_path(str(png))
+    sent = sent_requests(win)
+    choose(win, "edit_generated", qtbot)
+    set_prompt(win, qtbot, prompt)
+    ev = click_and_wait(qtbot, win, win.prompt_panel.run)
+    assert type(ev).__name__ == "Finished", ev
+    return win, ev, sent[-1]
+
+
 def test_edit_prompt_of_a_generated_png_opened_from_disk(make_window, qtbot, tmp_path, monkeypatch):
     """As a user meets it: a picture generated, exported, and opened again in a new window;
     Edit prompt finds DiffEdit's region on that picture, keeps the rest of it pixel for pixel,
@@ -264,14 +277,7 @@ def test_edit_prompt_of_a_generated_png_opened_from_disk(make_window, qtbot, tmp
     png = generated_png(make_window, qtbot, tmp_path, seed=99)
     on_disk = np.asarray(Image.open(png).convert("RGB"))
 
-    win = make_window()
-    assert win.open_path(str(png))
-    sent = sent_requests(win)
-    choose(win, "edit_generated", qtbot)
-    set_prompt(win, qtbot, "a blue house")
-    ev = click_and_wait(qtbot, win, win.prompt_panel.run)
-    assert type(ev).__name__ == "Finished", ev
-    req = sent[-1]
+    win, ev, req = edit_prompt_of_png(make_window, qtbot, png, "a blue house")
     assert np.array_equal(req.image, on_disk) and req.seed == 99
     blend = ev.extras["blend_mask"]
     far = dilate(blend.astype(np.float32) / 255, 7) == 0
@@ -298,14 +304,7 @@ def test_edit_prompt_of_a_png_the_cli_generated_replays_its_eta(
     argv = ["generate", "--model", "builtin:tiny", "--device", "cpu", "-p", "a red house"]
     argv += ["--seed", "5", "--steps", "3", "--guidance", "2", "--eta", "0.5", "-o", str(png)]
     assert cli.main(argv) == 0
-    win = make_window()
-    assert win.open_path(str(png))
-    sent = sent_requests(win)
-    choose(win, "edit_generated", qtbot)
-    set_prompt(win, qtbot, "a blue house")
-    ev = click_and_wait(qtbot, win, win.prompt_panel.run)
-    assert type(ev).__name__ == "Finished", ev
-    req = sent[-1]
+    _, _, req = edit_prompt_of_png(make_window, qtbot, png, "a blue house")
     assert req.options["eta"] == 0.5 and req.options["source_prompt"] == "a red house"
     assert (req.seed, req.steps, req.guidance) == (5, 3, 2.0)
 
