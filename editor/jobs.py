@@ -269,11 +269,8 @@ class JobController:
         if job is not None and job.box is not None:  # only masked: the crop was resized
             y0, x0, y1, x1 = job.box
             hw = (y1 - y0, x1 - x0)
-        wh, ww = imageops.working_size(*hw, info.native_size, 8)
-        if (wh, ww) == tuple(hw):
-            return {}
-        way = "upscaled" if wh * ww < hw[0] * hw[1] else "downscaled"
-        return {"resized": f"{way} from {ww}x{wh} to {hw[1]}x{hw[0]}"}
+        note = imageops.resize_note(hw, info.native_size, 8)
+        return {"resized": note} if note else {}
 
     def _attention_result(self, ev) -> None:
         """Keep the word maps for the heat map; an empty mask layer takes the blend mask

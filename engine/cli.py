@@ -275,6 +275,7 @@ def lora_argument(text: str) -> tuple[str, float]:
 def run_method(method: str, a: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from . import imageops
     from .engine import Engine
     from .models import DEFAULT_MODEL
     from .types import Failed, Finished, ModelLoaded, Step
@@ -319,6 +320,15 @@ def run_method(method: str, a: argparse.Namespace) -> int:
         assert isinstance(result, Finished)
         if result.extras.get("notice"):
             print(f"note: {result.extras['notice']}", file=sys.stderr)
+        if result.image is not None and not request.options.get("only_masked"):
+            resized = imageops.resize_note(result.image.shape[:2], info.native_size)
+            if resized:  # (the editor says it under the canvas and on the result)
+                print(
+                    f"note: the model works at about {info.native_size}x{info.native_size} "
+                    f"pixels; the result was {resized}"
+                    + (", so it is softer" if resized.startswith("up") else ""),
+                    file=sys.stderr,
+                )
         writes = []
         if result.image is not None:
             writes.append((plan["image"], lambda p: save_png(result.image, p, result.parameters)))

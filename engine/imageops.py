@@ -30,6 +30,16 @@ def working_size(h: int, w: int, native: int, multiple: int = 8) -> tuple[int, i
     return hh, ww
 
 
+def resize_note(hw: tuple[int, int], native: int, multiple: int = 8) -> str:
+    """How a result of size ``hw`` comes from the model's working size (``working_size``):
+    "upscaled from 128x88 to 3000x2000", "downscaled from …", or "" when made at its size."""
+    wh, ww = working_size(*hw, native, multiple)
+    if (wh, ww) == tuple(hw):
+        return ""
+    way = "upscaled" if wh * ww < hw[0] * hw[1] else "downscaled"
+    return f"{way} from {ww}x{wh} to {hw[1]}x{hw[0]}"
+
+
 def resize(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     """uint8 HxWx3 (or HxW float mask) resized to (height, width) with Lanczos / bilinear."""
     if image.shape[:2] == tuple(hw):

@@ -328,6 +328,19 @@ def test_cli_reads_sixteen_bit_and_transparent_images_like_the_editor(tmp_path):
         assert check(req.image), name
 
 
+def test_a_picture_far_from_the_models_size_is_said_to_be_resized(tmp_path, capsys, monkeypatch):
+    # the editor says it under the canvas; a command line user learns why a result is soft
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.full((192, 256, 3), 90, np.uint8)).save("wide.png")
+    tiny = ["--model", "builtin:tiny", "--device", "cpu", "--steps", "2"]
+    code, err = cli_main(capsys, "sdedit", *tiny, "-i", "wide.png", "-p", "a house")
+    assert code == 0, err
+    assert "the result was upscaled from 72x56 to 256x192, so it is softer" in err, err
+    assert Image.open("sdedit.png").size == (256, 192)
+    code, err = cli_main(capsys, "generate", *tiny, "-p", "a house", "-o", "native.png")
+    assert code == 0 and "note:" not in err, err  # made at the model's own size
+
+
 def test_outputs_follow_the_umask(tmp_path, capsys, monkeypatch):
     import os
     import stat
